@@ -1,0 +1,46 @@
+# PocketSD: every target sets itself up; `make demo` and `make test` are all a newcomer needs.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+CLI    := $(VENV)/bin/pocketsd
+MODEL  ?= reference
+RECIPE ?= budget
+OUT    ?= build
+
+.PHONY: setup demo test tiny-model check-model compress convert bench bench-compress clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,bench]'
+	@touch $@
+
+demo: setup
+	$(PY) -m pocketsd.demo --out $(OUT)/demo
+
+test: setup
+	$(PY) -m pytest
+
+tiny-model: setup
+	$(PY) -m pocketsd.refmodel.train
+	$(PY) -m pocketsd.refmodel.check
+
+check-model: setup
+	$(PY) -m pocketsd.refmodel.check
+
+compress: setup
+	$(CLI) compress --model $(MODEL) $(if $(filter budget,$(RECIPE)),,--recipe $(RECIPE)) --out $(OUT)/compressed
+
+convert: setup
+	$(CLI) convert --model $(if $(wildcard $(OUT)/compressed/pocketsd.json),$(OUT)/compressed,$(MODEL)) --out $(OUT)/coreml
+
+bench-compress: setup
+	$(PY) benchmarks/compression.py
+
+bench: setup
+	$(CLI) bench
+
+clean:
+	rm -rf $(OUT)

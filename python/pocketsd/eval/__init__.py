@@ -1,0 +1,1 @@
+"""Metrics used by the benchmarks and the reference model's adherence check."""

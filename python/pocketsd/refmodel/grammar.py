@@ -1,0 +1,73 @@
+"""The caption grammar of the reference model (see shared/CONTRACT.md)."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from dataclasses import dataclass
+
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (240, 210, 40),
+    "purple": (140, 60, 190),
+    "orange": (245, 140, 30),
+}
+SHAPES = ("circle", "square", "triangle")
+BACKGROUNDS: dict[str, tuple[int, int, int]] = {
+    "white": (245, 245, 245),
+    "black": (20, 20, 20),
+    "gray": (128, 128, 128),
+}
+POSITIONS = ("in the center", "on the left", "on the right", "at the top", "at the bottom")
+# Styles exist only for the two domain LoRAs; the base model never sees them.
+STYLES = ("plain", "poster", "blueprint")
+STYLE_SUFFIX = {"plain": "", "poster": ", poster style", "blueprint": ", blueprint style"}
+
+
+@dataclass(frozen=True)
+class Scene:
+    color: str
+    shape: str
+    background: str
+    position: str | None = None
+    style: str = "plain"
+
+    @property
+    def caption(self) -> str:
+        text = f"a {self.color} {self.shape} on a {self.background} background"
+        if self.position:
+            text += f", {self.position}"
+        return text + STYLE_SUFFIX[self.style]
+
+
+def adherence_scenes() -> list[Scene]:
+    """The 54 colour × shape × background prompts of the adherence check."""
+    return [Scene(c, s, b) for b in BACKGROUNDS for c in COLORS for s in SHAPES]
+
+
+def all_scenes(style: str = "plain") -> list[Scene]:
+    return [
+        Scene(c, s, b, p, style)
+        for c, s, b, p in itertools.product(COLORS, SHAPES, BACKGROUNDS, (None, *POSITIONS))
+    ]
+
+
+def random_scene(rng: random.Random, style: str = "plain", p_position: float = 0.5) -> Scene:
+    position = rng.choice(POSITIONS) if rng.random() < p_position else None
+    return Scene(rng.choice(list(COLORS)), rng.choice(SHAPES), rng.choice(list(BACKGROUNDS)), position, style)
+
+
+def grammar_words() -> list[str]:
+    """Every word a caption can contain (the tokenizer makes each one token)."""
+    words = set("a on background poster blueprint style".split())
+    words.update(COLORS, SHAPES, BACKGROUNDS)
+    for p in POSITIONS:
+        words.update(p.split())
+    return sorted(words)
+
+
+def calibration_prompts(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [random_scene(rng).caption for _ in range(n)]

@@ -1,0 +1,249 @@
+"""Trains the reference model from nothing: VAE, then UNet and both text encoders together.
+
+    python -m pocketsd.refmodel.train [--out DIR] [--unet-steps N] [--seed S]
+
+Deterministic in its seed and step counts. Writes the fp16 pipeline in the diffusers layout
+(loadable by `StableDiffusionXLPipeline.from_pretrained`) and the loss curves to
+benchmarks/results/refmodel_training.{json,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from . import WEIGHTS_DIR
+from .architecture import IMAGE_SIZE, assemble_pipeline, build_components
+from .data import make_dataset
+from .grammar import STYLES
+from .tokenizer import write_tokenizer
+
+RESULTS_DIR = Path(__file__).resolve().parents[3] / "benchmarks" / "results"
+TIME_IDS = (IMAGE_SIZE, IMAGE_SIZE, 0, 0, IMAGE_SIZE, IMAGE_SIZE)  # SDXL micro-conditioning
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn(),
+    )
+
+
+def _log_line(stage: str, step: int, total: int, curve: list) -> None:
+    # A plain line now and then: rich only redraws on a terminal, and training often runs in a log.
+    if not sys.stdout.isatty() and (step + 1) % 100 == 0:
+        print(f"{stage} step {step + 1}/{total} loss(100) {np.mean(curve[-100:]):.4f} at {time.strftime('%H:%M:%S')}", flush=True)
+
+
+def _lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    frac = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def train_vae(vae, steps: int, batch: int, seed: int, curve: list) -> None:
+    # Styled images are in the VAE's data so the style LoRAs' grids and frames survive decoding.
+    n_per_style = {"plain": 2400, "poster": 400, "blueprint": 400}
+    images = np.concatenate([make_dataset(n, seed + 1 + i, style)[1] for i, (style, n) in enumerate(n_per_style.items())])
+    data = torch.from_numpy(images)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    vae.train()
+    with _progress() as bar:
+        task = bar.add_task("VAE", total=steps, loss=0.0)
+        for step in range(steps):
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(step, steps, 1e-3, 50)
+            x = data[torch.randint(0, len(data), (batch,), generator=gen)]
+            posterior = vae.encode(x).latent_dist
+            z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
+            recon = vae.decode(z).sample
+            rec = F.l1_loss(recon, x) + F.mse_loss(recon, x)
+            loss = rec + 1e-6 * posterior.kl().mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            curve.append(float(rec.detach()))
+            bar.update(task, advance=1, loss=curve[-1])
+            _log_line("vae", step, steps, curve)
+    vae.eval()
+
+
+@torch.no_grad()
+def encode_latents(vae, images: np.ndarray, batch: int = 128) -> torch.Tensor:
+    out = [vae.encode(torch.from_numpy(images[i : i + batch])).latent_dist.mean for i in range(0, len(images), batch)]
+    return torch.cat(out)
+
+
+def encode_text(components: dict, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDXL's conditioning: both encoders' penultimate hidden states side by side, plus the pooled projection."""
+    hidden, pooled = [], None
+    for tok, enc in ((components["tokenizer"], components["text_encoder"]), (components["tokenizer_2"], components["text_encoder_2"])):
+        ids = tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
+        out = enc(ids, output_hidden_states=True)
+        hidden.append(out.hidden_states[-2])
+        pooled = out[0]
+    return torch.cat(hidden, dim=-1), pooled
+
+
+def train_denoiser(components: dict, latents: torch.Tensor, captions: list[str], steps: int, batch: int,
+                   seed: int, curve: list, lr: float = 4e-4, max_minutes: float | None = None,
+                   checkpoint=None, checkpoint_every: int = 1000) -> tuple[dict, int]:
+    """UNet and both text encoders, ε-prediction with min-SNR-5 weighting; returns EMA weights."""
+    unet, te1, te2 = components["unet"], components["text_encoder"], components["text_encoder_2"]
+    modules = {"unet": unet, "text_encoder": te1, "text_encoder_2": te2}
+    params = [p for m in modules.values() for p in m.parameters()]
+    for m in modules.values():
+        m.train()
+    ema = {k: copy.deepcopy(m).eval().requires_grad_(False) for k, m in modules.items()}
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    sched = components["scheduler"]
+    alphas = sched.alphas_cumprod.float()
+    snr = alphas / (1 - alphas)
+    gen = torch.Generator().manual_seed(seed)
+    time_ids = torch.tensor([TIME_IDS], dtype=torch.float32).repeat(batch, 1)
+    start = time.time()
+    done = 0
+    with _progress() as bar:
+        task = bar.add_task("UNet + text encoders", total=steps, loss=0.0)
+        for step in range(steps):
+            if max_minutes is not None and time.time() - start > 60 * max_minutes:
+                break
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(step, steps, lr, 200)
+            idx = torch.randint(0, len(latents), (batch,), generator=gen)
+            x0 = latents[idx]
+            noise = torch.randn(x0.shape, generator=gen)
+            t = torch.randint(0, len(alphas), (batch,), generator=gen)
+            a = alphas[t].view(-1, 1, 1, 1)
+            xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+            emb, pooled = encode_text(components, [captions[i] for i in idx.tolist()])
+            # Caption dropout as zeroed embeddings: the pipeline's force_zeros_for_empty_prompt.
+            keep = (torch.rand(batch, generator=gen) > 0.1).float()
+            emb, pooled = emb * keep.view(-1, 1, 1), pooled * keep.view(-1, 1)
+            pred = unet(xt, t, emb, added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
+            weight = torch.clamp(snr[t], max=5.0) / snr[t]
+            loss = (weight * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            decay = min(0.999, (1 + step) / (10 + step))
+            with torch.no_grad():
+                for k, m in modules.items():
+                    for pe, p in zip(ema[k].parameters(), m.parameters()):
+                        pe.lerp_(p, 1 - decay)
+            curve.append(float(loss.detach()))
+            done = step + 1
+            bar.update(task, advance=1, loss=curve[-1])
+            _log_line("unet", step, steps, curve)
+            if checkpoint is not None and done % checkpoint_every == 0:
+                checkpoint(ema)
+    return ema, done
+
+
+def save_pipeline(components: dict, out: Path) -> None:
+    """fp16 safetensors in the diffusers layout, written beside `out` and renamed into place."""
+    pipe = assemble_pipeline({k: (copy.deepcopy(v).to(torch.float16) if isinstance(v, torch.nn.Module) else v) for k, v in components.items()})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out.parent))
+    tmp.chmod(0o755)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    old = out.with_name(out.name + ".old")
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def plot_curves(curves: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 3.5))
+    for ax, (name, values) in zip(np.atleast_1d(axes), curves.items()):
+        v = np.asarray(values)
+        k = max(1, len(v) // 100)
+        smooth = np.convolve(v, np.ones(k) / k, mode="valid")
+        ax.plot(v, alpha=0.3)
+        ax.plot(np.arange(len(smooth)) + k // 2, smooth)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=WEIGHTS_DIR)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--vae-steps", type=int, default=600)
+    ap.add_argument("--unet-steps", type=int, default=3500)
+    ap.add_argument("--unet-images", type=int, default=16000)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--max-minutes", type=float, default=None, help="stop the UNet stage early after this long")
+    ap.add_argument("--results", type=Path, default=RESULTS_DIR)
+    args = ap.parse_args(argv)
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    t0 = time.time()
+    tok_dir = Path(tempfile.mkdtemp()) / "tokenizer"
+    write_tokenizer(tok_dir)
+    components = build_components(tok_dir, seed=args.seed)
+    curves: dict[str, list[float]] = {"vae_reconstruction": [], "unet_loss": []}
+
+    train_vae(components["vae"], args.vae_steps, 16, args.seed, curves["vae_reconstruction"])
+    t_vae = time.time() - t0
+
+    scenes, images = make_dataset(args.unet_images, args.seed + 100)
+    raw = encode_latents(components["vae"], images)
+    scale = float(1.0 / raw.std())
+    components["vae"].register_to_config(scaling_factor=scale)
+    latents = raw * scale
+    captions = [s.caption for s in scenes]
+    t_data = time.time() - t0 - t_vae
+
+    def checkpoint(ema):
+        snapshot = dict(components, **ema)
+        save_pipeline(snapshot, args.out)
+
+    ema, done = train_denoiser(components, latents, captions, args.unet_steps, args.batch, args.seed,
+                               curves["unet_loss"], max_minutes=args.max_minutes, checkpoint=checkpoint)
+    components.update(ema)
+    save_pipeline(components, args.out)
+    total = time.time() - t0
+
+    args.results.mkdir(parents=True, exist_ok=True)
+    summary = {
+        "seed": args.seed, "vae_steps": args.vae_steps, "unet_steps_planned": args.unet_steps, "unet_steps_done": done,
+        "batch": args.batch, "unet_images": args.unet_images, "vae_scaling_factor": scale, "styles_in_vae_data": list(STYLES),
+        "minutes": {"vae": t_vae / 60, "data": t_data / 60, "unet": (total - t_vae - t_data) / 60, "total": total / 60},
+        "torch_threads": torch.get_num_threads(),
+        "weights_bytes": sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file()),
+        "curves": curves,
+    }
+    (args.results / "refmodel_training.json").write_text(json.dumps(summary, indent=1))
+    plot_curves(curves, args.results / "refmodel_training.png")
+    print(f"trained in {total / 60:.1f} min; weights {summary['weights_bytes'] / 1e6:.1f} MB → {args.out}")
+
+
+if __name__ == "__main__":
+    main()
