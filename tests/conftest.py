@@ -1,0 +1,28 @@
+"""Shared fixtures. Tests run on the shipped reference model (small, fast on a CPU)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def ref_model_path() -> Path:
+    from pocketsd.refmodel import reference_model_path
+
+    path = reference_model_path()
+    if not (path / "model_index.json").is_file():
+        pytest.fail("the reference model is not in the package: run `make tiny-model`")
+    return path
+
+
+@pytest.fixture(scope="session")
+def ref_pipeline(ref_model_path):
+    from diffusers import StableDiffusionXLPipeline
+
+    return StableDiffusionXLPipeline.from_pretrained(ref_model_path, torch_dtype=torch.float32)
