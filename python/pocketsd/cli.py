@@ -23,42 +23,286 @@ class _OneLineParser(argparse.ArgumentParser):
 # ---- generate (owner: generation) -------------------------------------------------------------
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="text/image/sketch → image with any model kind")
-    p.set_defaults(func=_not_yet)
+    p.add_argument("prompt", help="what to draw, e.g. \"a red circle on a white background\"")
+    p.add_argument("--model", help="diffusers folder, compressed folder, Core ML bundle, .safetensors file or hub id "
+                   "(default: the embedded reference model)")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "coreml"],
+                   help="auto: coreml for a Core ML bundle, torch otherwise")
+    p.add_argument("--compute-units", choices=["all", "cpu_only", "cpu_and_gpu", "cpu_and_ne"],
+                   help="Core ML compute units (coreml backend only; default all)")
+    p.add_argument("--steps", type=int, help="denoising steps (default 20, or the domain's)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 5.0; ≤ 1 turns it off)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--size", metavar="WxH", help="image size (default: the model's native size)")
+    p.add_argument("--negative", help="negative prompt (default: none — zero embeddings for SDXL, as diffusers)")
+    p.add_argument("--scheduler", choices=["euler", "dpmpp2m", "ddim"], help="default euler (or the domain's)")
+    p.add_argument("--domain", help="domain preset (see `pocketsd domains`)")
+    p.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]", help="LoRA file; repeatable")
+    p.add_argument("--image", help="starting image (image → image)")
+    p.add_argument("--strength", type=float, help="with --image/--sketch: how much to repaint, (0, 1] (default 0.8)")
+    p.add_argument("--sketch", help="line drawing to follow (sketch → image)")
+    p.add_argument("--controlnet", help="diffusers ControlNetModel folder conditioning on --sketch/--image (torch)")
+    p.add_argument("--count", type=int, default=1, help="images to make with seeds SEED, SEED+1, … (models load once)")
+    p.add_argument("--out", help="output PNG (default pocketsd-<seed>.png)")
+    p.add_argument("--report", help="JSON report path (default: the PNG path with .json)")
+    p.add_argument("--low-memory", action="store_true", help="load each component only while it is needed")
+    p.add_argument("--allow-pickle", action="store_true", help="allow .ckpt/.bin/.pt checkpoints (can run code)")
+    p.add_argument("--unet-mode", default="dense", choices=["dense", "packed"],
+                   help="compressed models: dense (dequantize once, fast) or packed (4-bit in memory)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or table (the report is still written)")
+    p.set_defaults(func=_run_generate)
+
+
+def _parse_lora(text: str):
+    from pathlib import Path
+
+    try:
+        from .palettize.lora import parse_lora_arg
+    except ImportError:
+        path, _, scale = text.rpartition(":") if text.rpartition(":")[2].replace(".", "", 1).lstrip("-").isdigit() else (text, "", "1")
+        return Path(path), float(scale)
+    return parse_lora_arg(text)
+
+
+def _quiet_libraries() -> None:
+    # transformers/diffusers print loading bars and optional-dependency notices; our own bar and table say enough.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
+def _run_generate(args) -> int:
+    from pathlib import Path
+
+    _quiet_libraries()
+    from rich.console import Console
+
+    from .pipeline.run import RunOptions, parse_size, run
+
+    opts = RunOptions(
+        prompt=args.prompt, model=args.model, backend=args.backend, compute_units=args.compute_units,
+        steps=args.steps, guidance=args.guidance, seed=args.seed, size=parse_size(args.size) if args.size else None,
+        negative=args.negative, scheduler=args.scheduler, domain=args.domain,
+        loras=[_parse_lora(x) for x in args.lora], image=Path(args.image) if args.image else None,
+        strength=args.strength, sketch=Path(args.sketch) if args.sketch else None,
+        controlnet=Path(args.controlnet) if args.controlnet else None, count=args.count,
+        out=Path(args.out) if args.out else None, report=Path(args.report) if args.report else None,
+        low_memory=args.low_memory, allow_pickle=args.allow_pickle, unet_mode=args.unet_mode)
+    console = None if args.quiet else Console(stderr=False)
+    reports = run(opts, progress=not args.quiet, console=console)
+    for rep in reports:
+        print(f"wrote {rep['output']}")
+    return 0
 
 
 # ---- compress / info of compressed folders (owner: palettize) --------------------------------
 def _add_compress(sub) -> None:
     p = sub.add_parser("compress", help="4-bit + low-rank compression of a model's UNet")
-    p.set_defaults(func=_not_yet)
+    p.add_argument("--model", default=None, help="diffusers folder or cached hub id (default: the reference model)")
+    p.add_argument("--out", required=True, help="compressed model folder to write (replaced atomically)")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--recipe", default=None, help="fixed recipe: w4r32, w4r16, w4r64, w4r0, w6r0, w8r0 (default: the budget)")
+    how.add_argument("--bits-budget", type=float, default=None,
+                     help="effective bits per UNet parameter to allocate ranks and bit widths under (default 4.5, min 4)")
+    p.add_argument("--quantizer", default="palette", choices=["palette", "int4", "int"],
+                   help="palette: k-means LUT per group of output channels; int4: symmetric ints, scale per input block")
+    p.add_argument("--group-size", type=int, default=16, help="palette: output channels sharing a table (default 16)")
+    p.add_argument("--block-size", type=int, default=32, help="int4: input channels sharing a scale (default 32)")
+    p.add_argument("--no-smoothing", action="store_true", help="disable activation smoothing (alpha = 0)")
+    p.add_argument("--refine-iters", type=int, default=3, help="low-rank refinement rounds (default 3)")
+    p.add_argument("--calib-prompts", default=None, help="file with one calibration prompt per line")
+    p.add_argument("--calib-count", type=int, default=64, help="default calibration prompts to draw (default 64)")
+    p.add_argument("--calib-steps", type=int, default=8, help="sampling steps per calibration prompt (default 8)")
+    p.add_argument("--calib-timesteps", default="all", choices=["all", "first25", "last25"],
+                   help="record layer inputs over all timesteps or only the first/last quarter of sampling")
+    p.set_defaults(func=_run_compress)
+
+
+def _run_compress(args) -> int:
+    from pathlib import Path
+
+    _quiet_libraries()
+    from .palettize.compress import compress_model, summary_line
+    from .palettize.recipes import make_recipe
+
+    recipe = make_recipe(args.recipe, args.bits_budget, args.quantizer, args.group_size, args.block_size,
+                         smoothing=not args.no_smoothing, refine_iters=args.refine_iters)
+    manifest = compress_model(args.model, Path(args.out), recipe, Path(args.calib_prompts) if args.calib_prompts else None,
+                              args.calib_count, args.calib_steps, args.calib_timesteps)
+    print(summary_line(manifest))
+    print(f"wrote {args.out} (took {sum(manifest['timings_s'].values()):.0f} s); inspect it with `pocketsd info {args.out}`")
+    return 0
 
 
 def _add_lora(sub) -> None:
     p = sub.add_parser("lora", help="LoRA tools (merge into a compressed model's low-rank branches)")
-    p.set_defaults(func=_not_yet)
+    lsub = p.add_subparsers(dest="lora_command", required=True, parser_class=_OneLineParser)
+    m = lsub.add_parser("merge", help="append LoRAs to a compressed model's low-rank branches (no re-quantizing)")
+    m.add_argument("--model", required=True, help="compressed model folder (from `pocketsd compress`)")
+    m.add_argument("--lora", action="append", required=True, metavar="FILE[:SCALE]",
+                   help="LoRA .safetensors (diffusers/PEFT or kohya keys), optional scale; repeatable")
+    m.add_argument("--out", required=True, help="new compressed model folder (written atomically)")
+    m.set_defaults(func=_run_lora_merge)
+
+
+def _run_lora_merge(args) -> int:
+    import time
+
+    from .loading import resolve_model
+    from .palettize.lora import merge_into_compressed, parse_lora_arg
+
+    source = resolve_model(args.model)
+    if source.kind != "compressed":
+        raise BadInput(f"{args.model} is a {source.kind} model; `lora merge` needs a compressed folder "
+                       "(run `pocketsd compress` first, or pass --lora to `pocketsd generate`)")
+    start = time.time()
+    manifest = merge_into_compressed(source.path, [parse_lora_arg(x) for x in args.lora], args.out)
+    for rec in manifest["loras"][-len(args.lora):]:
+        print(f"merged {rec['file']} ×{rec['scale']:g}: {rec['lowrank_concat']} low-rank branches widened by "
+              f"rank {rec['rank']}, {rec['dense_fused']} fp16 layers fused")
+    acc = manifest["accounting"]
+    print(f"wrote {args.out} in {time.time() - start:.1f} s (UNet {acc['total_bytes'] / 1e6:.2f} MB, "
+          f"{acc['bits_per_param']:.2f} bits/param)")
+    return 0
 
 
 # ---- convert (owner: convert) -----------------------------------------------------------------
 def _add_convert(sub) -> None:
+    from .convert import DEFAULT_TARGET, TARGETS
+
     p = sub.add_parser("convert", help="Core ML conversion of every component into a bundle")
-    p.set_defaults(func=_not_yet)
+    p.add_argument("--model", help="diffusers or compressed model folder, or a cached hub id (default: the reference model)")
+    p.add_argument("--out", required=True, help="bundle folder (Resources/ + pocketsd.json)")
+    p.add_argument("--size", metavar="WxH", help="image size the packages are fixed to (default: the model's native size)")
+    p.add_argument("--target", default=DEFAULT_TARGET, choices=list(TARGETS),
+                   help="minimum deployment target (default iOS18: grouped LUTs and int4 blocks need iOS18/macOS15)")
+    p.add_argument("--attention", default="split-einsum", choices=["split-einsum", "original"],
+                   help="split-einsum: Neural Engine layout (default); original: diffusers' attention, for the GPU")
+    p.add_argument("--chunk-unet", action="store_true", help="split the UNet into UnetChunk1/UnetChunk2 of about equal size (iOS)")
+    p.add_argument("--unet-batch-one", action="store_true",
+                   help="UNet with batch 1 (two calls per step for CFG) instead of batch 2")
+    p.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
+                   help="bake a LoRA into the UNet's low-rank branches; repeatable")
+    p.add_argument("--lora-functions", metavar="A.safetensors,B.safetensors",
+                   help="one multifunction Unet: function 'main' plus one per LoRA, sharing the 4-bit weights")
+    p.add_argument("--force", action="store_true", help="re-convert components that are already done")
+    p.add_argument("--only", metavar="NAME,NAME", help="convert only these components (e.g. Unet,VAEDecoder)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_convert)
+
+
+def _run_convert(args) -> int:
+    from pathlib import Path
+
+    _quiet_libraries()
+    from .convert.bundle import ConvertOptions
+    from .convert.progress import convert_with_progress
+
+    size = None
+    if args.size:
+        w, _, h = args.size.lower().partition("x")
+        if not (w.isdigit() and h.isdigit()):
+            raise BadInput(f"--size {args.size!r} is not WxH (e.g. 1024x1024)")
+        size = (int(w), int(h))
+    opts = ConvertOptions(
+        model=args.model, out=Path(args.out), size=size, target=args.target, attention=args.attention,
+        chunk_unet=args.chunk_unet, unet_batch_one=args.unet_batch_one, loras=[_parse_lora(x) for x in args.lora],
+        lora_functions=[Path(x) for x in args.lora_functions.split(",") if x] if args.lora_functions else [],
+        force=args.force, only=[x for x in args.only.split(",") if x] if args.only else None)
+    convert_with_progress(opts, quiet=args.quiet)
+    return 0
 
 
 # ---- domains / bench (owner: generation extras) -----------------------------------------------
 def _add_domains(sub) -> None:
     p = sub.add_parser("domains", help="list the domain presets")
-    p.set_defaults(func=_not_yet)
+    p.add_argument("--json", action="store_true", help="print the presets as JSON instead of a table")
+    p.set_defaults(func=_run_domains)
+
+
+def _run_domains(args) -> int:
+    import dataclasses
+    import json
+
+    from rich.console import Console
+
+    from .pipeline.presets import load_presets, presets_table
+
+    presets = load_presets()
+    if args.json:
+        print(json.dumps([dataclasses.asdict(p) for p in presets.values()], indent=2))
+    else:
+        Console().print(presets_table(presets))
+    return 0
 
 
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="time and measure generation across model kinds")
-    p.set_defaults(func=_not_yet)
+    p.add_argument("--model", help="diffusers model folder (default: the embedded reference model)")
+    p.add_argument("--compressed", help="its compressed folder; default: made now with `pocketsd compress`")
+    p.add_argument("--keep-compressed", metavar="DIR", help="compress into DIR and keep it (reused if it exists)")
+    p.add_argument("--steps", type=int, default=20, help="denoising steps per image (default 20)")
+    p.add_argument("--seeds", type=int, default=2, help="seeds per prompt (default 2)")
+    p.add_argument("--prompts", type=int, default=3, help="how many of the fixed prompts (1-3, default 3)")
+    p.add_argument("--threads", type=int, help="torch threads (default: min(2, CPUs))")
+    p.add_argument("--kinds", default="fp16,compressed-dense,compressed-packed",
+                   help="comma-separated subset of fp16, compressed-dense, compressed-packed")
+    p.add_argument("--out-dir", default="benchmarks/results", help="where generate.json/.md/.png go")
+    p.set_defaults(func=_run_bench)
+
+
+def _run_bench(args) -> int:
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from .pipeline.bench import PROMPTS, markdown, run_bench
+
+    kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+    known = ("fp16", "compressed-dense", "compressed-packed")
+    if not kinds or any(k not in known for k in kinds):
+        raise BadInput(f"--kinds {args.kinds!r}: choose from {', '.join(known)}")
+    if args.steps < 1 or args.seeds < 1 or not 1 <= args.prompts <= len(PROMPTS):
+        raise BadInput(f"--steps and --seeds must be ≥ 1 and --prompts in 1..{len(PROMPTS)}")
+    out_dir = Path(args.out_dir)
+    if not out_dir.parent.is_dir():
+        raise BadInput(f"--out-dir {out_dir}: folder {out_dir.parent} does not exist")
+    console = Console(stderr=True)
+    doc = run_bench(args.model, args.compressed, out_dir, steps=args.steps, prompts=PROMPTS[: args.prompts],
+                    seeds=tuple(range(args.seeds)), threads=args.threads, kinds=kinds,
+                    keep_compressed=Path(args.keep_compressed) if args.keep_compressed else None,
+                    progress=lambda msg: console.log(msg))
+    print(markdown(doc))
+    print(f"wrote {out_dir / 'generate.json'} and {out_dir / 'generate.md'}")
+    return 0
 
 
 # ---- info (shared: dispatches on the kind of path) --------------------------------------------
 def _add_info(sub) -> None:
     p = sub.add_parser("info", help="describe a model folder, compressed folder or Core ML bundle")
     p.add_argument("path")
-    p.set_defaults(func=_not_yet)
+    p.set_defaults(func=_run_info)
+
+
+def _run_info(args) -> int:
+    from .loading import resolve_model
+
+    _quiet_libraries()
+    source = resolve_model(args.path)
+    if source.kind in ("diffusers", "hub"):
+        from .loading import describe
+    elif source.kind == "compressed":
+        from .palettize.artifact import describe
+    elif source.kind == "coreml":
+        try:
+            from .convert.bundle import describe
+        except ImportError:
+            raise BadInput(f"{args.path} is a Core ML bundle, but this build cannot describe bundles yet") from None
+    else:
+        raise BadInput(f"{args.path} is a single-file checkpoint; `pocketsd info` describes folders and bundles")
+    print(describe(source.path if source.path is not None else source.spec))
+    return 0
 
 
 def _not_yet(args) -> int:

@@ -54,11 +54,14 @@ def _lr_at(step: int, total: int, peak: float, warmup: int) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
-def train_vae(vae, steps: int, batch: int, seed: int, curve: list) -> None:
+def _vae_images(seed: int) -> torch.Tensor:
     # Styled images are in the VAE's data so the style LoRAs' grids and frames survive decoding.
     n_per_style = {"plain": 2400, "poster": 400, "blueprint": 400}
-    images = np.concatenate([make_dataset(n, seed + 1 + i, style)[1] for i, (style, n) in enumerate(n_per_style.items())])
-    data = torch.from_numpy(images)
+    return torch.from_numpy(np.concatenate([make_dataset(n, seed + 1 + i, style)[1] for i, (style, n) in enumerate(n_per_style.items())]))
+
+
+def train_vae(vae, steps: int, batch: int, seed: int, curve: list) -> None:
+    data = _vae_images(seed)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
     vae.train()
@@ -79,6 +82,37 @@ def train_vae(vae, steps: int, batch: int, seed: int, curve: list) -> None:
             curve.append(float(rec.detach()))
             bar.update(task, advance=1, loss=curve[-1])
             _log_line("vae", step, steps, curve)
+    vae.eval()
+
+
+def finetune_decoder(vae, steps: int, batch: int, seed: int, curve: list, lr: float = 5e-4) -> None:
+    """Sharpen the decoder on the frozen encoder's latent means.
+
+    The UNet learns the encoder's latents, so the decoder can keep training after (or beside) the
+    UNet without changing anything the UNet saw: the encoder stays fixed.
+    """
+    data = _vae_images(seed + 7)
+    gen = torch.Generator().manual_seed(seed + 7)
+    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    vae.eval()
+    vae.decoder.train()
+    with _progress() as bar:
+        task = bar.add_task("VAE decoder", total=steps, loss=0.0)
+        for step in range(steps):
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(step, steps, lr, 20)
+            x = data[torch.randint(0, len(data), (batch,), generator=gen)]
+            with torch.no_grad():
+                z = vae.encode(x).latent_dist.mean
+            recon = vae.decode(z).sample
+            rec = F.l1_loss(recon, x) + F.mse_loss(recon, x)
+            opt.zero_grad(set_to_none=True)
+            rec.backward()
+            opt.step()
+            curve.append(float(rec.detach()))
+            bar.update(task, advance=1, loss=curve[-1])
+            _log_line("decoder", step, steps, curve)
     vae.eval()
 
 
@@ -200,10 +234,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--max-minutes", type=float, default=None, help="stop the UNet stage early after this long")
     ap.add_argument("--results", type=Path, default=RESULTS_DIR)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    ap.add_argument("--decoder-steps", type=int, default=700, help="decoder fine-tune on the frozen encoder, after the UNet")
+    ap.add_argument("--decoder-only", type=Path, default=None, metavar="DIR",
+                    help="only fine-tune the decoder of DIR's VAE and write DIR/vae to --out (can run beside the UNet stage)")
     args = ap.parse_args(argv)
 
     torch.manual_seed(args.seed)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.decoder_only is not None:
+        return _decoder_only(args)
     t0 = time.time()
     tok_dir = Path(tempfile.mkdtemp()) / "tokenizer"
     write_tokenizer(tok_dir)
@@ -228,6 +269,9 @@ def main(argv: list[str] | None = None) -> None:
     ema, done = train_denoiser(components, latents, captions, args.unet_steps, args.batch, args.seed,
                                curves["unet_loss"], max_minutes=args.max_minutes, checkpoint=checkpoint)
     components.update(ema)
+    t_unet = time.time() - t0 - t_vae - t_data
+    curves["decoder_finetune"] = []
+    finetune_decoder(components["vae"], args.decoder_steps, 16, args.seed, curves["decoder_finetune"])
     save_pipeline(components, args.out)
     total = time.time() - t0
 
@@ -235,7 +279,9 @@ def main(argv: list[str] | None = None) -> None:
     summary = {
         "seed": args.seed, "vae_steps": args.vae_steps, "unet_steps_planned": args.unet_steps, "unet_steps_done": done,
         "batch": args.batch, "unet_images": args.unet_images, "vae_scaling_factor": scale, "styles_in_vae_data": list(STYLES),
-        "minutes": {"vae": t_vae / 60, "data": t_data / 60, "unet": (total - t_vae - t_data) / 60, "total": total / 60},
+        "decoder_steps": args.decoder_steps,
+        "minutes": {"vae": t_vae / 60, "data": t_data / 60, "unet": t_unet / 60,
+                    "decoder": (total - t_vae - t_data - t_unet) / 60, "total": total / 60},
         "torch_threads": torch.get_num_threads(),
         "weights_bytes": sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file()),
         "curves": curves,
@@ -243,6 +289,25 @@ def main(argv: list[str] | None = None) -> None:
     (args.results / "refmodel_training.json").write_text(json.dumps(summary, indent=1))
     plot_curves(curves, args.results / "refmodel_training.png")
     print(f"trained in {total / 60:.1f} min; weights {summary['weights_bytes'] / 1e6:.1f} MB → {args.out}")
+
+
+def _decoder_only(args) -> None:
+    from diffusers import AutoencoderKL
+
+    t0 = time.time()
+    vae = AutoencoderKL.from_pretrained(args.decoder_only / "vae", torch_dtype=torch.float32)
+    curve: list[float] = []
+    finetune_decoder(vae, args.decoder_steps, 16, args.seed, curve)
+    args.out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-vae-", dir=args.out))
+    vae.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
+    shutil.rmtree(args.out / "vae", ignore_errors=True)
+    tmp.rename(args.out / "vae")
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "refmodel_decoder_finetune.json").write_text(json.dumps(
+        {"source": str(args.decoder_only), "steps": args.decoder_steps, "minutes": (time.time() - t0) / 60,
+         "torch_threads": torch.get_num_threads(), "curve": curve}, indent=1))
+    print(f"decoder fine-tuned in {(time.time() - t0) / 60:.1f} min → {args.out / 'vae'}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,156 @@
+"""torch.export → ct.convert, one component at a time, with Apple's input/output names.
+
+Names and shapes follow apple/ml-stable-diffusion's Swift package (TextEncoderXL.swift, Unet.swift,
+Decoder.swift, Encoder.swift) so its `StableDiffusionXLPipeline(resourcesAt:)` can load the bundle:
+  TextEncoder / TextEncoder2: input_ids float32 (1, 77) → hidden_embeds (1, 77, C), pooled_outputs (1, P)
+      (SD 1.x/2.x: last_hidden_state instead of hidden_embeds). SDXL reads the penultimate layer.
+  Unet: sample (B, 4, h, w), timestep (B,), encoder_hidden_states (B, C, 1, 77)
+      [+ SDXL: text_embeds (B, P), time_ids (B, 6)] → noise_pred (B, 4, h, w)
+  VAEDecoder: z (1, 4, h, w) → image (1, 3, H, W) in [-1, 1]
+  VAEEncoder: x (1, 3, H, W) in [-1, 1] → latent (1, 8, h, w) (mean and log-variance; Swift samples)
+torch.jit.trace is not used: with numpy 2.3 it trips coremltools; torch.export works.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import DEFAULT_TARGET, TARGETS  # noqa: F401 (re-exported)
+SEQ_LEN = 77
+
+
+@dataclass
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+
+    def record(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": "float32"}
+
+
+# ---- torch wrappers with Apple's signatures ------------------------------------------------------
+class TextEncoderModule(nn.Module):
+    """input_ids (float, as Swift sends them) → (hidden states, pooled)."""
+
+    def __init__(self, encoder: nn.Module, penultimate: bool):
+        super().__init__()
+        self.encoder, self.penultimate = encoder, penultimate
+
+    def forward(self, input_ids):
+        out = self.encoder(input_ids.to(torch.int64), output_hidden_states=self.penultimate, return_dict=True)
+        hidden = out.hidden_states[-2] if self.penultimate else out.last_hidden_state
+        pooled = out.text_embeds if hasattr(out, "text_embeds") and out.text_embeds is not None else out.pooler_output
+        return hidden, pooled
+
+
+class VAEDecoderModule(nn.Module):
+    def __init__(self, vae: nn.Module):
+        super().__init__()
+        self.post_quant_conv, self.decoder = vae.post_quant_conv, vae.decoder
+
+    def forward(self, z):
+        z = self.post_quant_conv(z) if self.post_quant_conv is not None else z
+        return self.decoder(z)
+
+
+class VAEEncoderModule(nn.Module):
+    def __init__(self, vae: nn.Module):
+        super().__init__()
+        self.encoder, self.quant_conv = vae.encoder, vae.quant_conv
+
+    def forward(self, x):
+        h = self.encoder(x)
+        return self.quant_conv(h) if self.quant_conv is not None else h
+
+
+# ---- conversion --------------------------------------------------------------------------------
+def _register_missing_torch_ops() -> None:
+    """`aten.alias` (a no-op view torch.export leaves in transformers' CLIP graph) has no coremltools 9.0
+    converter; it is the identity, registered here rather than rewriting the exported graph."""
+    from coremltools.converters.mil.frontend.torch.torch_op_registry import _TORCH_OPS_REGISTRY, register_torch_op
+
+    if "alias" in _TORCH_OPS_REGISTRY:
+        return
+
+    @register_torch_op
+    def alias(context, node):
+        context.add(context[node.inputs[0]], torch_name=node.name)
+
+
+def ct_target(name: str):
+    import coremltools as ct
+
+    return getattr(ct.target, name)
+
+
+def convert_module(module: nn.Module, inputs: list[TensorSpec], outputs: list[str], target: str,
+                   precision: str = "float16", compressed=None, example: tuple | None = None):
+    """torch.export `module` on fixed shapes and convert it to an ML program (returned, not saved).
+
+    `compressed` (a mil_weights.CompressedWeights) places our codes as constexpr ops during conversion.
+    """
+    import coremltools as ct
+
+    from .mil_weights import pass_pipeline
+
+    _register_missing_torch_ops()
+    module = module.eval()
+    if example is None:
+        example = tuple(_example(spec) for spec in inputs)
+    with torch.no_grad():
+        program = torch.export.export(module, example, strict=False).run_decompositions({})
+    kwargs = dict(
+        inputs=[ct.TensorType(name=s.name, shape=s.shape, dtype=np.float32) for s in inputs],
+        outputs=[ct.TensorType(name=n, dtype=np.float32) for n in outputs],
+        convert_to="mlprogram",
+        minimum_deployment_target=ct_target(target),
+        compute_precision=ct.precision.FLOAT16 if precision == "float16" else ct.precision.FLOAT32,
+        skip_model_load=True,  # loading compiles with Core ML: macOS only, and not needed to save
+    )
+    if compressed is not None:
+        with compressed.active():
+            return ct.convert(program, pass_pipeline=pass_pipeline(), **kwargs)
+    return ct.convert(program, **kwargs)
+
+
+def _example(spec: TensorSpec) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    if spec.name == "input_ids":
+        return torch.randint(0, 100, spec.shape, generator=g).float()
+    if spec.name == "timestep":
+        return torch.full(spec.shape, 999.0)
+    if spec.name == "time_ids":
+        return torch.tensor([1024.0, 1024.0, 0.0, 0.0, 1024.0, 1024.0]).expand(spec.shape).clone()
+    return torch.randn(spec.shape, generator=g)
+
+
+def text_encoder_specs(encoder: nn.Module, xl: bool) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    cfg = encoder.config
+    pooled = getattr(cfg, "projection_dim", None) if hasattr(encoder, "text_projection") else cfg.hidden_size
+    seq = min(SEQ_LEN, cfg.max_position_embeddings)
+    outs = [TensorSpec("hidden_embeds" if xl else "last_hidden_state", (1, seq, cfg.hidden_size)),
+            TensorSpec("pooled_outputs", (1, pooled))]
+    return [TensorSpec("input_ids", (1, seq))], outs
+
+
+def unet_specs(config, latent_hw: tuple[int, int], batch: int, text_len: int, pooled_dim: int | None):
+    h, w = latent_hw
+    ins = [TensorSpec("sample", (batch, config.in_channels, h, w)), TensorSpec("timestep", (batch,)),
+           TensorSpec("encoder_hidden_states", (batch, config.cross_attention_dim, 1, text_len))]
+    if config.addition_embed_type == "text_time":
+        n_ids = (config.projection_class_embeddings_input_dim - pooled_dim) // config.addition_time_embed_dim
+        ins += [TensorSpec("text_embeds", (batch, pooled_dim)), TensorSpec("time_ids", (batch, n_ids))]
+    return ins, [TensorSpec("noise_pred", (batch, config.out_channels, h, w))]
+
+
+def vae_specs(vae: nn.Module, image_hw: tuple[int, int]):
+    cfg = vae.config
+    factor = 2 ** (len(cfg.block_out_channels) - 1)
+    h, w = image_hw[0] // factor, image_hw[1] // factor
+    dec = ([TensorSpec("z", (1, cfg.latent_channels, h, w))], [TensorSpec("image", (1, cfg.out_channels, *image_hw))])
+    enc = ([TensorSpec("x", (1, cfg.in_channels, *image_hw))], [TensorSpec("latent", (1, 2 * cfg.latent_channels, h, w))])
+    return dec, enc

@@ -1,0 +1,64 @@
+"""Image and latent fidelity metrics shared by the benchmarks and tests.
+
+- `latent_psnr`: Apple's mixed-bit palettization protocol, 20·log10(max|ref| / RMSE) on the UNet's output latents.
+- `image_psnr` / `image_ssim`: final images against the fp16 model's, via torchmetrics (the well-kept implementations).
+- `adherence`: the share of images whose colour and shape `pocketsd.eval.classify` reads back as the prompt asked.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+
+def _as_float_images(images) -> torch.Tensor:
+    """PIL images / uint8 HWC arrays / float NCHW tensors in [0, 1] → float32 NCHW tensor in [0, 1]."""
+    if isinstance(images, torch.Tensor):
+        t = images.detach().float()
+        return t if t.ndim == 4 else t.unsqueeze(0)
+    if not isinstance(images, (list, tuple)):
+        images = [images]
+    arrays = [np.asarray(im.convert("RGB") if hasattr(im, "convert") else im, dtype=np.float32) / 255.0 for im in images]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def latent_psnr(reference: torch.Tensor, test: torch.Tensor) -> float:
+    """20·log10(max|ref| / RMSE) over the whole tensor (Apple's MBP sensitivity measure)."""
+    ref, out = reference.detach().double(), test.detach().double()
+    rmse = torch.sqrt(torch.mean((ref - out) ** 2)).item()
+    peak = ref.abs().max().item()
+    if rmse == 0.0:
+        return math.inf
+    return 20.0 * math.log10(peak / rmse)
+
+
+def image_psnr(reference, test) -> float:
+    """Mean per-image PSNR (data range 1) of `test` against `reference`."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
+    ref, out = _as_float_images(reference), _as_float_images(test)
+    values = [peak_signal_noise_ratio(o[None], r[None], data_range=1.0).item() for r, o in zip(ref, out)]
+    return float(np.mean(values))
+
+
+def image_ssim(reference, test) -> float:
+    """Mean SSIM (Gaussian window, data range 1) of `test` against `reference`."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    ref, out = _as_float_images(reference), _as_float_images(test)
+    return float(structural_similarity_index_measure(out, ref, data_range=1.0).item())
+
+
+def adherence(images: Iterable, scenes: Sequence) -> float:
+    """Share (0–100) of images whose colour and shape are read back as the scene asked."""
+    from .classify import classify
+
+    hits = total = 0
+    for image, scene in zip(images, scenes):
+        reading = classify(image)
+        hits += int(reading.color == scene.color and reading.shape == scene.shape)
+        total += 1
+    return 100.0 * hits / max(1, total)

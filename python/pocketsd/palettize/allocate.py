@@ -1,0 +1,96 @@
+"""Budgeted allocation: per layer a rank and a bit width under an effective-bits-per-parameter budget.
+
+Like Apple's mixed-bit palettization pre-analysis, sensitivity is measured rather than guessed — here per
+layer, as the output error on calibration inputs of each (rank, bits) candidate — but with the low-rank
+rank as a second dial beside the bit width. Allocation is greedy: every layer starts at its cheapest
+candidate, then the upgrade with the largest error reduction per extra byte is taken, anywhere in the
+UNet, until the next one would exceed the budget. Errors are relative (error/signal = 1/SNR of the layer's
+output), so layers of very different scale compete on equal terms.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .format import PALETTE
+from .lowrank import lowrank_decompose
+from .quantizers import QuantSpec
+from .recipes import BITS, RANKS, Recipe
+
+
+@dataclass(frozen=True)
+class Candidate:
+    rank: int
+    bits: int
+    bytes: int
+    rel_error: float  # squared output error / squared output norm
+
+
+def layer_bytes(shape: tuple[int, ...], spec: QuantSpec, rank: int, smoothed: bool, has_bias: bool) -> int:
+    """Stored bytes of one compressed layer (see format.py for the tensors)."""
+    out, cin = shape[0], shape[1]
+    numel = math.prod(shape)
+    spec = spec.fitted(shape)
+    b = math.ceil(numel * spec.bits / 8)
+    if spec.quantizer == PALETTE:
+        b += (out // spec.group_size) * (1 << spec.bits) * 2
+    else:
+        b += (numel // spec.block_size) * 2
+    b += rank * (out + numel // out) * 2
+    return b + (cin * 2 if smoothed else 0) + (out * 2 if has_bias else 0)
+
+
+def rank_cap(shape: tuple[int, ...]) -> int:
+    return min(shape[0], math.prod(shape[1:])) // 2
+
+
+def measure_candidates(W: torch.Tensor, has_bias: bool, recipe: Recipe, rows=None, act_max=None,
+                       alpha_grid=(0.0,)) -> tuple[list[Candidate], float]:
+    """Output error of every (rank, bits) candidate of one layer, and the smoothing α they share.
+
+    α is picked once (at 4 bits and a middle rank); candidates are measured unrefined (SVD + one
+    quantization), which ranks them by sensitivity; the chosen one is recomputed with full refinement.
+    """
+    shape = tuple(W.shape)
+    ranks = [r for r in RANKS if r <= rank_cap(shape)]
+    probe = QuantSpec(recipe.quantizer, 4, recipe.group_size, recipe.block_size)
+    alpha = min((lowrank_decompose(W, min(16, ranks[-1]), probe, rows, act_max, a, 0, probe=True)
+                 for a in alpha_grid), key=lambda d: d.error).alpha
+    out = []
+    for bits in BITS[recipe.quantizer]:
+        spec = QuantSpec(recipe.quantizer, bits, recipe.group_size, recipe.block_size)
+        for rank in ranks:
+            d = lowrank_decompose(W, rank, spec, rows, act_max, alpha, iters=0, probe=True)
+            nbytes = layer_bytes(shape, spec, rank, d.smooth is not None, has_bias)
+            out.append(Candidate(rank, bits, nbytes, d.error / max(d.signal, 1e-30)))
+    return out, alpha
+
+
+def allocate(budget_bits: float, candidates: dict[str, list[Candidate]], fixed_bytes: int,
+             total_params: int) -> dict[str, Candidate]:
+    """Greedy choice of one candidate per layer with total bytes ≤ budget_bits·total_params/8.
+
+    fixed_bytes: everything not allocated (fp16 leftovers, container overhead).
+    """
+    budget = budget_bits * total_params / 8 - fixed_bytes
+    choice = {name: min(c, key=lambda x: (x.bytes, x.rel_error)) for name, c in candidates.items()}
+    spent = sum(c.bytes for c in choice.values())
+    while True:
+        best_name, best_cand, best_gain = None, None, 0.0
+        for name, options in candidates.items():
+            cur = choice[name]
+            for cand in options:
+                extra = cand.bytes - cur.bytes
+                gain = cur.rel_error - cand.rel_error
+                if gain <= 0 or spent + max(extra, 0) > budget:
+                    continue
+                ratio = math.inf if extra <= 0 else gain / extra
+                if ratio > best_gain:
+                    best_name, best_cand, best_gain = name, cand, ratio
+        if best_name is None:
+            return choice
+        spent += best_cand.bytes - choice[best_name].bytes
+        choice[best_name] = best_cand

@@ -1,0 +1,168 @@
+"""Timestep-aware calibration (Q-Diffusion): layer-input statistics gathered over the whole sampling schedule.
+
+The fp16 pipeline runs on N prompts for `steps` sampling steps with classifier-free guidance, so every UNet
+call holds both the conditional and the unconditional half. A forward pre-hook on each Linear/Conv2d keeps,
+per layer and with bounded memory:
+  - act_max: per-input-channel max|X_j| over everything seen (for the smoothing scales), and
+  - rows: a uniform random subsample of at most `rows_per_layer` input rows — token vectors for a Linear,
+    unfolded (in·kh·kw) patches for a Conv2d — on which output errors are measured.
+Sampling steps are spread uniformly over the schedule by the scheduler itself; `timesteps` restricts which
+calls are recorded: "all", "first25" (the first quarter of sampling, t ≥ 0.75·T: high noise) or "last25"
+(t < 0.25·T: low noise) — the Q-Diffusion ablation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import BadInput
+
+TIMESTEP_RANGES = ("all", "first25", "last25")
+
+
+@dataclass
+class LayerStats:
+    act_max: torch.Tensor  # (in,)
+    rows: torch.Tensor  # (m, in·k) fp16 subsample of inputs
+    calls: int = 0
+
+
+@dataclass
+class Calibration:
+    stats: dict[str, LayerStats]
+    info: dict = field(default_factory=dict)
+
+    def rows(self, name: str) -> torch.Tensor | None:
+        st = self.stats.get(name)
+        return None if st is None else st.rows.float()
+
+    def act_max(self, name: str) -> torch.Tensor | None:
+        st = self.stats.get(name)
+        return None if st is None else st.act_max
+
+
+def read_prompts(path: Path) -> list[str]:
+    """One prompt per non-empty line (lines starting with # are comments)."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"calibration prompt file {path} does not exist")
+    prompts = [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    if not prompts:
+        raise BadInput(f"calibration prompt file {path} has no prompts (one per line)")
+    return prompts
+
+
+def default_prompts(n: int = 64) -> list[str]:
+    from ..refmodel.grammar import calibration_prompts
+
+    return calibration_prompts(n)
+
+
+def _in_range(t: float, num_train: int, timesteps: str) -> bool:
+    if timesteps == "first25":
+        return t >= 0.75 * num_train
+    if timesteps == "last25":
+        return t < 0.25 * num_train
+    return True
+
+
+class _Recorder:
+    """Forward pre-hooks collecting LayerStats; `active` is toggled per UNet call by the timestep gate."""
+
+    def __init__(self, modules: dict[str, nn.Module], rows_per_layer: int, rows_per_call: int, seed: int):
+        self.modules, self.rows_per_layer, self.rows_per_call = modules, rows_per_layer, rows_per_call
+        self.gen = torch.Generator().manual_seed(seed)
+        self.active = True
+        self.max: dict[str, torch.Tensor] = {}
+        self.rows: dict[str, list[torch.Tensor]] = {}
+        self.kept: dict[str, int] = {}
+        self.calls: dict[str, int] = {}
+
+    def _inputs_as_rows(self, module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(module, nn.Conv2d):
+            amax = x.detach().abs().amax(dim=(0, 2, 3))
+            cols = F.unfold(x.detach(), module.kernel_size, module.dilation, module.padding, module.stride)
+            return amax, cols.transpose(1, 2).reshape(-1, cols.shape[1])
+        flat = x.detach().reshape(-1, x.shape[-1])
+        return flat.abs().amax(0), flat
+
+    def hook(self, name: str):
+        def pre_hook(module, args):
+            if not self.active:
+                return
+            amax, rows = self._inputs_as_rows(module, args[0])
+            amax = amax.float()
+            self.max[name] = amax if name not in self.max else torch.maximum(self.max[name], amax)
+            pick = torch.randperm(rows.shape[0], generator=self.gen)[: self.rows_per_call]
+            self.rows.setdefault(name, []).append(rows[pick].to(torch.float16))
+            self.kept[name] = self.kept.get(name, 0) + len(pick)
+            self.calls[name] = self.calls.get(name, 0) + 1
+            if self.kept[name] > 4 * self.rows_per_layer:  # bound memory: thin to 2× as we go
+                self._thin(name, 2 * self.rows_per_layer)
+        return pre_hook
+
+    def _thin(self, name: str, keep: int) -> None:
+        allrows = torch.cat(self.rows[name])
+        pick = torch.randperm(allrows.shape[0], generator=self.gen)[:keep]
+        self.rows[name] = [allrows[pick]]
+        self.kept[name] = len(pick)
+
+    def result(self) -> dict[str, LayerStats]:
+        out = {}
+        for name in self.max:
+            self._thin(name, self.rows_per_layer)
+            out[name] = LayerStats(self.max[name], self.rows[name][0], self.calls[name])
+        return out
+
+
+def calibrate(pipeline, modules: dict[str, nn.Module], prompts: list[str], steps: int = 8,
+              timesteps: str = "all", rows_per_layer: int = 512, batch_size: int = 8, guidance: float = 5.0,
+              seed: int = 0, progress=None) -> Calibration:
+    """Run `pipeline` (any diffusers text-to-image pipeline with a UNet) and collect statistics of `modules`.
+
+    progress: optional callable(advance: int) called once per sampling step of each batch.
+    """
+    if timesteps not in TIMESTEP_RANGES:
+        raise BadInput(f"--calib-timesteps must be one of {', '.join(TIMESTEP_RANGES)}, got {timesteps!r}")
+    if steps < 1 or not prompts:
+        raise BadInput("calibration needs at least one prompt and one step")
+    batches = math.ceil(len(prompts) / batch_size)
+    recorded_share = 1.0 if timesteps == "all" else 0.25
+    expected_calls = max(1, int(batches * steps * recorded_share))
+    rows_per_call = max(8, math.ceil(2 * rows_per_layer / expected_calls))
+    rec = _Recorder(modules, rows_per_layer, rows_per_call, seed)
+    num_train = int(getattr(pipeline.scheduler.config, "num_train_timesteps", 1000))
+
+    def gate(_module, args, kwargs):
+        t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        rec.active = t is None or _in_range(float(torch.as_tensor(t).float().reshape(-1)[0]), num_train, timesteps)
+
+    handles = [pipeline.unet.register_forward_pre_hook(gate, with_kwargs=True)]
+    handles += [m.register_forward_pre_hook(rec.hook(n)) for n, m in modules.items()]
+    if hasattr(pipeline, "set_progress_bar_config"):
+        pipeline.set_progress_bar_config(disable=True)
+
+    def on_step(_pipe, _i, _t, kwargs):
+        if progress is not None:
+            progress(1)
+        return kwargs
+
+    try:
+        with torch.inference_mode():
+            for b in range(batches):
+                chunk = prompts[b * batch_size:(b + 1) * batch_size]
+                pipeline(prompt=chunk, num_inference_steps=steps, guidance_scale=guidance, output_type="latent",
+                         generator=torch.Generator().manual_seed(seed + b), callback_on_step_end=on_step)
+    finally:
+        for h in handles:
+            h.remove()
+    stats = rec.result()
+    info = {"prompts": len(prompts), "steps": steps, "timesteps": timesteps, "guidance": guidance,
+            "rows_per_layer": rows_per_layer, "seed": seed, "cfg": "cond+uncond" if guidance > 1 else "cond"}
+    return Calibration(stats, info)

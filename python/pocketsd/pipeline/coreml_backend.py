@@ -1,0 +1,239 @@
+"""The Core ML backend: runs a `pocketsd convert` bundle. The only module that calls `MLModel.predict`.
+
+Everything else — tokenization, classifier-free guidance, the scheduler, img2img, decoding to pixels — is the
+shared loop in generate.py, the same code the torch backend runs. This module only
+  1. finds the bundle's models (`Resources/TextEncoder`, `TextEncoder2`, `Unet` or `UnetChunk1..N`, `VAEDecoder`,
+     `VAEEncoder`, as `.mlmodelc` or `.mlpackage`, names as Apple's Swift StableDiffusion package expects) and the
+     tokenizer files (`vocab.json`, `merges.txt`),
+  2. adapts the loop's torch tensors to each model's fixed input names, shapes, batch and dtypes (read from the
+     bundle manifest, or from the model spec), and back.
+All Core ML calls sit behind `Predictor` (`predict(dict[str, ndarray]) -> dict[str, ndarray]`); tests run this whole
+path on Linux with a fake predictor that serves the torch model's outputs under the bundle's names and shapes.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol
+
+import numpy as np
+
+from ..errors import BadInput, PlatformUnsupported
+from .coreml_bundle import BundleInfo, TensorSpec, read_bundle
+
+COMPUTE_UNITS = {"all": "ALL", "cpu_only": "CPU_ONLY", "cpu_and_gpu": "CPU_AND_GPU", "cpu_and_ne": "CPU_AND_NE"}
+
+
+class Predictor(Protocol):
+    inputs: Mapping[str, TensorSpec]
+    outputs: Mapping[str, TensorSpec]
+
+    def predict(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+# (model path, compute units, function name or None, specs from the manifest or None) → Predictor
+PredictorFactory = Callable[[Path, str, "str | None", "tuple[dict, dict] | None"], Predictor]
+
+
+def coreml_unavailable_message(bundle: Path | str, source: str | None = None) -> str:
+    model = source or "<the model folder this bundle was converted from>"
+    return (f"Core ML prediction needs macOS (this is {sys.platform}); run the same model here with "
+            f"`pocketsd generate PROMPT --model {model} --backend torch` (bundle: {bundle})")
+
+
+class CoreMLPredictor:
+    """One `.mlpackage` / `.mlmodelc` loaded with coremltools (macOS only)."""
+
+    def __init__(self, path: Path, compute_units: str = "all", function_name: str | None = None,
+                 specs: tuple[dict, dict] | None = None):
+        if sys.platform != "darwin":
+            raise PlatformUnsupported(coreml_unavailable_message(path))
+        import coremltools as ct
+
+        units = getattr(ct.ComputeUnit, COMPUTE_UNITS[compute_units])
+        kwargs = {"compute_units": units}
+        if function_name:
+            kwargs["function_name"] = function_name
+        t0 = time.perf_counter()
+        if path.suffix == ".mlmodelc":
+            self.model = ct.models.CompiledMLModel(str(path), **kwargs)
+        else:
+            self.model = ct.models.MLModel(str(path), **kwargs)
+        # The first load of a model compiles it for the device (the Neural Engine compile can take minutes);
+        # later loads hit the OS cache. The backend reports this time apart from the rest of "load".
+        self.load_seconds = time.perf_counter() - t0
+        if specs is None:
+            if not hasattr(self.model, "get_spec"):  # a compiled .mlmodelc carries no readable spec
+                raise BadInput(f"{path.name}: the bundle manifest lists no inputs/outputs for it; re-run `pocketsd convert`")
+            from .coreml_bundle import specs_from_model_spec
+
+            specs = specs_from_model_spec(self.model.get_spec(), function_name)
+        self.inputs, self.outputs = specs
+
+    def predict(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = self.model.predict(feeds)
+        return {name: np.asarray(value) for name, value in out.items()}
+
+
+def _cast(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    return np.ascontiguousarray(array.astype(spec.dtype, copy=False))
+
+
+def _to_numpy(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+
+
+def run_batched(chunks: list[Predictor], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run a (possibly chunked) model on feeds whose axis 0 is the batch, whatever batch the model was built for.
+
+    Core ML models have fixed shapes: the batch is cut into slices of the model's batch (the last slice padded by
+    repeating its last row, and the padding dropped again). Chunk k+1 takes its inputs from the original feeds plus
+    every output of chunk k (as Apple's Swift pipeline does for `UnetChunk1`/`UnetChunk2`).
+    """
+    total = next(iter(feeds.values())).shape[0]
+    batch_input = next((chunks[0].inputs[n] for n in feeds if n in chunks[0].inputs), None)
+    model_batch = max(1, int(batch_input.shape[0])) if batch_input is not None and batch_input.shape else total
+    results: dict[str, list[np.ndarray]] = {}
+    for start in range(0, total, model_batch):
+        rows = min(model_batch, total - start)
+        merged: dict[str, np.ndarray] = {}
+        for name, value in feeds.items():
+            part = value[start:start + rows]
+            if rows < model_batch:
+                part = np.concatenate([part, np.repeat(part[-1:], model_batch - rows, axis=0)])
+            merged[name] = part
+        out: dict[str, np.ndarray] = {}
+        for chunk in chunks:
+            missing = [n for n in chunk.inputs if n not in merged]
+            if missing:
+                raise BadInput(f"the Core ML model needs inputs {missing} the pipeline does not provide; re-convert the bundle")
+            out = chunk.predict({n: _cast(merged[n], s) for n, s in chunk.inputs.items()})
+            merged.update(out)
+        for name, value in out.items():
+            results.setdefault(name, []).append(np.asarray(value, dtype=np.float32)[:rows])
+    return {name: np.concatenate(parts) for name, parts in results.items()}
+
+
+def _pick(outputs: Mapping[str, np.ndarray], preferred: tuple[str, ...], rank: int | None = None) -> np.ndarray | None:
+    for name in preferred:
+        if name in outputs:
+            return outputs[name]
+    if rank is not None:
+        candidates = [v for v in outputs.values() if v.ndim == rank]
+        if len(candidates) == 1:
+            return candidates[0]
+    return None
+
+
+class CoreMLBackend:
+    """`Backend` (see backend.py) over a Core ML bundle."""
+
+    name = "coreml"
+
+    def __init__(self, bundle: str | Path, *, compute_units: str = "all", function_name: str | None = None,
+                 predictor_factory: PredictorFactory | None = None):
+        if compute_units not in COMPUTE_UNITS:
+            raise BadInput(f"--compute-units {compute_units!r} is not one of {', '.join(COMPUTE_UNITS)}")
+        self.info: BundleInfo = read_bundle(bundle)
+        if predictor_factory is None and sys.platform != "darwin":
+            raise PlatformUnsupported(coreml_unavailable_message(bundle, self.info.source_model))
+        self.factory = predictor_factory or CoreMLPredictor
+        self.compute_units = compute_units
+        self.function_name = function_name
+        if function_name and not self.info.unet_functions:
+            raise BadInput(f"this bundle's UNet has no functions to select ({function_name!r}); re-convert with the LoRA/domain baked in")
+        if function_name and function_name not in self.info.unet_functions:
+            raise BadInput(f"the bundle's UNet has no function {function_name!r}; it has: {', '.join(self.info.unet_functions)}")
+        info = self.info
+        self.family = info.family
+        self.tokenizers = info.tokenizers()
+        self.scheduler_config = info.scheduler_config
+        self.vae_scale_factor = info.vae_scale_factor
+        self.scaling_factor = info.scaling_factor
+        self.shift_factor = info.shift_factor
+        self.force_zeros_for_empty_prompt = info.force_zeros_for_empty_prompt
+        sample = info.unet_input("sample")
+        self.latent_channels = int(sample.shape[1])
+        self.default_size = (int(sample.shape[2]) * self.vae_scale_factor, int(sample.shape[3]) * self.vae_scale_factor)
+        self._loaded: dict[str, list[Predictor]] = {}
+        self.first_load_s: dict[str, float] = {}  # per component: the first load's time (device compile included)
+
+    # ---- loading --------------------------------------------------------------------------------
+    def load(self, component: str) -> None:
+        if component in self._loaded:
+            return
+        names = self.info.models_for(component)
+        if not names:
+            raise BadInput(f"the Core ML bundle has no {component} model; re-run `pocketsd convert` with it included")
+        t0 = time.perf_counter()
+        predictors = []
+        for model in names:
+            function = self.function_name if model.startswith("Unet") else None
+            predictors.append(self.factory(self.info.model_path(model), self.compute_units, function,
+                                           self.info.specs(model, function)))
+        self._loaded[component] = predictors
+        self.first_load_s.setdefault(component, time.perf_counter() - t0)
+
+    def unload(self, component: str) -> None:
+        # Dropping the last reference frees the model (Apple's reduceMemory does the same per stage).
+        self._loaded.pop(component, None)
+
+    def _models(self, component: str) -> list[Predictor]:
+        self.load(component)
+        return self._loaded[component]
+
+    # ---- networks -------------------------------------------------------------------------------
+    def encode_text(self, index: int, input_ids):
+        predictors = self._models("text_encoder")
+        if index >= len(predictors):
+            raise BadInput(f"the bundle has {len(predictors)} text encoder(s) but the pipeline asked for number {index + 1}")
+        model = predictors[index]
+        name = next(iter(model.inputs))
+        out = run_batched([model], {name: _to_numpy(input_ids)})
+        hidden = _pick(out, ("hidden_embeds", "last_hidden_state", "hidden_states"), rank=3)
+        pooled = _pick(out, ("pooled_outputs", "text_embeds", "pooled_output"), rank=2)
+        if hidden is None:
+            raise BadInput(f"text encoder {index + 1} of the bundle has no hidden-state output (outputs: {list(out)})")
+        # SDXL: only the encoder with a projection (TextEncoder2) supplies the pooled text embedding.
+        keep_pooled = self.family == "sdxl" and index == len(predictors) - 1
+        return hidden, (pooled if keep_pooled else None)
+
+    def unet(self, latents, timestep, encoder_hidden_states, added_cond=None, **extra):
+        if extra:
+            raise BadInput("the Core ML backend cannot take ControlNet residuals; use --backend torch with --controlnet")
+        chunks = self._models("unet")
+        hidden = _to_numpy(encoder_hidden_states)
+        spec = self.info.unet_input("encoder_hidden_states")
+        if len(spec.shape) == 4:  # Apple's ANE layout: (B, D, 1, 77) instead of (B, 77, D)
+            hidden = hidden.transpose(0, 2, 1)[:, :, None, :]
+        feeds = {"sample": _to_numpy(latents), "timestep": _to_numpy(timestep), "encoder_hidden_states": hidden}
+        if added_cond:
+            feeds["text_embeds"] = _to_numpy(added_cond["text_embeds"])
+            feeds["time_ids"] = _to_numpy(added_cond["time_ids"])
+        out = run_batched(chunks, feeds)
+        noise = _pick(out, ("noise_pred",), rank=4)
+        if noise is None:
+            raise BadInput(f"the bundle's last UNet chunk has no noise_pred output (outputs: {list(out)})")
+        return noise
+
+    def vae_decode(self, latents):
+        (model,) = self._models("vae_decoder")
+        out = run_batched([model], {next(iter(model.inputs)): _to_numpy(latents)})
+        return _pick(out, ("image",), rank=4)
+
+    def vae_encode(self, images):
+        (model,) = self._models("vae_encoder")
+        out = run_batched([model], {next(iter(model.inputs)): _to_numpy(images)})
+        moments = _pick(out, ("latent", "latent_dist", "moments"), rank=4)
+        if moments.shape[1] == self.latent_channels:
+            # An encoder exported with the mean only: a (near) zero variance makes the loop's sample the mean.
+            moments = np.concatenate([moments, np.full_like(moments, -30.0)], axis=1)
+        return moments
+
+    def report_extras(self) -> dict[str, Any]:
+        """What the report adds for this backend: compute units, UNet function, first-load (compile) seconds."""
+        return {"compute_units": self.compute_units, "unet_function": self.function_name,
+                "first_load_s": dict(self.first_load_s)}

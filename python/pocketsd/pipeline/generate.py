@@ -1,0 +1,240 @@
+"""The denoising loop shared by every backend: tokenize, encode text, classifier-free guidance, diffusers scheduler,
+SDXL micro-conditioning (`time_ids`), optional img2img start, VAE decode.
+
+It follows diffusers' `StableDiffusionXLPipeline` / `StableDiffusionPipeline` (and their img2img variants) step for
+step — same random draws in the same order — so on the same weights the final latents match diffusers (a test holds
+it to 1e-4). It is written out rather than driving diffusers' pipeline because the Core ML backend, which has no
+torch modules, must run exactly the same code: only the network calls go through `Backend` (see backend.py).
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..errors import BadInput
+from .backend import Backend
+from .report import RunTimer
+
+SCHEDULERS = {"euler": "EulerDiscreteScheduler", "dpmpp2m": "DPMSolverMultistepScheduler", "ddim": "DDIMScheduler"}
+
+
+@dataclass
+class GenerationRequest:
+    prompt: str
+    negative_prompt: str | None = None  # None + force_zeros_for_empty_prompt → zero negative embeddings (diffusers)
+    steps: int = 20
+    guidance: float = 5.0
+    seed: int = 0
+    height: int | None = None  # None → backend.default_size
+    width: int | None = None
+    scheduler: str = "euler"
+    init_image: torch.Tensor | None = None  # (1,3,H,W) in [-1, 1]: image → image
+    strength: float = 0.8  # share of the schedule re-run from the init image (1.0 = from pure noise)
+    # Optional ControlNet (or any extra UNet conditioning): called every step with
+    # (latent_model_input, t, encoder_hidden_states, added_cond) → dict of extra kwargs for backend.unet.
+    unet_extra: Callable[..., dict] | None = None
+
+
+@dataclass
+class GenerationResult:
+    latents: torch.Tensor  # final latents (scaled, as the scheduler leaves them)
+    images: list = field(default_factory=list)  # PIL images (empty when decode=False)
+    warnings: list[str] = field(default_factory=list)
+    timesteps: list[float] = field(default_factory=list)
+
+
+def make_scheduler(name: str, config) -> Any:
+    import diffusers
+
+    if name not in SCHEDULERS:
+        raise BadInput(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
+    config = dict(config)
+    # A config saved by another scheduler class lacks these; DDIM's defaults (clip to [-1, 1], alpha_T = 1) are for
+    # pixel-space models and would clip latents. SD/SDXL ship clip_sample=False, set_alpha_to_one=False.
+    config.setdefault("clip_sample", False)
+    config.setdefault("set_alpha_to_one", False)
+    return getattr(diffusers, SCHEDULERS[name]).from_config(config)
+
+
+def _as_tensor(x) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).float()
+
+
+# ---- text -----------------------------------------------------------------------------------------
+def truncation_warning(tokenizer, prompt: str) -> str | None:
+    """The words CLIP will not see (it keeps 77 tokens including start/end), or None if nothing is dropped."""
+    max_len = tokenizer.model_max_length
+    ids = tokenizer(prompt, truncation=False, padding=False).input_ids
+    if len(ids) <= max_len:
+        return None
+    dropped = tokenizer.decode(ids[max_len - 1:-1], skip_special_tokens=True).strip()
+    return f"prompt is longer than {max_len} tokens; these words are dropped: \"{dropped}\""
+
+
+def _tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
+    return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
+
+
+def _encode(backend: Backend, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Hidden states of every text encoder concatenated on the feature axis, and the pooled output (SDXL)."""
+    hidden, pooled = [], None
+    for i, tok in enumerate(backend.tokenizers):
+        h, p = backend.encode_text(i, _tokenize(tok, texts))
+        hidden.append(_as_tensor(h))
+        if p is not None and pooled is None:
+            pooled = _as_tensor(p)
+    return torch.cat(hidden, dim=-1), pooled
+
+
+def encode_prompts(backend: Backend, request: GenerationRequest, do_cfg: bool, warn: Callable[[str], None]):
+    """(prompt_embeds, pooled) with the negative first when guiding, as diffusers batches them."""
+    msg = truncation_warning(backend.tokenizers[0], request.prompt)
+    if msg:
+        warn(msg)
+    embeds, pooled = _encode(backend, [request.prompt])
+    if not do_cfg:
+        return embeds, pooled
+    if request.negative_prompt is None and backend.force_zeros_for_empty_prompt:
+        neg_embeds, neg_pooled = torch.zeros_like(embeds), (torch.zeros_like(pooled) if pooled is not None else None)
+    else:
+        neg_embeds, neg_pooled = _encode(backend, [request.negative_prompt or ""])
+    embeds = torch.cat([neg_embeds, embeds])
+    if pooled is not None:
+        pooled = torch.cat([neg_pooled, pooled])
+    return embeds, pooled
+
+
+# ---- staging --------------------------------------------------------------------------------------
+class _Stages:
+    """load → use → (low-memory) unload, with the load time counted apart from the work."""
+
+    def __init__(self, backend: Backend, timer: RunTimer, low_memory: bool):
+        self.backend, self.timer, self.low_memory = backend, timer, low_memory
+
+    def run(self, component: str, stage: str, fn: Callable[[], Any]) -> Any:
+        with self.timer.stage("load"):
+            self.backend.load(component)
+        with self.timer.stage(stage):
+            out = fn()
+        if self.low_memory:
+            self.backend.unload(component)
+        return out
+
+
+def _step_kwargs(scheduler, generator) -> dict:
+    params = set(inspect.signature(scheduler.step).parameters)
+    kwargs = {}
+    if "eta" in params:
+        kwargs["eta"] = 0.0
+    if "generator" in params:
+        kwargs["generator"] = generator
+    return kwargs
+
+
+def _unscale(backend: Backend, latents: torch.Tensor) -> torch.Tensor:
+    latents = latents / backend.scaling_factor
+    return latents + backend.shift_factor if backend.shift_factor else latents
+
+
+def _encode_init_image(backend, stages, image: torch.Tensor, generator) -> torch.Tensor:
+    moments = _as_tensor(stages.run("vae_encoder", "vae_encode", lambda: backend.vae_encode(image.float())))
+    mean, logvar = torch.chunk(moments, 2, dim=1)
+    std = torch.exp(0.5 * torch.clamp(logvar, -30.0, 20.0))  # diffusers' DiagonalGaussianDistribution
+    sample = mean + std * torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+    if backend.shift_factor:
+        sample = sample - backend.shift_factor
+    return sample * backend.scaling_factor
+
+
+def to_pil(images: torch.Tensor) -> list:
+    from PIL import Image
+
+    arr = (images / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().numpy()
+    return [Image.fromarray((a * 255).round().astype("uint8")) for a in arr]
+
+
+# ---- the loop -------------------------------------------------------------------------------------
+def generate(backend: Backend, request: GenerationRequest, *, timer: RunTimer | None = None,
+             low_memory: bool = False, on_step: Callable[[int, int, float], None] | None = None,
+             warn: Callable[[str], None] | None = None, decode: bool = True) -> GenerationResult:
+    """One image for `request`. `on_step(i, total, seconds)` runs after every scheduler step."""
+    timer = timer if timer is not None else RunTimer()
+    warnings: list[str] = []
+
+    def _warn(msg: str) -> None:
+        warnings.append(msg)
+        if warn is not None:
+            warn(msg)
+
+    height, width = request.height or backend.default_size[0], request.width or backend.default_size[1]
+    do_cfg = request.guidance > 1.0
+    stages = _Stages(backend, timer, low_memory)
+    generator = torch.Generator(device="cpu").manual_seed(int(request.seed))
+
+    embeds, pooled = stages.run("text_encoder", "text_encode", lambda: encode_prompts(backend, request, do_cfg, _warn))
+
+    scheduler = make_scheduler(request.scheduler, backend.scheduler_config)
+    scheduler.set_timesteps(request.steps, device="cpu")
+    timesteps = scheduler.timesteps
+    shape = (1, backend.latent_channels, height // backend.vae_scale_factor, width // backend.vae_scale_factor)
+
+    if request.init_image is None:
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(0)
+        latents = torch.randn(shape, generator=generator, dtype=torch.float32) * scheduler.init_noise_sigma
+    else:
+        # diffusers' img2img: skip the first (1 - strength) of the schedule, noise the encoded image to that level.
+        init_steps = min(int(request.steps * request.strength), request.steps)
+        t_start = max(request.steps - init_steps, 0)
+        timesteps = scheduler.timesteps[t_start * scheduler.order:]
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(t_start * scheduler.order)
+        if len(timesteps) == 0:
+            raise BadInput(f"--strength {request.strength} with {request.steps} steps leaves no step to run; raise either")
+        init_latents = _encode_init_image(backend, stages, request.init_image, generator)
+        noise = torch.randn(init_latents.shape, generator=generator, dtype=torch.float32)
+        latents = scheduler.add_noise(init_latents, noise, timesteps[:1])
+
+    added_cond = None
+    if backend.family == "sdxl":
+        # micro-conditioning: original size, crop top-left, target size (diffusers' defaults for a plain run)
+        time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32)
+        added_cond = {"text_embeds": pooled, "time_ids": time_ids.repeat(embeds.shape[0], 1)}
+
+    step_kwargs = _step_kwargs(scheduler, generator)
+
+    def denoise() -> torch.Tensor:
+        nonlocal latents
+        for i, t in enumerate(timesteps):
+            t0 = time.perf_counter()
+            model_in = torch.cat([latents] * 2) if do_cfg else latents
+            model_in = scheduler.scale_model_input(model_in, t)
+            t_batch = t.to(torch.float32).expand(model_in.shape[0]).contiguous()
+            extra = request.unet_extra(model_in, t_batch, embeds, added_cond) if request.unet_extra else {}
+            noise_pred = _as_tensor(backend.unet(model_in, t_batch, embeds, added_cond, **extra))
+            if do_cfg:
+                uncond, text = noise_pred.chunk(2)
+                noise_pred = uncond + request.guidance * (text - uncond)
+            latents = scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
+            seconds = time.perf_counter() - t0
+            timer.step(seconds)
+            if on_step is not None:
+                on_step(i, len(timesteps), seconds)
+        return latents
+
+    stages.run("unet", "denoise", denoise)
+    timer.stages.pop("denoise", None)  # the per-step list carries it; "denoise" would double count in the table
+
+    images = []
+    if decode:
+        decoded = stages.run("vae_decoder", "vae_decode", lambda: _as_tensor(backend.vae_decode(_unscale(backend, latents))))
+        images = to_pil(decoded)
+    return GenerationResult(latents=latents, images=images, warnings=warnings,
+                            timesteps=[float(t) for t in timesteps])

@@ -1,0 +1,148 @@
+"""The torch backend: `Backend` (see backend.py) over diffusers/transformers modules on the CPU (or any torch device).
+
+Components come from `pocketsd.loading.ModelComponents`, loaded on first use; in low-memory mode the loop unloads
+each one after its stage and it is read from disk again the next time it is needed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import torch
+
+from ..errors import BadInput
+from ..loading import ModelComponents, ModelSource, resolve_model
+
+_STAGE_PARTS = {"sdxl": {"text_encoder": ("text_encoder", "text_encoder_2")},
+                "sd": {"text_encoder": ("text_encoder",)}}
+_COMMON_PARTS = {"unet": ("unet",), "vae_decoder": ("vae",), "vae_encoder": ("vae",)}
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, components: ModelComponents, *, device: str | torch.device = "cpu",
+                 unet_transforms: list[Callable[[Any], Any]] | None = None):
+        self.components = components
+        self.device = torch.device(device)
+        self.family = components.family
+        # Applied to the UNet every time it is loaded (LoRAs): low-memory mode reloads it per image.
+        self.unet_transforms = list(unet_transforms or [])
+        names = ("tokenizer", "tokenizer_2") if self.family == "sdxl" else ("tokenizer",)
+        self.tokenizers = [components.get(n) for n in names]  # small; kept for the whole run
+        self.scheduler_config = components.config("scheduler")
+        vae_cfg, unet_cfg = components.config("vae"), components.config("unet")
+        self.vae_scale_factor = 2 ** (len(vae_cfg.get("block_out_channels", [0] * 4)) - 1)
+        self.latent_channels = int(unet_cfg.get("in_channels", 4))
+        if self.latent_channels != int(vae_cfg.get("latent_channels", 4)):
+            raise BadInput(f"{components.folder}: UNet in_channels {self.latent_channels} ≠ VAE latent channels "
+                           "(inpainting/edit UNets are not supported)")
+        self.scaling_factor = float(vae_cfg.get("scaling_factor", 0.18215))
+        self.shift_factor = vae_cfg.get("shift_factor") or None
+        sample = unet_cfg.get("sample_size", 64)
+        sample = sample if isinstance(sample, (list, tuple)) else (sample, sample)
+        self.default_size = (int(sample[0]) * self.vae_scale_factor, int(sample[1]) * self.vae_scale_factor)
+        self.force_zeros_for_empty_prompt = components.force_zeros_for_empty_prompt
+        self._stage_parts = {**_STAGE_PARTS[self.family], **_COMMON_PARTS}
+
+    # ---- staging ----
+    def load(self, component: str) -> None:
+        for part in self._parts(component):
+            if part not in self.components._loaded:
+                module = self.components.get(part).to(self.device)
+                if part == "unet":
+                    for transform in self.unet_transforms:
+                        module = transform(module) or module
+                    self.components._loaded["unet"] = module
+                self.components._loaded[part] = module
+
+    def unload(self, component: str) -> None:
+        import gc
+
+        for part in self._parts(component):
+            self.components.release(part, collect=False)
+        gc.collect()
+
+    def _parts(self, component: str) -> tuple[str, ...]:
+        try:
+            return self._stage_parts[component]
+        except KeyError:
+            raise ValueError(f"unknown component {component!r}") from None
+
+    def module(self, part: str):
+        """The torch module `part`, loaded if needed (for callers that need the raw module, e.g. LoRA tools)."""
+        self.load(next(k for k, v in self._stage_parts.items() if part in v))
+        return self.components.get(part)
+
+    # ---- networks ----
+    @torch.inference_mode()
+    def encode_text(self, index: int, input_ids):
+        name = "text_encoder" if index == 0 else f"text_encoder_{index + 1}"
+        encoder = self.components.get(name)
+        out = encoder(input_ids.to(self.device), output_hidden_states=True)
+        if self.family == "sd":
+            return out[0].float().cpu(), None
+        pooled = out[0] if out[0].ndim == 2 else None  # CLIPTextModelWithProjection.text_embeds
+        return out.hidden_states[-2].float().cpu(), (pooled.float().cpu() if pooled is not None else None)
+
+    @torch.inference_mode()
+    def unet(self, latents, timestep, encoder_hidden_states, added_cond: Mapping[str, Any] | None, **extra):
+        unet = self.components.get("unet")
+        dtype = unet.dtype
+        kw = {}
+        if added_cond is not None:
+            kw["added_cond_kwargs"] = {k: v.to(self.device, dtype) for k, v in added_cond.items()}
+        for key, value in extra.items():
+            if isinstance(value, (list, tuple)):
+                kw[key] = [v.to(self.device, dtype) for v in value]
+            elif value is not None:
+                kw[key] = value.to(self.device, dtype)
+        out = unet(latents.to(self.device, dtype), timestep.to(self.device),
+                   encoder_hidden_states=encoder_hidden_states.to(self.device, dtype), return_dict=False, **kw)[0]
+        return out.float().cpu()
+
+    @torch.inference_mode()
+    def vae_decode(self, latents):
+        vae = self.components.get("vae")
+        return vae.decode(latents.to(self.device, vae.dtype), return_dict=False)[0].float().cpu()
+
+    @torch.inference_mode()
+    def vae_encode(self, images):
+        vae = self.components.get("vae")
+        dist = vae.encode(images.to(self.device, vae.dtype)).latent_dist
+        return torch.cat([dist.mean, dist.logvar], dim=1).float().cpu()
+
+
+def open_backend(source: ModelSource | str | None, *, low_memory: bool = False, unet_mode: str = "dense",
+                 allow_pickle: bool = False, dtype=torch.float32, device="cpu",
+                 unet_transforms: list[Callable[[Any], Any]] | None = None) -> TorchBackend:
+    """A torch backend for any model kind except Core ML bundles. Nothing heavy is loaded until first use
+    (the loop times loading as its own stage); `low_memory` only changes what the loop unloads."""
+    if not isinstance(source, ModelSource):
+        source = resolve_model(source)
+    comps = ModelComponents(source, allow_pickle=allow_pickle, dtype=dtype, unet_mode=unet_mode)
+    return TorchBackend(comps, device=device, unet_transforms=unet_transforms)
+
+
+def controlnet_hook(folder, control_image, backend: TorchBackend, scale: float = 1.0):
+    """A `GenerationRequest.unet_extra` that runs a diffusers `ControlNetModel` on `control_image` (PIL, the
+    scribble/canny convention: white strokes on black) every step and hands its residuals to the UNet."""
+    import numpy as np
+    from diffusers import ControlNetModel
+
+    try:
+        net = ControlNetModel.from_pretrained(folder, torch_dtype=backend.components.dtype).to(backend.device).eval()
+    except (OSError, ValueError) as exc:
+        raise BadInput(f"--controlnet {folder} could not be loaded: {str(exc).splitlines()[0]}")
+    cond = torch.from_numpy(np.asarray(control_image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+
+    @torch.inference_mode()
+    def extra(model_in, t, embeds, added_cond):
+        dtype = net.dtype
+        kw = {"added_cond_kwargs": {k: v.to(backend.device, dtype) for k, v in added_cond.items()}} if added_cond else {}
+        down, mid = net(model_in.to(backend.device, dtype), t.to(backend.device), encoder_hidden_states=embeds.to(
+            backend.device, dtype), controlnet_cond=cond.expand(model_in.shape[0], -1, -1, -1).to(backend.device, dtype),
+            conditioning_scale=scale, return_dict=False, **kw)
+        return {"down_block_additional_residuals": list(down), "mid_block_additional_residual": mid}
+
+    return extra

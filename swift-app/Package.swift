@@ -1,0 +1,55 @@
+// swift-tools-version: 5.9
+// PocketSD for Swift: a library (PocketSDKit), a macOS command line tool (pocketsd-swift) and its tests.
+// The SwiftUI app in PocketSDApp/ links PocketSDKit through XcodeGen's project.yml.
+
+import PackageDescription
+
+// Apple's StableDiffusion package (and Core ML under it) exists only on Apple platforms. On Linux the
+// package builds without it: PocketSDKit then holds only its platform-independent core (manifest, presets,
+// options, report, timing, sketch cleaning), which is what `swift test` checks there. The manifest is
+// compiled for the machine that builds, so `#if os(Linux)` here is a property of the build host.
+#if os(Linux)
+let engineDependencies: [Package.Dependency] = []
+let engineProducts: [Target.Dependency] = []
+#else
+let engineDependencies: [Package.Dependency] = [
+    .package(url: "https://github.com/apple/ml-stable-diffusion.git", from: "1.1.1"),
+]
+let engineProducts: [Target.Dependency] = [
+    .product(name: "StableDiffusion", package: "ml-stable-diffusion"),
+]
+#endif
+
+let package = Package(
+    name: "PocketSDKit",
+    platforms: [
+        // StableDiffusionXLPipeline needs iOS 17 / macOS 14; multifunction UNets (LoRA styles) need 18 / 15
+        // and are checked at run time.
+        .macOS(.v14),
+        .iOS(.v17),
+    ],
+    products: [
+        .library(name: "PocketSDKit", targets: ["PocketSDKit"]),
+        .executable(name: "pocketsd-swift", targets: ["pocketsd-swift"]),
+    ],
+    dependencies: engineDependencies,
+    targets: [
+        .target(
+            name: "PocketSDKit",
+            dependencies: engineProducts,
+            resources: [
+                // A copy of python/pocketsd/pipeline/domains.json made by `make sync-domains` (SwiftPM copies
+                // symbolic links verbatim, so a link would dangle inside the app); a test fails when it drifts.
+                .copy("Resources/domains.json"),
+            ]
+        ),
+        .executableTarget(
+            name: "pocketsd-swift",
+            dependencies: ["PocketSDKit"]
+        ),
+        .testTarget(
+            name: "PocketSDKitTests",
+            dependencies: ["PocketSDKit"]
+        ),
+    ]
+)

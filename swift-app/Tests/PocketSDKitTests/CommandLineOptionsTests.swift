@@ -1,0 +1,87 @@
+import XCTest
+@testable import PocketSDKit
+
+final class CommandLineOptionsTests: XCTestCase {
+    func generate(_ args: [String]) throws -> GenerateOptions {
+        guard case .generate(let options) = try CommandLineOptions.parse(["generate"] + args) else {
+            XCTFail("not a generate command"); throw PocketSDError.badInput("")
+        }
+        return options
+    }
+
+    func testEveryGenerateFlag() throws {
+        let o = try generate([
+            "a red circle", "--resources", "B/Resources", "--steps", "12", "--guidance=6.5", "--seed", "4294967295",
+            "--negative", "blurry", "--scheduler", "euler", "--domain", "logo", "--compute-units", "cpu_and_ne",
+            "--size", "128x128", "--image", "in.png", "--strength", "0.6", "--low-memory", "--out", "x/y.png",
+            "--function", "poster", "--domains", "d.json", "--backend", "coreml",
+        ])
+        XCTAssertEqual(o.request.prompt, "a red circle")
+        XCTAssertEqual(o.resources, "B/Resources")
+        XCTAssertEqual(o.request.steps, 12)
+        XCTAssertEqual(o.request.guidance, 6.5)
+        XCTAssertEqual(o.request.seed, UInt32.max)
+        XCTAssertEqual(o.request.negativePrompt, "blurry")
+        XCTAssertEqual(o.request.scheduler, "euler")
+        XCTAssertEqual(o.request.domain, "logo")
+        XCTAssertEqual(o.request.computeUnits, .cpuAndNeuralEngine)
+        XCTAssertEqual(o.request.size?.width, 128)
+        XCTAssertEqual(o.request.imagePath, "in.png")
+        XCTAssertEqual(o.request.strength, 0.6)
+        XCTAssertTrue(o.request.lowMemory)
+        XCTAssertEqual(o.request.unetFunction, "poster")
+        XCTAssertEqual(o.domainsFile, "d.json")
+        XCTAssertEqual(o.outputPath(seed: 1), "x/y.png")
+        XCTAssertEqual(o.reportPath(seed: 1), "x/y.json")
+    }
+
+    func testDefaultPathsFollowTheSeed() throws {
+        let o = try generate(["p", "--resources", "R"])
+        XCTAssertEqual(o.outputPath(seed: 9), "pocketsd-9.png")
+        XCTAssertEqual(o.reportPath(seed: 9), "pocketsd-9.json")
+        var withReport = o
+        withReport.report = "r.json"
+        XCTAssertEqual(withReport.reportPath(seed: 9), "r.json")
+    }
+
+    func testBadInputGetsOneLine() {
+        let cases: [([String], String)] = [
+            (["generate", "--resources", "R"], "say what to draw"),
+            (["generate", "p"], "--resources DIR is required"),
+            (["generate", "p", "q", "--resources", "R"], "one prompt"),
+            (["generate", "p", "--resources", "R", "--steps", "many"], "whole number"),
+            (["generate", "p", "--resources", "R", "--seed", "-1"], "--seed"),
+            (["generate", "p", "--resources", "R", "--compute-units", "gpu"], "cpu_and_ne"),
+            (["generate", "p", "--resources", "R", "--size", "100x100"], "multiples of 8"),
+            (["generate", "p", "--resources", "R", "--scheduler", "lms"], "unknown scheduler"),
+            (["generate", "p", "--resources", "R", "--lora", "a.safetensors"], "not supported"),
+            (["generate", "p", "--resources", "R", "--backend", "torch"], "Core ML bundles only"),
+            (["generate", "p", "--resources"], "needs a value"),
+            (["generate", "p", "--resources", "R", "--wat"], "unknown option --wat"),
+            (["paint"], "unknown command"),
+            (["info"], "one bundle folder"),
+            (["domains", "--verbose"], "unknown option"),
+        ]
+        for (args, fragment) in cases {
+            XCTAssertThrowsError(try CommandLineOptions.parse(args), "\(args)") { error in
+                guard let e = error as? PocketSDError else { return XCTFail("\(args): \(error) is not a PocketSDError") }
+                XCTAssertTrue(e.description.contains(fragment), "\(args): \(e.description)")
+                XCTAssertFalse(e.description.contains("\n"), "one line: \(e.description)")
+                XCTAssertEqual(e.exitCode, 2)
+            }
+        }
+    }
+
+    func testOtherCommands() throws {
+        XCTAssertEqual(try CommandLineOptions.parse([]), .help)
+        XCTAssertEqual(try CommandLineOptions.parse(["--help"]), .help)
+        XCTAssertEqual(try CommandLineOptions.parse(["--version"]), .version)
+        XCTAssertEqual(try CommandLineOptions.parse(["domains", "--json"]), .domains(file: nil, json: true))
+        XCTAssertEqual(try CommandLineOptions.parse(["info", "B"]), .info(path: "B"))
+    }
+
+    func testAPromptStartingWithDashesAfterTheSeparator() throws {
+        let o = try generate(["--resources", "R", "--", "--weird prompt"])
+        XCTAssertEqual(o.request.prompt, "--weird prompt")
+    }
+}

@@ -1,0 +1,94 @@
+"""Test support for the conversion tests: a compressed model folder made in seconds.
+
+Not the project's compressor (palettize.compress calibrates for minutes): a plain round-to-nearest
+quantizer that writes a valid compressed folder through palettize.format, mixing both quantizers,
+low-rank branches and smoothing, so the conversion's exactness checks are exercised on every case.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from pocketsd.palettize.format import CompressedLayer, CompressedUNet, save_compressed
+
+
+def _palette(w2d: torch.Tensor, group: int):
+    out = w2d.shape[0]
+    lut = torch.empty(out // group, 16)
+    codes = torch.empty_like(w2d, dtype=torch.uint8)
+    for g in range(out // group):
+        rows = w2d[g * group:(g + 1) * group]
+        table = torch.linspace(float(rows.min()), float(rows.max()), 16).half().float()
+        lut[g] = table
+        codes[g * group:(g + 1) * group] = (rows[..., None] - table).abs().argmin(-1).to(torch.uint8)
+    return codes, lut.half()
+
+
+def _int4(w: torch.Tensor, block: int):
+    out, inp = w.shape[:2]
+    blocks = w.reshape(out, inp // block, block, *w.shape[2:])
+    scale = (blocks.abs().amax(dim=2) / 7).clamp_min(1e-4).half()  # (out, in/B[, kh, kw])
+    codes = torch.round(blocks / scale.float().unsqueeze(2)).clamp(-7, 7).to(torch.int8).reshape(w.shape)
+    return codes, scale
+
+
+def compress_quickly(model_path: Path, out: Path, rank: int = 4, min_numel: int = 2048) -> Path:
+    """Every UNet Linear/Conv2d with ≥ min_numel weights → 4 bits (alternating palette/int4) + rank-`rank` branch."""
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(Path(model_path) / "unet", torch_dtype=torch.float32)
+    layers, owned = {}, set()
+    g = torch.Generator().manual_seed(0)
+    candidates = [(n, m) for n, m in unet.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))
+                  and m.weight.numel() >= min_numel]
+    for i, (name, module) in enumerate(candidates):
+        w = module.weight.detach().float()
+        shape = tuple(w.shape)
+        smooth = (torch.rand(shape[1], generator=g) + 0.5).half() if i % 3 == 0 else None
+        ws = w * smooth.float().view(1, -1, *([1] * (w.ndim - 2))) if smooth is not None else w
+        mat = ws.reshape(shape[0], -1)
+        u, s, vh = torch.linalg.svd(mat, full_matrices=False)
+        up, down = (u[:, :rank] * s[:rank]).half(), vh[:rank].half()
+        resid = (mat - up.float() @ down.float()).reshape(shape)
+        use_palette = i % 2 == 0 and shape[0] % 16 == 0
+        if use_palette:
+            codes, lut = _palette(resid.reshape(shape[0], -1), 16)
+            extra = dict(quantizer="palette", group_size=16, lut=lut, codes=codes.reshape(shape))
+        elif shape[1] % 32 == 0:
+            codes, scales = _int4(resid, 32)
+            extra = dict(quantizer="int4", block_size=32, scales=scales, codes=codes)
+        else:
+            continue
+        bias = module.bias.detach().half() if module.bias is not None else None
+        layers[name] = CompressedLayer(name=name, kind="linear" if w.ndim == 2 else "conv", shape=shape, bits=4,
+                                       lowrank_up=up, lowrank_down=down, smooth=smooth, bias=bias,
+                                       alpha=0.5 if smooth is not None else 0.0, **extra)
+        owned.update({f"{name}.weight", f"{name}.bias"})
+    leftover = {k: v.detach().half() for k, v in unet.state_dict().items() if k not in owned}
+    cunet = CompressedUNet(layers=layers, leftover=leftover, unet_config=dict(unet.config),
+                           recipe={"name": "test-rtn", "fp16_layers_rule": f"numel < {min_numel}"})
+    save_compressed(cunet, Path(model_path), Path(out), source={"path": str(model_path)})
+    return Path(out)
+
+
+def tiny_unet_pipeline(model_path: Path, out: Path) -> Path:
+    """The model's folder with its UNet swapped for a two-level, one-layer UNet of the same interface.
+
+    Used where a test needs a UNet *conversion* but not the reference UNet's size (multifunction, original
+    attention): it converts in a few seconds.
+    """
+    import shutil
+
+    from diffusers import UNet2DConditionModel
+
+    out = Path(out)
+    shutil.copytree(model_path, out, ignore=shutil.ignore_patterns("unet"))
+    cfg = UNet2DConditionModel.load_config(Path(model_path) / "unet")
+    cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    cfg.update(down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+               block_out_channels=(32, 64), layers_per_block=1, transformer_layers_per_block=1, attention_head_dim=(2, 2))
+    torch.manual_seed(0)
+    UNet2DConditionModel(**cfg).save_pretrained(out / "unet")
+    return out

@@ -1,0 +1,69 @@
+"""The parts of benchmarks/compression.py that decide its figures: metrics, the MBP search, the target verdict."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pocketsd.eval.metrics import adherence, image_psnr, image_ssim, latent_psnr
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+
+def test_latent_psnr_is_apples_formula():
+    ref = torch.tensor([[-4.0, 1.0], [2.0, 0.0]])
+    out = ref + torch.tensor([[0.5, -0.5], [0.5, -0.5]])  # RMSE 0.5, max|ref| 4
+    assert latent_psnr(ref, out) == pytest.approx(20 * math.log10(4 / 0.5))
+    assert latent_psnr(ref, ref) == math.inf
+
+
+def test_image_metrics_on_pil_images():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-8, 9, a.shape), 0, 255).astype(np.uint8)
+    mse = np.mean(((a / 255.0) - (b / 255.0)) ** 2)
+    ia, ib = Image.fromarray(a), Image.fromarray(b)
+    assert image_psnr([ia], [ib]) == pytest.approx(10 * math.log10(1 / mse), rel=1e-4)
+    assert image_ssim([ia], [ia]) == pytest.approx(1.0)
+    assert 0 < image_ssim([ia], [ib]) < 1
+
+
+def test_adherence_reads_drawn_scenes():
+    import random
+
+    from pocketsd.refmodel.data import draw_scene
+    from pocketsd.refmodel.grammar import Scene
+
+    scenes = [Scene("red", "circle", "white"), Scene("blue", "square", "black")]
+    images = [draw_scene(s, random.Random(0)) for s in scenes]
+    assert adherence(images, scenes) == 100.0
+    assert adherence(images, scenes[::-1]) == 0.0
+
+
+def test_mbp_palettization_and_verdict():
+    from baselines import palettize_any_bits
+    from compression import verdict
+
+    w = torch.randn(32, 48)
+    errs = []
+    for bits in (1, 2, 4, 6, 8):
+        codes, lut, deq = palettize_any_bits(w, bits, 16)
+        assert lut.shape == (2, 1 << bits) and int(codes.max()) < (1 << bits)
+        errs.append(float((deq - w).pow(2).mean()))
+    assert errs == sorted(errs, reverse=True)  # more bits, less error
+
+    rows = [{"method": "fp16", "bits_per_param": 16, "unet_bytes": 100, "image_psnr_db": math.inf, "adherence_pct": 90.0},
+            {"method": "base", "bits_per_param": 4.6, "unet_bytes": 30, "image_psnr_db": 20.0, "adherence_pct": 80.0},
+            {"method": "small", "bits_per_param": 4.0, "unet_bytes": 25, "image_psnr_db": 25.0, "adherence_pct": 80.0},
+            {"method": "ours", "bits_per_param": 4.5, "unet_bytes": 29, "image_psnr_db": 24.0, "adherence_pct": 88.0,
+             "low_rank": True}]
+    v = verdict(rows)
+    # "small" is smaller than ours, so only "base" (equal or larger) is a rival
+    assert v["rival"] == "base" and v["psnr_margin_db"] == pytest.approx(4.0) and v["psnr_target_met"]
+    assert v["adherence_gap_points"] == pytest.approx(2.0) and v["adherence_target_met"]

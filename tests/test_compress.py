@@ -1,0 +1,164 @@
+"""`pocketsd compress` end to end on the reference model: the folder, its accounting, loading it back, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from pocketsd.cli import main as cli
+from pocketsd.palettize.artifact import describe, load_compressed_unet
+from pocketsd.palettize.format import (MANIFEST, UNET_WEIGHTS, dequantize_residual, read_compressed,
+                                       smoothed_weight)
+
+
+@pytest.fixture(scope="session")
+def compressed(tmp_path_factory, ref_model_path) -> Path:
+    """The reference model at w4r16 (smoothing on) from a deliberately tiny calibration: 4 prompts × 2 steps."""
+    out = tmp_path_factory.mktemp("compress") / "w4r16"
+    rc = cli(["compress", "--model", str(ref_model_path), "--out", str(out), "--recipe", "w4r16",
+              "--calib-count", "4", "--calib-steps", "2", "--refine-iters", "1"])
+    assert rc == 0
+    return out
+
+
+def test_folder_is_complete_and_self_describing(compressed, ref_model_path):
+    for part in ("model_index.json", "scheduler", "tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "vae"):
+        assert (compressed / part).exists(), part
+    assert not (compressed / "unet" / "diffusion_pytorch_model.safetensors").exists()
+    m = json.loads((compressed / MANIFEST).read_text())
+    assert m["kind"] == "compressed" and m["recipe"]["name"] == "w4r16"
+    assert m["source_model"]["path"] == str(ref_model_path)
+    assert m["calibration"]["prompts"] == 4 and m["calibration"]["steps"] == 2
+    assert {"torch", "diffusers", "pocketsd"} <= set(m["versions"])
+    assert "conv_in" in m["fp16_layers"] and "conv_out" in m["fp16_layers"]
+    rows = m["layers"]
+    assert len(rows) > 100
+    for r in rows:
+        assert r["quantizer"] == "palette" and r["bits"] == 4 and r["group_size"] == 16
+        assert r["rank"] == min(16, min(r["shape"][0], r["shape"][1] * (r["shape"][2] * r["shape"][3] if len(r["shape"]) == 4 else 1)) // 2)
+        assert r["snr_db"] is not None and r["snr_db"] > 5
+    assert any(r["smoothed"] for r in rows)  # α > 0 won somewhere on real activations
+
+
+def test_accounting_matches_bytes_on_disk(compressed):
+    m = json.loads((compressed / MANIFEST).read_text())
+    acc = m["accounting"]
+    on_disk = (compressed / UNET_WEIGHTS).stat().st_size
+    assert abs(on_disk - acc["total_bytes"]) <= 0.02 * on_disk
+    assert acc["payload_bytes"] == sum(acc["bytes_by_category"].values())
+    assert abs(acc["bits_per_param"] - 8 * acc["total_bytes"] / acc["unet_params"]) < 1e-9
+    ref_params = sum(p.numel() for p in load_compressed_unet(compressed, "packed").parameters())
+    assert acc["unet_params"] >= ref_params  # every parameter of the source UNet is accounted for
+    text = describe(compressed)
+    assert "effective bits per parameter" in text and rows_named(m, text)
+
+
+def rows_named(manifest, text) -> bool:
+    return all(r["name"][-64:] in text for r in manifest["layers"][:5])
+
+
+def test_read_api_reconstructs_the_smoothed_weights(compressed, ref_pipeline):
+    cunet = read_compressed(compressed)
+    unet = ref_pipeline.unet
+    snrs = []
+    for name, layer in cunet.layers.items():
+        w = unet.get_submodule(name).weight.detach().float()
+        r = dequantize_residual(layer)
+        assert r.dtype == torch.float16 and tuple(r.shape) == tuple(w.shape)
+        assert layer.codes.dtype == torch.uint8 and int(layer.codes.max()) < 16
+        assert layer.lut.shape == (w.shape[0] // 16, 16)
+        assert layer.lowrank_up.shape == (w.shape[0], layer.rank)
+        assert layer.lowrank_down.shape == (layer.rank, w[0].numel())
+        s = torch.ones(w.shape[1]) if layer.smooth is None else layer.smooth.float()
+        target = w * s.view(1, -1, *([1] * (w.dim() - 2)))
+        err = smoothed_weight(layer) - target
+        snrs.append(float(10 * torch.log10(target.pow(2).sum() / err.pow(2).sum())))
+    assert min(snrs) > 8 and sum(snrs) / len(snrs) > 15
+
+
+def test_loaded_unet_dense_equals_packed_and_tracks_fp16(compressed, ref_pipeline):
+    g = torch.Generator().manual_seed(0)
+    cfg = ref_pipeline.unet.config
+    x = torch.randn(2, cfg.in_channels, cfg.sample_size, cfg.sample_size, generator=g)
+    ehs = torch.randn(2, 77, cfg.cross_attention_dim, generator=g)
+    pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
+    add = {"text_embeds": torch.randn(2, pooled, generator=g),
+           "time_ids": torch.tensor([[128.0, 128, 0, 0, 128, 128]] * 2)}
+    t = torch.tensor([700.0, 700.0])
+    with torch.no_grad():
+        ref = ref_pipeline.unet(x, t, ehs, added_cond_kwargs=add).sample
+        dense = load_compressed_unet(compressed, "dense")(x, t, ehs, added_cond_kwargs=add).sample
+        packed = load_compressed_unet(compressed, "packed")(x, t, ehs, added_cond_kwargs=add).sample
+    assert torch.allclose(dense, packed, atol=1e-4, rtol=1e-3)
+    snr = float(10 * torch.log10(ref.pow(2).sum() / (dense - ref).pow(2).sum()))
+    assert snr > 10, snr
+
+
+def test_info_command_prints_the_table(compressed, capsys):
+    assert cli(["info", str(compressed)]) == 0
+    out = capsys.readouterr().out
+    assert "compressed model" in out and "w4r16" in out and "SNR dB" in out
+
+
+# ---- the budget, on a small stand-in network (fast; the allocation logic is the same) ------------------
+class _Tiny(nn.Module):
+    config = {"_class_name": "Tiny"}
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv_in = nn.Conv2d(4, 32, 3, padding=1)
+        self.a = nn.Linear(128, 128)
+        self.b = nn.Linear(128, 256)
+        self.c = nn.Conv2d(64, 64, 3, padding=1)
+        self.norm = nn.LayerNorm(128)
+        with torch.no_grad():
+            self.b.weight[:, :3] *= 20  # a sensitive layer with outlier input channels
+
+
+@pytest.mark.parametrize("budget", [4.5, 6.0])
+def test_budget_allocation_stays_within_budget(budget):
+    from pocketsd.palettize.compress import compress_unet
+    from pocketsd.palettize.recipes import make_recipe
+
+    tiny = _Tiny()
+    cunet = compress_unet(tiny, make_recipe(bits_budget=budget))
+    acc = cunet.accounting()
+    assert set(cunet.layers) == {"a", "b", "c"} and "conv_in.weight" in cunet.leftover
+    assert acc["bits_per_param"] <= budget
+    assert acc["unet_params"] == sum(p.numel() for p in tiny.parameters())
+    if budget >= 6.0:  # room to spend: something got more bits or a rank
+        assert any(l.bits > 4 or l.rank > 0 for l in cunet.layers.values())
+
+
+# ---- bad input ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("args,needle", [
+    (["--bits-budget", "3.5"], "below 4"),
+    (["--recipe", "w3r99"], "unknown recipe"),
+    (["--recipe", "w6r0", "--quantizer", "int4"], "cannot store"),
+    (["--calib-prompts", "/nonexistent/prompts.txt"], "does not exist"),
+])
+def test_bad_options_exit_2_with_one_line(tmp_path, capsys, args, needle):
+    rc = cli(["compress", "--out", str(tmp_path / "c")] + args)
+    err = capsys.readouterr().err
+    assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "c").exists()
+
+
+def test_model_folder_without_unet_is_bad_input(tmp_path, capsys, ref_model_path):
+    src = tmp_path / "nounet"
+    src.mkdir()
+    shutil.copy(ref_model_path / "model_index.json", src / "model_index.json")
+    rc = cli(["compress", "--model", str(src), "--out", str(tmp_path / "c")])
+    assert rc == 2 and "no UNet" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
+def test_compressing_a_compressed_folder_is_bad_input(compressed, tmp_path, capsys):
+    rc = cli(["compress", "--model", str(compressed), "--out", str(tmp_path / "c")])
+    assert rc == 2 and "already a compressed model" in capsys.readouterr().err
