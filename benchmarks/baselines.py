@@ -259,7 +259,8 @@ def _ours(recipe_kwargs: dict, timesteps: str = "all"):
         ranks = [l.rank for l in cunet.layers.values()]
         bits = [l.bits for l in cunet.layers.values()]
         return build_unet(cunet, "dense"), {
-            "bits_per_param": acc["bits_per_param"], "unet_bytes": acc["total_bytes"], "low_rank": True,
+            "bits_per_param": acc["bits_per_param"], "unet_bytes": acc["total_bytes"], "ours": True,
+            "low_rank": any(r > 0 for r in ranks),
             "layers_quantized": len(cunet.layers), "recipe": recipe.name, "calib_timesteps": timesteps,
             "smoothing": recipe.smoothing, "mean_rank": float(np.mean(ranks)) if ranks else 0.0,
             "bits_histogram": {str(b): bits.count(b) for b in sorted(set(bits))},

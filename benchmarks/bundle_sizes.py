@@ -119,6 +119,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--work", default=str(ROOT / "build" / "bench_bundles"))
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--reuse", action="store_true", help="reuse compressed folders already in --work")
+    ap.add_argument("--compressed", action="append", default=[], metavar="LABEL=DIR",
+                    help="use an existing compressed folder for 'w4r32' or 'budget 4.5' instead of compressing")
     args = ap.parse_args(argv)
     from pocketsd.refmodel import LORA_DIR, reference_model_path
 
@@ -132,9 +134,10 @@ def main(argv=None) -> dict:
     rows.append(_row("fp16", fp16, None))
     recipes = {"w4r32": ["--recipe", "w4r32"], "budget 4.5": ["--bits-budget", "4.5"]}
     compressed_manifests = {}
+    given = dict(x.split("=", 1) for x in args.compressed)
     for label, flags in recipes.items():
-        folder = work / f"compressed-{label.replace(' ', '')}"
-        if not (args.reuse and (folder / "pocketsd.json").is_file()):
+        folder = Path(given[label]) if label in given else work / f"compressed-{label.replace(' ', '')}"
+        if label not in given and not (args.reuse and (folder / "pocketsd.json").is_file()):
             print(f"compress {label}")
             _cli("compress", "--model", str(model), *flags, "--out", str(folder))
         out = work / f"bundle-{label.replace(' ', '')}"
@@ -144,13 +147,14 @@ def main(argv=None) -> dict:
         manifest = _convert(folder, out)
         compressed_manifests[label] = read_json(folder / "pocketsd.json")
         rows.append(_row(label, manifest, compressed_manifests[label]))
+        rows[-1]["compressed_from"] = compressed_manifests[label].get("source_model", {}).get("path")
     loras = sorted(Path(LORA_DIR).glob("*.safetensors"))[:2] if Path(LORA_DIR).is_dir() else []
     multifunction = None
     if len(loras) == 2:
         print("multifunction Unet (w4r32 + 2 LoRAs)")
         out = work / "bundle-w4r32-functions"
         shutil.rmtree(out, ignore_errors=True)
-        m = _convert(work / "compressed-w4r32", out, only=["Unet"], lora_functions=loras)
+        m = _convert(Path(given.get("w4r32", work / "compressed-w4r32")), out, only=["Unet"], lora_functions=loras)
         u = m["components"]["Unet"]
         multifunction = {"loras": [p.name for p in loras], "functions": u["functions"],
                          "one_function_bytes": u["single_function_bytes"], "three_functions_bytes": u["bytes"],

@@ -120,7 +120,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--calib-steps", type=int, default=20)
     ap.add_argument("--quick", action="store_true", help="few prompts and steps: checks the harness, not the figures")
     ap.add_argument("--methods", nargs="*", default=None, help="subset of method names")
+    ap.add_argument("--part", default=None, help="write only the rows, to compression_part_<PART>.json "
+                    "(run subsets in parallel processes, then --merge)")
+    ap.add_argument("--merge", nargs="*", default=None, metavar="PART", help="combine part files into the results")
     args = ap.parse_args(argv)
+    if args.merge:
+        return merge_parts(args.out, args.merge)
 
     torch.manual_seed(0)
     pipe = StableDiffusionXLPipeline.from_pretrained(args.model, torch_dtype=torch.float32)
@@ -152,19 +157,49 @@ def main(argv: list[str] | None = None) -> dict:
               flush=True)
         pipe.unet = fp16_unet
 
+    args.out.mkdir(parents=True, exist_ok=True)
+    contact(sheets, args.out / f"compression_samples{'_' + args.part if args.part else ''}.png")
+    unet_file = next((args.model / "unet").glob("*.safetensors"))
     result = {
-        "model": str(args.model), "quick": args.quick, "steps": steps, "guidance": GUIDANCE,
+        "model": str(args.model),
+        "model_unet_mtime_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unet_file.stat().st_mtime)), "quick": args.quick, "steps": steps, "guidance": GUIDANCE,
         "scheduler": type(pipe.scheduler).__name__, "n_image_prompts": len(scenes),
         "n_latent_prompts": len(latent_prompts), "calibration": {"prompts": calib_n, "steps": calib_steps},
         "torch_threads": torch.get_num_threads(), "rows": rows,
         "target": verdict(rows),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = "compression_quick" if args.quick else "compression"
+    if args.part:
+        write_json(args.out / f"compression_part_{args.part}.json", result)
+        return result
+    return finish(result, args.out)
+
+
+def merge_parts(out: Path, parts: list[str]) -> dict:
+    """One result from part files made with the same settings (each has its own fp16 row: kept once)."""
+    results = [json.loads((out / f"compression_part_{p}.json").read_text()) for p in parts]
+    merged = dict(results[0])
+    seen, rows = set(), []
+    for res in results:
+        for key in ("model", "steps", "n_image_prompts", "calibration"):
+            if res[key] != merged[key]:
+                raise SystemExit(f"part files differ in {key}: {res[key]} vs {merged[key]}")
+        for r in res["rows"]:
+            if r["method"] not in seen:
+                seen.add(r["method"])
+                rows.append(r)
+    merged["rows"], merged["parts"] = rows, parts
+    merged["target"] = verdict(rows)
+    return finish(merged, out)
+
+
+def finish(result: dict, out: Path) -> dict:
+    rows = result["rows"]
+    stem = "compression_quick" if result["quick"] else "compression"
+    args = argparse.Namespace(out=out)
     write_json(args.out / f"{stem}.json", result)
     (args.out / f"{stem}.md").write_text(markdown(result))
     plot(rows, args.out / f"{stem}_psnr_vs_bits.png")
-    contact(sheets, args.out / f"{stem}_samples.png")
     print(markdown(result))
     return result
 
@@ -173,13 +208,14 @@ def main(argv: list[str] | None = None) -> dict:
 def verdict(rows: list[dict]) -> dict:
     """At ≤ 4.6 bits, our best vs the best method without a low-rank branch at equal or larger size."""
     fp16 = next(r for r in rows if r["method"] == "fp16")
-    ours = [r for r in rows if r.get("low_rank") and r["bits_per_param"] <= TARGET_BITS]
+    ours = [r for r in rows if r.get("ours") and r["bits_per_param"] <= TARGET_BITS]
     if not ours:
-        return {"evaluated": False, "why": f"no low-rank method at ≤ {TARGET_BITS} bits"}
+        return {"evaluated": False, "why": f"none of our recipes at ≤ {TARGET_BITS} bits"}
     best = max(ours, key=lambda r: r["image_psnr_db"])
-    rivals = [r for r in rows if not r.get("low_rank") and r["method"] != "fp16"
-              and r["unet_bytes"] >= best["unet_bytes"]]
+    baselines = [r for r in rows if not r.get("ours") and not r.get("low_rank") and r["method"] != "fp16"]
+    rivals = [r for r in baselines if r["unet_bytes"] >= best["unet_bytes"]]
     out = {"evaluated": True, "ours": best["method"], "ours_bits": best["bits_per_param"],
+           "ours_uses_low_rank": bool(best.get("low_rank")),
            "ours_image_psnr_db": best["image_psnr_db"],
            "adherence_gap_points": fp16["adherence_pct"] - best["adherence_pct"]}
     if rivals:
@@ -193,7 +229,7 @@ def verdict(rows: list[dict]) -> dict:
                    note="no method without low rank is at equal or larger size; margin not defined")
     out["adherence_target_met"] = out["adherence_gap_points"] <= TARGET_ADHERENCE_POINTS
     # For context: the best method without low rank at any size up to the bit limit (may be smaller than ours).
-    anysize = [r for r in rows if not r.get("low_rank") and r["method"] != "fp16" and r["bits_per_param"] <= TARGET_BITS]
+    anysize = [r for r in baselines if r["bits_per_param"] <= TARGET_BITS]
     if anysize:
         top = max(anysize, key=lambda r: r["image_psnr_db"])
         out.update(best_no_lowrank_under_limit=top["method"],
@@ -246,14 +282,14 @@ def plot(rows: list[dict], path: Path) -> None:
     for r in rows:
         if r["method"] == "fp16":
             continue
-        marker = "o" if r.get("low_rank") else "s"
+        marker = "o" if r.get("ours") else "s"
         ax.scatter(r["bits_per_param"], r["image_psnr_db"], marker=marker, s=50)
         ax.annotate(r["method"], (r["bits_per_param"], r["image_psnr_db"]), fontsize=7, xytext=(4, 3),
                     textcoords="offset points")
     ax.axvline(TARGET_BITS, color="gray", ls=":", lw=1)
     ax.set_xlabel("effective bits per UNet parameter")
     ax.set_ylabel("final-image PSNR vs fp16 (dB)")
-    ax.set_title("UNet compression on the reference model (○ low-rank, □ no low-rank)")
+    ax.set_title("UNet compression on the reference model (○ ours, □ baselines)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -62,7 +62,7 @@ def test_mbp_palettization_and_verdict():
             {"method": "base", "bits_per_param": 4.6, "unet_bytes": 30, "image_psnr_db": 20.0, "adherence_pct": 80.0},
             {"method": "small", "bits_per_param": 4.0, "unet_bytes": 25, "image_psnr_db": 25.0, "adherence_pct": 80.0},
             {"method": "ours", "bits_per_param": 4.5, "unet_bytes": 29, "image_psnr_db": 24.0, "adherence_pct": 88.0,
-             "low_rank": True}]
+             "ours": True, "low_rank": True}]
     v = verdict(rows)
     # "small" is smaller than ours, so only "base" (equal or larger) is a rival
     assert v["rival"] == "base" and v["psnr_margin_db"] == pytest.approx(4.0) and v["psnr_target_met"]

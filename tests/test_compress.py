@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -142,6 +143,7 @@ def test_budget_allocation_stays_within_budget(budget):
     (["--recipe", "w3r99"], "unknown recipe"),
     (["--recipe", "w6r0", "--quantizer", "int4"], "cannot store"),
     (["--calib-prompts", "/nonexistent/prompts.txt"], "does not exist"),
+    (["--bits-budget", "4.5", "--quantizer", "int4"], "is below the"),  # int4 scales alone cost 0.5 bit
 ])
 def test_bad_options_exit_2_with_one_line(tmp_path, capsys, args, needle):
     rc = cli(["compress", "--out", str(tmp_path / "c")] + args)
@@ -162,3 +164,37 @@ def test_model_folder_without_unet_is_bad_input(tmp_path, capsys, ref_model_path
 def test_compressing_a_compressed_folder_is_bad_input(compressed, tmp_path, capsys):
     rc = cli(["compress", "--model", str(compressed), "--out", str(tmp_path / "c")])
     assert rc == 2 and "already a compressed model" in capsys.readouterr().err
+
+
+def test_end_to_end_probe_measures_sensitivity_and_restores_weights(ref_pipeline):
+    from pocketsd.palettize.allocate import EndToEndProbe
+    from pocketsd.palettize.calibrate import calibrate, default_prompts
+    from pocketsd.palettize.recipes import compressible_layers
+
+    unet = ref_pipeline.unet
+    modules, _ = compressible_layers(unet)
+    calib = calibrate(ref_pipeline, {}, default_prompts(2), steps=2, unet_calls=2, unet_call_rows=2)
+    assert len(calib.unet_inputs) == 2 and calib.unet_inputs[0]["sample"].shape[0] == 2
+    probe = EndToEndProbe(unet, calib.unet_inputs)
+    name = next(n for n in modules if "attn2.to_k" in n)
+    module = modules[name]
+    before = module.weight.detach().clone()
+    noisy = before + 0.05 * before.abs().mean() * torch.randn_like(before)
+    rel = float((noisy - before).pow(2).sum() / before.pow(2).sum())
+    gain = probe.gain(module, noisy, rel)
+    assert math.isfinite(gain) and gain > 0
+    assert torch.equal(module.weight, before)
+    assert probe.gain(module, before.clone(), rel) == 0.0  # an exact weight changes nothing downstream
+
+
+@pytest.mark.parametrize("stride,kernel", [(1, 3), (2, 3), (1, 1)])
+def test_calibration_conv_rows_are_exact_unfolded_patches(stride, kernel):
+    from pocketsd.palettize.calibrate import _Recorder
+
+    conv = nn.Conv2d(8, 4, kernel, padding=kernel // 2, stride=stride)
+    x = torch.randn(2, 8, 6, 6)
+    amax, rows = _Recorder({}, 10, 40, seed=0)._sample_rows(conv, x, 40)
+    cols = nn.functional.unfold(x, conv.kernel_size, conv.dilation, conv.padding, conv.stride)
+    cols = cols.transpose(1, 2).reshape(-1, rows.shape[1])
+    assert rows.shape == (40, 8 * kernel * kernel) and torch.equal(amax, x.abs().amax(dim=(0, 2, 3)))
+    assert float((rows[:, None] - cols[None]).abs().amax(-1).min(1).values.max()) == 0.0

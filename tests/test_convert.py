@@ -30,14 +30,38 @@ def convert_model_path(request) -> Path:
 
 
 @pytest.fixture(scope="session")
-def compressed_model(convert_model_path, tmp_path_factory) -> Path:
-    return compress_quickly(convert_model_path, tmp_path_factory.mktemp("cv") / "compressed")
+def compressed_model(tiny_model, tmp_path_factory) -> Path:
+    # The reference model with a smaller UNet: everything a bundle has, converted in about a minute.
+    return compress_quickly(tiny_model, tmp_path_factory.mktemp("cv") / "compressed", min_numel=1024)
 
 
 @pytest.fixture(scope="session")
-def bundle(compressed_model, tmp_path_factory) -> Path:
+def style_lora(compressed_model, tmp_path_factory) -> Path:
+    """A LoRA made here (random B, A of the right shapes) on six compressed layers."""
+    import torch
+    from safetensors.torch import save_file
+
+    from pocketsd.palettize.format import read_compressed
+
+    layers = read_compressed(compressed_model).layers
+    g = torch.Generator().manual_seed(0)
+    sd = {}
+    for name, layer in list(layers.items())[:6]:
+        k = int(np.prod(layer.shape[1:]))
+        sd[f"unet.{name}.lora_A.weight"] = (torch.randn(4, k, generator=g) * 0.01).reshape(4, *layer.shape[1:])
+        sd[f"unet.{name}.lora_B.weight"] = (torch.randn(layer.shape[0], 4, generator=g) * 0.01).reshape(
+            layer.shape[0], 4, *([1] * (len(layer.shape) - 2)))
+    path = tmp_path_factory.mktemp("cv") / "style.safetensors"
+    save_file(sd, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def bundle(compressed_model, style_lora, tmp_path_factory) -> Path:
+    """Compressed model, chunked UNet, two functions per chunk (main + the style LoRA): converted once."""
     out = tmp_path_factory.mktemp("cv") / "bundle"
-    convert_bundle(ConvertOptions(model=str(compressed_model), out=out, chunk_unet=True), log=lambda m: None)
+    convert_bundle(ConvertOptions(model=str(compressed_model), out=out, chunk_unet=True, lora_functions=[style_lora]),
+                   log=lambda m: None)
     return out
 
 
@@ -147,7 +171,9 @@ def test_rerun_skips_done_and_resumes_after_kill(bundle, tmp_path, monkeypatch):
 
     real = run.convert_module
     monkeypatch.setattr(run, "convert_module", lambda *a, **k: converted.append([s.name for s in a[1]]) or real(*a, **k))
-    convert_bundle(ConvertOptions(model=m["source_model"]["path"], out=work, chunk_unet=True), log=lambda s: None)
+    # Through the command line, as a user re-runs it (same options).
+    assert main(["convert", "--model", m["source_model"]["path"], "--out", str(work), "--chunk-unet", "--quiet",
+                 "--lora-functions", ",".join(m["options"]["lora_functions"])]) == 0
     assert converted == [["x"]]  # only the VAE encoder was redone
     assert (work / "Resources" / "VAEEncoder.mlpackage").is_dir()
     assert not (work / "Resources" / ".VAEEncoder.mlpackage.tmp-dead").exists()
@@ -170,38 +196,26 @@ def test_interrupt_leaves_no_half_package(tiny_model, tmp_path, monkeypatch):
     assert not any(".tmp-" in p.name for p in (out / "Resources").iterdir())
 
 
-def test_multifunction_lora_unet_shares_weights(tiny_model, tmp_path):
-    """--lora-functions: one Unet, functions differing only in low-rank branches; 4-bit weights stored once."""
-    import torch
-    from safetensors.torch import save_file
-
+def test_multifunction_lora_unet_shares_weights(bundle, compressed_model):
+    """--lora-functions: functions differ only in low-rank branches; the 4-bit weights are stored once."""
     from pocketsd.convert.mil_weights import load_program
     from pocketsd.palettize.format import read_compressed
 
-    comp = compress_quickly(tiny_model, tmp_path / "c")
-    layers = read_compressed(comp).layers
-    loras = []
-    for i in range(2):
-        g = torch.Generator().manual_seed(i)
-        sd = {}
-        for name, layer in list(layers.items())[:6]:
-            k = int(np.prod(layer.shape[1:]))
-            sd[f"unet.{name}.lora_A.weight"] = (torch.randn(4, k, generator=g) * 0.01).reshape(4, *layer.shape[1:])
-            sd[f"unet.{name}.lora_B.weight"] = (torch.randn(layer.shape[0], 4, generator=g) * 0.01).reshape(
-                layer.shape[0], 4, *([1] * (len(layer.shape) - 2)))
-        path = tmp_path / f"style{i}.safetensors"
-        save_file(sd, str(path))
-        loras.append(path)
-    out = tmp_path / "b"
-    convert_bundle(ConvertOptions(model=str(comp), out=out, only=["Unet"], lora_functions=loras), log=lambda s: None)
-    entry = _manifest(out)["components"]["Unet"]
-    assert entry["functions"] == ["main", "style0", "style1"]
-    program = load_program(out / "Resources" / "Unet.mlpackage")
-    assert set(program.functions) == {"main", "style0", "style1"}
-    one, three = entry["single_function_bytes"], entry["bytes"]
-    # Three functions cost one copy of the 4-bit weights plus two sets of low-rank branches, not 3×.
-    assert three < 1.5 * one
-    assert entry["verify"]["bit_exact"] and entry["verify"]["layers_matched"] == len(layers)
+    n_layers = len(read_compressed(compressed_model).layers)
+    matched = 0
+    for chunk in ("UnetChunk1", "UnetChunk2"):
+        entry = _manifest(bundle)["components"][chunk]
+        assert entry["functions"] == ["main", "style"]
+        assert set(load_program(bundle / "Resources" / f"{chunk}.mlpackage").functions) == {"main", "style"}
+        one, two = entry["single_function_bytes"], entry["bytes"]
+        # Two functions cost one copy of the 4-bit weights plus a second set of low-rank branches, not 2×.
+        assert one < two < 1.3 * one
+        census = entry["census"]["functions"]
+        assert census["main"]["constexpr"] == census["style"]["constexpr"]
+        matched += entry["verify"]["layers_matched"]
+    assert matched == n_layers
+    records = _manifest(bundle)["components"]["UnetChunk1"]["lora_records"]
+    assert records["main"] == [] and records["style"][0]["lowrank_concat"] == 6
 
 
 def test_original_attention_converts(tiny_model, tmp_path):

@@ -138,3 +138,21 @@ def test_lora_appended_to_lowrank_branch_equals_dense_delta(quick_compressed):
     expected = before + x @ (b.half().float() @ a.float()).T
     assert torch.allclose(layer(x), expected, atol=2e-3, rtol=1e-3)
     assert layer.rank == layers[name].layer.rank + 3
+
+
+@pytest.mark.parametrize("attention", ["split-einsum", "original"])
+@torch.no_grad()
+def test_sd1_style_unet_without_text_time(attention):
+    """SD 1.x/2.x UNets (no text_embeds/time_ids; conv proj_in for 1.x) take the same path."""
+    from diffusers import UNet2DConditionModel
+
+    from pocketsd.convert.unet_graph import UnetSteps
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=8, block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=16,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=48,
+                                attention_head_dim=8, use_linear_projection=False).eval()
+    x, t, ehs = torch.randn(2, 4, 8, 8), torch.tensor([10.0, 900.0]), torch.randn(2, 48, 1, 77)
+    ref = unet(x, t, ehs.squeeze(2).transpose(1, 2)).sample
+    assert _rel(UnetSteps(unet, attention)(x, t, ehs), ref) < 1e-5

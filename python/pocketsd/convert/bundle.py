@@ -140,9 +140,13 @@ def component_done(out: Path, manifest: dict, name: str, fingerprint: dict) -> b
     return bool(entry.get("sha256"))
 
 
+def can_compile() -> bool:
+    return platform.system() == "Darwin" and shutil.which("xcrun") is not None
+
+
 def compile_on_macos(package: Path) -> Path | None:
     """xcrun coremlcompiler compile → <name>.mlmodelc beside the package (macOS only; None elsewhere)."""
-    if platform.system() != "Darwin" or shutil.which("xcrun") is None:
+    if not can_compile():
         return None
     target = package.with_suffix(".mlmodelc")
     with atomic_dir(target) as tmp:

@@ -103,7 +103,10 @@ def describe(path: Path) -> str:
     lines.append(f"  total: {_mb(total)}")
     acc = manifest.get("compressed_source", {}).get("accounting")
     if acc:
-        lines.append(f"  compressed UNet accounting: {_mb(acc['total_bytes'])} ({acc['bits_per_param']:.2f} bits/param)")
+        cs = manifest["compressed_source"]
+        lines.append(f"  compressed UNet accounting: {_mb(acc['total_bytes'])} ({acc['bits_per_param']:.2f} bits/param); "
+                     f"UNet weight blob in the bundle: {_mb(cs.get('bundle_unet_blob_bytes', 0))} "
+                     f"(×{cs.get('blob_vs_accounting', float('nan')):.3f} of the accounting)")
     if manifest.get("compile_hint") and not manifest.get("compiled"):
         lines.append(f"  {manifest['compile_hint']}")
     return "\n".join(lines)

@@ -60,6 +60,10 @@ class ExportLowRankLayer(nn.Module):
         self.down = nn.Parameter(down.contiguous(), requires_grad=False)  # (r, in·k)
 
     @property
+    def lowrank_up(self):  # palettize.lora recognises compressed layers by this attribute
+        return self.up
+
+    @property
     def rank(self) -> int:
         return 0 if self.up is None else int(self.up.shape[1])
 
@@ -91,9 +95,8 @@ class ExportLowRankLayer(nn.Module):
 
     def stored_bytes(self) -> int:
         """Bytes this layer takes in the bundle (codes + tables/scales + fp16 factors, smoothing, bias)."""
-        return int(sum(self.layer.tensor_bytes().values()) - self.layer.tensor_bytes().get("lowrank_up", 0)
-                   - self.layer.tensor_bytes().get("lowrank_down", 0) + 2 * (0 if self.up is None else
-                                                                            self.up.numel() + self.down.numel()))
+        fixed = sum(n for k, n in self.layer.tensor_bytes().items() if not k.startswith("lowrank"))
+        return fixed + (0 if self.up is None else 2 * (self.up.numel() + self.down.numel()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.inv_smooth is not None:
@@ -173,3 +176,30 @@ def _with_layer_params(unet: nn.Module, leftover: dict, layers: dict) -> dict:
         for pname, p in layer.named_parameters():
             sd[f"{name}.{pname}"] = p.data
     return sd
+
+
+def apply_loras(unet: nn.Module, specs: list[tuple]) -> list[dict]:
+    """Bake LoRAs into the export tree: compressed layers get a wider low-rank branch (R untouched),
+    fp16 layers get ΔW added. File reading and fit checks are palettize.lora's (all key formats)."""
+    from ..palettize.lora import check_fits, fuse_dense, load_loras
+
+    modules = dict(unet.named_modules())
+    shapes = {n: tuple(m.weight_shape) if isinstance(m, ExportLowRankLayer) else tuple(m.weight.shape)
+              for n, m in modules.items() if isinstance(m, (ExportLowRankLayer, nn.Linear, nn.Conv2d))}
+    loaded = load_loras(specs, getattr(unet, "config", None))
+    for lora, _ in loaded:
+        check_fits(lora, shapes)  # every LoRA checked before any is applied
+    records = []
+    for lora, scale in loaded:
+        concat = dense = 0
+        for name, layer in lora.layers.items():
+            module = modules[name]
+            if isinstance(module, ExportLowRankLayer):
+                module.append_lowrank(*layer.factors(scale))
+                concat += 1
+            else:
+                fuse_dense(module, layer, scale)
+                dense += 1
+        records.append({"path": str(lora.path), "scale": scale, "layers": len(lora.layers),
+                        "lowrank_concat": concat, "dense_fused": dense})
+    return records

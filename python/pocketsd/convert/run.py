@@ -114,7 +114,8 @@ def convert_bundle(opts: B.ConvertOptions, log: Log = print, progress=None) -> d
     out = Path(opts.out)
     resources = out / B.RESOURCES
     resources.mkdir(parents=True, exist_ok=True)
-    for stale in resources.glob(".*.tmp-*"):  # left by a run killed too hard to clean up after itself
+    # Left by a run killed too hard to clean up after itself (SIGKILL, power loss).
+    for stale in [*resources.glob(".*.tmp-*"), *out.glob(".unet-functions-*")]:
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink()
     previous = B.read_manifest(out)
     manifest = B.base_manifest({"spec": opts.model or "reference", "path": str(path), "kind": kind}, opts)
@@ -126,8 +127,11 @@ def convert_bundle(opts: B.ConvertOptions, log: Log = print, progress=None) -> d
     manifest["model_type"] = "sdxl" if is_xl else "sd"
     manifest["tokenizer"] = B.write_tokenizer_files(path / "tokenizer", resources)
     if kind == "compressed":
-        manifest["compressed_source"] = {"recipe": _compressed_manifest(path).get("recipe"),
-                                         "accounting": _compressed_manifest(path).get("accounting")}
+        cm = _compressed_manifest(path)
+        manifest["compressed_source"] = {"recipe": cm.get("recipe"), "accounting": cm.get("accounting")}
+        for key in ("bundle_unet_blob_bytes", "blob_vs_accounting"):  # kept when the UNet is skipped on resume
+            if key in previous.get("compressed_source", {}):
+                manifest["compressed_source"][key] = previous["compressed_source"][key]
 
     te_kind = dict(TextEncoder=("text_encoder", CLIPTextModel), TextEncoder2=("text_encoder_2", CLIPTextModelWithProjection))
     jobs = []
@@ -146,13 +150,6 @@ def convert_bundle(opts: B.ConvertOptions, log: Log = print, progress=None) -> d
     unet_fingerprint = dict(fingerprint, attention=opts.attention, batch=1 if opts.unet_batch_one else 2,
                             loras=[[str(p), s] for p, s in lora_specs], functions=[str(p) for p in opts.lora_functions],
                             source_sha=_unet_source_digest(kind, path))
-    # A bundle holds either Unet or the chunks; drop the other kind's entry so Swift sees one.
-    for stale in ({"Unet"} if opts.chunk_unet else {"UnetChunk1", "UnetChunk2"}):
-        if stale in manifest["components"] or (resources / f"{stale}.mlpackage").exists():
-            manifest["components"].pop(stale, None)
-            shutil.rmtree(resources / f"{stale}.mlpackage", ignore_errors=True)
-            shutil.rmtree(resources / f"{stale}.mlmodelc", ignore_errors=True)
-
     known = [n for n, _, _ in jobs] + ["Unet", "UnetChunk1", "UnetChunk2"]
     unknown = [n for n in (opts.only or []) if n not in known]
     if unknown:
@@ -177,14 +174,22 @@ def convert_bundle(opts: B.ConvertOptions, log: Log = print, progress=None) -> d
         log(f"{' + '.join(unet_names)}: already converted (sha256 matches), skipping; --force to redo")
     else:
         _convert_unet(opts, kind, path, unet_cfg, latent_hw, unet_names, fp, manifest, out, log, lora_specs)
+        # A bundle holds either Unet or the chunks (Swift prefers chunks): drop the other kind once the new one is in.
+        for stale in ({"Unet"} if opts.chunk_unet else {"UnetChunk1", "UnetChunk2"}):
+            manifest["components"].pop(stale, None)
+            for suffix in (".mlpackage", ".mlmodelc"):
+                shutil.rmtree(resources / f"{stale}{suffix}", ignore_errors=True)
         B.update_manifest(out, manifest)
     if progress:
         progress("Unet")
 
-    if B.compile_on_macos(resources / "VAEDecoder.mlpackage") is not None:
-        for pkg in sorted(resources.glob("*.mlpackage")):
-            if pkg.name != "VAEDecoder.mlpackage":
-                B.compile_on_macos(pkg)
+    if B.can_compile():
+        for name, entry in manifest["components"].items():
+            package = out / entry["file"]
+            compiled = package.with_suffix(".mlmodelc")
+            if package.exists() and (not compiled.exists() or compiled.stat().st_mtime < package.stat().st_mtime):
+                log(f"{name}: compiling with xcrun coremlcompiler")
+                B.compile_on_macos(package)
         manifest["compiled"] = True
     else:
         manifest["compiled"] = False
@@ -241,7 +246,7 @@ def _build_unet_variant(kind, path, lora_specs, extra_lora=None):
     specs = list(lora_specs) + ([(extra_lora, 1.0)] if extra_lora else [])
     records = []
     if specs:
-        from ..palettize.lora import apply_loras
+        from .lowrank import apply_loras
 
         records = apply_loras(unet, specs)
     return unet, layers, records
@@ -263,6 +268,7 @@ def _convert_unet(opts, kind, path, unet_cfg, latent_hw, names, fp, manifest, ou
     variants = [("main", None)] + [(_function_name(p), Path(p)) for p in opts.lora_functions]
     staged: dict[str, list[Path]] = {n: [] for n in names}
     specs: dict[str, tuple] = {}
+    part_seconds: dict[str, float] = {}
     tmp = Path(tempfile.mkdtemp(prefix=".unet-functions-", dir=out))
     try:
         t0 = time.time()
@@ -277,6 +283,7 @@ def _convert_unet(opts, kind, path, unet_cfg, latent_hw, names, fp, manifest, ou
                          _chunk_parts(steps, cut, ins, outs, UnetChunk1, UnetChunk2, chunk_output_names))
                 placed = set()
                 for pname, module, pins, pouts, example in parts:
+                    t_part = time.time()
                     log(f"{pname}{'' if fname == 'main' else f' [{fname}]'}: converting (float16, {opts.attention})")
                     cw = CompressedWeights(layers) if layers else None
                     mlmodel = convert_module(module, pins, pouts, opts.target, compressed=cw, example=example)
@@ -285,6 +292,7 @@ def _convert_unet(opts, kind, path, unet_cfg, latent_hw, names, fp, manifest, ou
                     target = tmp / f"{pname}-{fname}.mlpackage"
                     mlmodel.save(str(target))
                     staged[pname].append(target)
+                    part_seconds[pname] = part_seconds.get(pname, 0.0) + time.time() - t_part
                     specs[pname] = (pins, _out_specs(mlmodel, pouts))
                 missing = sorted(set(layers) - placed)
                 if missing:  # a pass changed a weight we meant to place: never ship it silently dequantized
@@ -310,13 +318,22 @@ def _convert_unet(opts, kind, path, unet_cfg, latent_hw, names, fp, manifest, ou
                     inner.rmdir()
             pins, pouts = specs[pname]
             extra = {"functions": [f for f, _ in variants], "lora_records": lora_records,
-                     "single_function_bytes": B.folder_bytes(staged[pname][0])}
+                     "single_function_bytes": B.folder_bytes(staged[pname][0]),
+                     "single_function_blob_bytes": sum(f.stat().st_size for f in staged[pname][0].rglob("weight.bin"))}
             if kind == "compressed":
                 from ..palettize.format import read_compressed
 
                 extra["verify"] = verify_package(package, read_compressed(path).layers)
-            _record(manifest, pname, package, out, pins, pouts, "float16", seconds / len(names), rss.peak_mb, fp, extra)
+            # Time: this package's own conversions (all functions) plus an equal share of model building.
+            share = (seconds - sum(part_seconds.values())) / len(names)
+            _record(manifest, pname, package, out, pins, pouts, "float16", part_seconds[pname] + share, rss.peak_mb, fp, extra)
             log(f"{pname}: done ({B.folder_bytes(package) / 2**20:.1f} MB, {len(variants)} function(s))")
+        if kind == "compressed":  # bytes on disk vs the compression accounting (same tensors, Core ML's blob format)
+            blob = sum(manifest["components"][n]["single_function_blob_bytes"] for n in names)
+            acc = manifest.get("compressed_source", {}).get("accounting") or {}
+            if acc.get("total_bytes"):
+                manifest["compressed_source"]["bundle_unet_blob_bytes"] = blob
+                manifest["compressed_source"]["blob_vs_accounting"] = round(blob / acc["total_bytes"], 4)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -118,7 +118,7 @@ class UnetSteps(nn.Module):
 
     # -- pieces ------------------------------------------------------------------------------
     def embed(self, timestep, text_embeds=None, time_ids=None) -> torch.Tensor:
-        emb = self.time_embedding(self.time_proj(timestep).to(self.conv_in.weight.dtype))
+        emb = self.time_embedding(self.time_proj(timestep))
         if self.is_xl:
             time_embeds = self.add_time_proj(time_ids.flatten()).reshape(time_ids.shape[0], -1)
             emb = emb + self.add_embedding(torch.cat([text_embeds, time_embeds.to(emb.dtype)], dim=-1))

@@ -17,7 +17,8 @@ def _set_submodule(root: torch.nn.Module, name: str, module: torch.nn.Module) ->
     setattr(parent, child, module)
 
 
-def build_unet(cunet: CompressedUNet, mode: str = "dense", dtype: torch.dtype = torch.float32):
+def build_unet(cunet: CompressedUNet, mode: str = "dense", dtype: torch.dtype = torch.float32,
+               int4_kernel: bool = False):
     """A `UNet2DConditionModel` whose compressed layers are LowRankQuant modules (no dense fp32 copy is made
     of the original weights: the skeleton is built on the meta device and filled from the file)."""
     from diffusers import UNet2DConditionModel
@@ -26,7 +27,7 @@ def build_unet(cunet: CompressedUNet, mode: str = "dense", dtype: torch.dtype = 
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(config)
     for name, layer in cunet.layers.items():
-        _set_submodule(unet, name, make_module(layer, unet.get_submodule(name), mode, dtype))
+        _set_submodule(unet, name, make_module(layer, unet.get_submodule(name), mode, dtype, int4_kernel))
     leftover = {k: v.to(dtype) for k, v in cunet.leftover.items()}
     missing, unexpected = unet.load_state_dict(leftover, strict=False, assign=True)
     unexpected = [k for k in unexpected]
@@ -36,9 +37,15 @@ def build_unet(cunet: CompressedUNet, mode: str = "dense", dtype: torch.dtype = 
     return unet.eval().requires_grad_(False)
 
 
-def load_compressed_unet(folder: Path, mode: str = "dense", dtype: torch.dtype = torch.float32):
-    """Load the compressed UNet of `folder` as a diffusers `UNet2DConditionModel` (mode "dense" or "packed")."""
-    return build_unet(read_compressed(Path(folder)), mode, dtype)
+def load_compressed_unet(folder: Path, mode: str = "dense", dtype: torch.dtype = torch.float32,
+                         int4_kernel: bool = False):
+    """Load the compressed UNet of `folder` as a diffusers `UNet2DConditionModel`.
+
+    mode "dense": weights dequantized once (fast forward); "packed": codes stay packed and are dequantized
+    per forward (small memory). int4_kernel: in packed mode, run 4-bit int Linear layers through torch's
+    int4 CPU kernel (bf16 activations; see layers._Int4Kernel).
+    """
+    return build_unet(read_compressed(Path(folder)), mode, dtype, int4_kernel)
 
 
 def describe(path: Path) -> str:

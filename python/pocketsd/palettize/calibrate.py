@@ -37,6 +37,9 @@ class LayerStats:
 class Calibration:
     stats: dict[str, LayerStats]
     info: dict = field(default_factory=dict)
+    # A few whole-UNet calls (inputs only, batch rows subsampled) spread over the recorded timesteps: the
+    # budget allocator replays them to measure each layer's end-to-end sensitivity.
+    unet_inputs: list[dict] = field(default_factory=list)
 
     def rows(self, name: str) -> torch.Tensor | None:
         st = self.stats.get(name)
@@ -84,27 +87,38 @@ class _Recorder:
         self.kept: dict[str, int] = {}
         self.calls: dict[str, int] = {}
 
-    def _inputs_as_rows(self, module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _sample_rows(self, module: nn.Module, x: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(per-input-channel max|x|, `count` random input rows). For a conv the rows are (in·kh·kw) patches
+        gathered at random output positions — never the whole unfolded input, which for an SDXL-size
+        activation would be gigabytes."""
+        x = x.detach()
         if isinstance(module, nn.Conv2d):
-            amax = x.detach().abs().amax(dim=(0, 2, 3))
-            cols = F.unfold(x.detach(), module.kernel_size, module.dilation, module.padding, module.stride)
-            return amax, cols.transpose(1, 2).reshape(-1, cols.shape[1])
-        flat = x.detach().reshape(-1, x.shape[-1])
-        return flat.abs().amax(0), flat
+            amax = x.abs().amax(dim=(0, 2, 3))
+            (kh, kw), (sh, sw), (ph, pw), (dh, dw) = module.kernel_size, module.stride, module.padding, module.dilation
+            b_, c_, h_, w_ = x.shape
+            ho, wo = (h_ + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w_ + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+            xp = F.pad(x, (pw, pw, ph, ph))
+            b = torch.randint(b_, (count,), generator=self.gen)
+            i = torch.randint(ho, (count,), generator=self.gen)[:, None] * sh + torch.arange(kh)[None] * dh
+            j = torch.randint(wo, (count,), generator=self.gen)[:, None] * sw + torch.arange(kw)[None] * dw
+            patches = xp[b[:, None, None, None], torch.arange(c_)[None, :, None, None], i[:, None, :, None],
+                         j[:, None, None, :]]  # (count, in, kh, kw): the order of weight.reshape(out, -1)
+            return amax, patches.reshape(count, -1)
+        flat = x.reshape(-1, x.shape[-1])
+        return flat.abs().amax(0), flat[torch.randint(flat.shape[0], (count,), generator=self.gen)]
 
     def hook(self, name: str):
         def pre_hook(module, args):
             if not self.active:
                 return
-            amax, rows = self._inputs_as_rows(module, args[0])
+            amax, rows = self._sample_rows(module, args[0], self.rows_per_call)
             amax = amax.float()
             self.max[name] = amax if name not in self.max else torch.maximum(self.max[name], amax)
-            pick = torch.randperm(rows.shape[0], generator=self.gen)[: self.rows_per_call]
-            self.rows.setdefault(name, []).append(rows[pick].to(torch.float16))
-            self.kept[name] = self.kept.get(name, 0) + len(pick)
+            self.rows.setdefault(name, []).append(rows.to(torch.float16))
+            self.kept[name] = self.kept.get(name, 0) + rows.shape[0]
             self.calls[name] = self.calls.get(name, 0) + 1
-            if self.kept[name] > 4 * self.rows_per_layer:  # bound memory: thin to 2× as we go
-                self._thin(name, 2 * self.rows_per_layer)
+            if self.kept[name] > 2 * self.rows_per_layer:  # bound memory: thin as we go
+                self._thin(name, self.rows_per_layer)
         return pre_hook
 
     def _thin(self, name: str, keep: int) -> None:
@@ -121,9 +135,24 @@ class _Recorder:
         return out
 
 
+def _unet_call(args, kwargs, rows: int, gen: torch.Generator) -> dict:
+    """The tensors of one UNet call, keeping `rows` random batch rows (same rows across all inputs)."""
+    sample = args[0]
+    pick = torch.randperm(sample.shape[0], generator=gen)[:rows]
+    t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+    t = torch.as_tensor(t)
+    call = {"sample": sample[pick].clone(), "timestep": t[pick].clone() if t.dim() else t.clone(),
+            "encoder_hidden_states": kwargs["encoder_hidden_states"][pick].clone()}
+    added = kwargs.get("added_cond_kwargs")
+    if added:
+        call["added_cond_kwargs"] = {k: v[pick].clone() for k, v in added.items()}
+    return call
+
+
 def calibrate(pipeline, modules: dict[str, nn.Module], prompts: list[str], steps: int = 8,
               timesteps: str = "all", rows_per_layer: int = 512, batch_size: int = 8, guidance: float = 5.0,
-              seed: int = 0, progress=None) -> Calibration:
+              seed: int = 0, progress=None, unet_calls: int = 8, unet_call_rows: int = 4,
+              max_row_bytes: int = 2 << 30) -> Calibration:
     """Run `pipeline` (any diffusers text-to-image pipeline with a UNet) and collect statistics of `modules`.
 
     progress: optional callable(advance: int) called once per sampling step of each batch.
@@ -132,6 +161,10 @@ def calibrate(pipeline, modules: dict[str, nn.Module], prompts: list[str], steps
         raise BadInput(f"--calib-timesteps must be one of {', '.join(TIMESTEP_RANGES)}, got {timesteps!r}")
     if steps < 1 or not prompts:
         raise BadInput("calibration needs at least one prompt and one step")
+    # Bound the kept rows (fp16, up to 2× before thinning) to `max_row_bytes` over all layers: on SDXL's
+    # ~800 layers averaging ~3000 inputs wide, 512 rows each would otherwise hold ~5 GB.
+    total_width = sum(m.weight[0].numel() for m in modules.values()) or 1
+    rows_per_layer = int(min(rows_per_layer, max(64, max_row_bytes // (4 * total_width))))
     batches = math.ceil(len(prompts) / batch_size)
     recorded_share = 1.0 if timesteps == "all" else 0.25
     expected_calls = max(1, int(batches * steps * recorded_share))
@@ -139,9 +172,21 @@ def calibrate(pipeline, modules: dict[str, nn.Module], prompts: list[str], steps
     rec = _Recorder(modules, rows_per_layer, rows_per_call, seed)
     num_train = int(getattr(pipeline.scheduler.config, "num_train_timesteps", 1000))
 
+    calls: list[dict] = []
+    call_gen = torch.Generator().manual_seed(seed + 1)
+
     def gate(_module, args, kwargs):
         t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
         rec.active = t is None or _in_range(float(torch.as_tensor(t).float().reshape(-1)[0]), num_train, timesteps)
+        # keep the recorded calls of the first batch: they span the (selected part of the) schedule
+        if first_batch[0]:
+            step = first_batch[1]
+            first_batch[1] += 1
+            if rec.active and step % every == 0 and len(calls) < unet_calls and "encoder_hidden_states" in kwargs:
+                calls.append(_unet_call(args, kwargs, unet_call_rows, call_gen))
+
+    first_batch = [True, 0]  # (still in the first batch, UNet calls seen in it)
+    every = max(1, math.ceil(steps / max(unet_calls, 1)))
 
     handles = [pipeline.unet.register_forward_pre_hook(gate, with_kwargs=True)]
     handles += [m.register_forward_pre_hook(rec.hook(n)) for n, m in modules.items()]
@@ -159,10 +204,12 @@ def calibrate(pipeline, modules: dict[str, nn.Module], prompts: list[str], steps
                 chunk = prompts[b * batch_size:(b + 1) * batch_size]
                 pipeline(prompt=chunk, num_inference_steps=steps, guidance_scale=guidance, output_type="latent",
                          generator=torch.Generator().manual_seed(seed + b), callback_on_step_end=on_step)
+                first_batch[0] = False
     finally:
         for h in handles:
             h.remove()
     stats = rec.result()
     info = {"prompts": len(prompts), "steps": steps, "timesteps": timesteps, "guidance": guidance,
             "rows_per_layer": rows_per_layer, "seed": seed, "cfg": "cond+uncond" if guidance > 1 else "cond"}
-    return Calibration(stats, info)
+    info["unet_calls_kept"] = len(calls)
+    return Calibration(stats, info, calls)

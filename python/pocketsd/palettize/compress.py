@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ..errors import BadInput
-from .allocate import allocate, layer_bytes, measure_candidates
+from .allocate import Candidate, EndToEndProbe, allocate, layer_bytes, measure_candidates
 from .calibrate import Calibration, calibrate, default_prompts, read_prompts
 from .format import CompressedUNet, accounting, save_compressed
 from .lowrank import ALPHA_GRID, compress_layer, lowrank_decompose
@@ -24,6 +24,28 @@ def _unet_config(unet) -> dict:
     return cfg
 
 
+def budget_floor_bits(unet, recipe: Recipe) -> float:
+    """The fewest effective bits per parameter this recipe's quantizer can reach on `unet` (all layers at
+    4 bits, rank 0, no smoothing) — a budget below it cannot be met."""
+    modules, _ = compressible_layers(unet)
+    spec = QuantSpec(recipe.quantizer, 4, recipe.group_size, recipe.block_size)
+    floor = sum(layer_bytes(tuple(m.weight.shape), spec, 0, False, m.bias is not None) for m in modules.values())
+    floor += _leftover_bytes(unet, modules) + 8 + 90 * (len(modules) * 3 + _leftover_count(unet, modules))
+    return 8 * floor / sum(p.numel() for p in unet.parameters())
+
+
+def check_budget(unet, recipe: Recipe) -> None:
+    if recipe.bits_budget is None:
+        return
+    floor = budget_floor_bits(unet, recipe)
+    if recipe.bits_budget < floor:
+        what = (f"int4 scales cost 16/{recipe.block_size} bits per weight" if recipe.quantizer != "palette"
+                else "each table costs 2^bits fp16 entries per group of output channels")
+        raise BadInput(f"--bits-budget {recipe.bits_budget:g} is below the {floor:.2f} bits this model needs at "
+                       f"4 bits with the {recipe.quantizer} quantizer ({what}, plus fp16 leftovers); "
+                       f"raise the budget or use a larger group/block size")
+
+
 def compress_unet(unet, recipe: Recipe, calibration: Calibration | None = None, progress=None) -> CompressedUNet:
     """Compress every eligible Linear/Conv2d of `unet` (fp32 or fp16 weights) by `recipe`.
 
@@ -31,11 +53,12 @@ def compress_unet(unet, recipe: Recipe, calibration: Calibration | None = None, 
     progress: optional callable(advance: int, description: str).
     """
     tick = progress or (lambda n, d="": None)
+    check_budget(unet, recipe)
     modules, kept = compressible_layers(unet)
     grid = ALPHA_GRID if (recipe.smoothing and calibration is not None) else (0.0,)
     rows = (lambda n: calibration.rows(n)) if calibration is not None else (lambda n: None)
     amax = (lambda n: calibration.act_max(n)) if calibration is not None else (lambda n: None)
-    layers = {}
+    layers, gains = {}, {}
     if recipe.bits is not None:
         spec = QuantSpec(recipe.quantizer, recipe.bits, recipe.group_size, recipe.block_size)
         for name, m in modules.items():
@@ -44,9 +67,14 @@ def compress_unet(unet, recipe: Recipe, calibration: Calibration | None = None, 
             tick(1, name)
     else:
         cands, alphas = {}, {}
+        probe = EndToEndProbe(unet, calibration.unet_inputs) if calibration and calibration.unet_inputs else None
         for name, m in modules.items():
-            cands[name], alphas[name] = measure_candidates(m.weight, m.bias is not None, recipe, rows(name),
-                                                           amax(name), grid)
+            cands[name], alphas[name], probe_w = measure_candidates(m.weight, m.bias is not None, recipe,
+                                                                    rows(name), amax(name), grid)
+            if probe is not None:  # scale this layer's errors by how much they reach the UNet's output
+                g = probe.gain(m, probe_w, cands[name][0].rel_error)
+                cands[name] = [Candidate(c.rank, c.bits, c.bytes, c.rel_error * g) for c in cands[name]]
+                gains[name] = g
             tick(1, f"measuring {name}")
         leftover_bytes = _leftover_bytes(unet, modules)
         n_tensors = len(modules) * 5 + _leftover_count(unet, modules)
@@ -60,8 +88,11 @@ def compress_unet(unet, recipe: Recipe, calibration: Calibration | None = None, 
             tick(1, name)
     skip = {f"{n}.{p}" for n in modules for p in ("weight", "bias")}
     leftover = {k: v.detach().to(torch.float16).clone() for k, v in unet.state_dict().items() if k not in skip}
+    recipe_info = recipe.to_dict()
+    if recipe.bits is None:
+        recipe_info["sensitivity"] = "end_to_end" if gains else "layer_output"
     return CompressedUNet(layers=layers, leftover=leftover, unet_config=_unet_config(unet),
-                          recipe=recipe.to_dict(), calibration=dict(calibration.info) if calibration else {},
+                          recipe=recipe_info, calibration=dict(calibration.info) if calibration else {},
                           fp16_layers=kept)
 
 
@@ -136,6 +167,7 @@ def compress_model(model: str | None, out: Path, recipe: Recipe, calib_prompts: 
     t0 = time.perf_counter()
     pipe = DiffusionPipeline.from_pretrained(folder, dtype=torch.float32)
     unet = pipe.unet.eval()
+    check_budget(unet, recipe)  # before calibrating: a budget the quantizer cannot reach fails fast
     modules, _ = compressible_layers(unet)
     t_load = time.perf_counter() - t0
     with _progress_ui(show_progress) as ui:

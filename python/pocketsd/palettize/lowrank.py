@@ -88,13 +88,23 @@ def _output_error(diff: torch.Tensor, rows: torch.Tensor | None) -> float:
     return float((rows @ diff.T).pow(2).sum())
 
 
+def smoothed_matrix(W: torch.Tensor, act_max: torch.Tensor | None, alpha: float):
+    """(W·diag(s̃) as an (out, in·k) fp32 matrix, s or None) — the matrix the low-rank branch approximates."""
+    taps = math.prod(W.shape[2:]) if W.dim() > 2 else 1
+    s = smoothing_scales(act_max, W, alpha)
+    Wm = W.detach().float().reshape(W.shape[0], -1)
+    return (Wm if s is None else Wm * _expand(s, taps)), s
+
+
 def lowrank_decompose(W: torch.Tensor, rank: int, spec: QuantSpec, rows: torch.Tensor | None = None,
                       act_max: torch.Tensor | None = None, alpha: float = 0.0, iters: int = 3,
-                      probe: bool = False) -> Decomposition:
+                      probe: bool = False, init_factors: tuple | None = None) -> Decomposition:
     """Decompose one weight (out, in[, kh, kw]) at a given rank, quantizer and smoothing α.
 
     rows: calibration inputs of this layer as rows of the (in·k)-wide unfolded input (None: weight error).
     probe: a quick estimate for comparing alternatives (fewer k-means rounds); not for storing.
+    init_factors: `svd_factors(smoothed_matrix(W, act_max, alpha)[0], R)` for some R ≥ rank, to share one
+    SVD among several ranks (balanced factors sorted by singular value truncate to the rank-r SVD).
     """
     shape = tuple(W.shape)
     out, cin = shape[0], shape[1]
@@ -110,7 +120,7 @@ def lowrank_decompose(W: torch.Tensor, rank: int, spec: QuantSpec, rows: torch.T
     low = torch.zeros_like(Ws)
     up = down = None
     if rank:
-        up, down = svd_factors(Ws, rank)
+        up, down = (init_factors[0][:, :rank], init_factors[1][:rank]) if init_factors else svd_factors(Ws, rank)
         low = up.float() @ down.float()
     best = None
     for round_ in range(iters + 1 if rank else 1):

@@ -24,7 +24,7 @@ from ..refmodel.grammar import BACKGROUNDS, COLORS
 MIN_SIDE = 16                     # smaller images carry no layout worth keeping
 MAX_PIXELS = 64 * 1024 * 1024     # 64 MP: far above any SD size, far below a decompression bomb
 ASPECT_TOLERANCE = 0.01           # relative aspect difference that still counts as "same aspect"
-SKETCH_STRENGTH = 0.75            # denoise strength for sketches: repaints texture, keeps the layout
+SKETCH_STRENGTH = 0.65            # denoise strength for sketches: repaints texture, keeps the layout (benchmarks/sketch.py)
 DEFAULT_OBJECT_RGB = (128, 128, 128)
 DEFAULT_BACKGROUND_RGB = (245, 245, 245)
 

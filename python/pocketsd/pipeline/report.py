@@ -103,11 +103,17 @@ def macos_footprint_bytes() -> tuple[int, int] | None:
         info = _TaskVmInfo()
         count = ctypes.c_uint(ctypes.sizeof(_TaskVmInfo) // 4)  # in natural_t units
         TASK_VM_INFO = 22
-        kr = libc.task_info(task, TASK_VM_INFO, ctypes.byref(info), ctypes.byref(count))
+        libc.task_info.argtypes = [ctypes.c_uint, ctypes.c_int, ctypes.POINTER(_TaskVmInfo), ctypes.POINTER(ctypes.c_uint)]
+        libc.task_info.restype = ctypes.c_int
+        kr = libc.task_info(task.value, TASK_VM_INFO, ctypes.byref(info), ctypes.byref(count))
         if kr != 0:
             return None
-        peak = info.ledger_phys_footprint_peak if count.value >= 42 else info.phys_footprint  # rev3 = 42 natural_t
-        return int(info.phys_footprint), int(peak)
+        filled = count.value * 4  # the kernel reports how much of the struct (its revision) it filled
+        if filled < _TaskVmInfo.phys_footprint.offset + 8:
+            return None
+        has_peak = filled >= _TaskVmInfo.ledger_phys_footprint_peak.offset + 8  # revision 3 and later
+        peak = info.ledger_phys_footprint_peak if has_peak else info.phys_footprint
+        return int(info.phys_footprint), int(max(peak, info.phys_footprint))
     except (OSError, ValueError, AttributeError):
         return None
 

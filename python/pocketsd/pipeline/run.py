@@ -251,6 +251,9 @@ def run(opts: RunOptions, *, warn: Callable[[str], None] = _stderr_warn, progres
 
     settings = apply_domain(opts.domain, opts.prompt, negative=opts.negative, steps=opts.steps, guidance=opts.guidance,
                             scheduler=opts.scheduler, loras=list(opts.loras))
+    if opts.negative is None and not settings.negative_prompt:
+        # a preset without a negative prompt is "no negative prompt" (zero embeddings on SDXL), not an explicit ""
+        settings.negative_prompt = None
     steps = settings.steps if settings.steps is not None else DEFAULT_STEPS
     guidance = settings.guidance if settings.guidance is not None else DEFAULT_GUIDANCE
     scheduler = settings.scheduler or DEFAULT_SCHEDULER
@@ -332,7 +335,7 @@ def run(opts: RunOptions, *, warn: Callable[[str], None] = _stderr_warn, progres
         }
         if extras:
             report["backend_details"] = extras
-        save_png(result.images[0], png_path, report)
+        save_png(result.images[0], png_path, {**report, "model": f"{facts['path']} ({facts['kind']})"})
         try:
             write_report(report_path, report)
         except BaseException:

@@ -31,6 +31,7 @@ from .grammar import STYLES
 from .tokenizer import write_tokenizer
 
 RESULTS_DIR = Path(__file__).resolve().parents[3] / "benchmarks" / "results"
+REFINED_VAE_GROUPS = 2  # 4 channels per group in the 8-channel layers
 TIME_IDS = (IMAGE_SIZE, IMAGE_SIZE, 0, 0, IMAGE_SIZE, IMAGE_SIZE)  # SDXL micro-conditioning
 
 
@@ -85,20 +86,57 @@ def train_vae(vae, steps: int, batch: int, seed: int, curve: list) -> None:
     vae.eval()
 
 
-def finetune_decoder(vae, steps: int, batch: int, seed: int, curve: list, lr: float = 5e-4) -> None:
-    """Sharpen the decoder on the frozen encoder's latent means.
+def refine_vae(vae, steps: int, batch: int, seed: int, curve: list, lr: float = 1e-3):
+    """A second VAE with finer GroupNorm, taught the first one's latent space.
 
-    The UNet learns the encoder's latents, so the decoder can keep training after (or beside) the
-    UNet without changing anything the UNet saw: the encoder stays fixed.
+    The first VAE's GroupNorm has one channel per group in its 8-channel full-resolution layers,
+    which is instance norm: the decoder's last norm wipes each image's mean colour, so colours come
+    out wrong however long it trains. The UNet learns that VAE's latents, so instead of retraining
+    everything, a copy with 4 channels per group (same weights to start) is trained so that its
+    encoder reproduces the old latent means and its decoder reconstructs images from them. The UNet
+    never notices the swap.
     """
+    from diffusers import AutoencoderKL
+
+    refined = AutoencoderKL(**dict(vae.config, norm_num_groups=REFINED_VAE_GROUPS))
+    refined.load_state_dict(vae.state_dict())
     data = _vae_images(seed + 7)
     gen = torch.Generator().manual_seed(seed + 7)
+    opt = torch.optim.AdamW(refined.parameters(), lr=lr, weight_decay=0.0)
+    vae.eval()
+    refined.train()
+    with _progress() as bar:
+        task = bar.add_task("VAE refine", total=steps, loss=0.0)
+        for step in range(steps):
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(step, steps, lr, 20)
+            x = data[torch.randint(0, len(data), (batch,), generator=gen)]
+            with torch.no_grad():
+                target = vae.encode(x).latent_dist.mean
+            mean = refined.encode(x).latent_dist.mean
+            recon = refined.decode(target).sample
+            rec = F.l1_loss(recon, x) + F.mse_loss(recon, x)
+            loss = rec + F.mse_loss(mean, target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            curve.append(float(rec.detach()))
+            bar.update(task, advance=1, loss=curve[-1])
+            _log_line("vae-refine", step, steps, curve)
+    refined.eval()
+    return refined
+
+
+def polish_decoder(vae, steps: int, batch: int, seed: int, curve: list, lr: float = 5e-4) -> None:
+    """More decoder training on the (now fixed) encoder's latent means; the UNet's latents don't move."""
+    data = _vae_images(seed + 11)
+    gen = torch.Generator().manual_seed(seed + 11)
     params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     vae.eval()
     vae.decoder.train()
     with _progress() as bar:
-        task = bar.add_task("VAE decoder", total=steps, loss=0.0)
+        task = bar.add_task("VAE decoder polish", total=steps, loss=0.0)
         for step in range(steps):
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, steps, lr, 20)
@@ -112,7 +150,7 @@ def finetune_decoder(vae, steps: int, batch: int, seed: int, curve: list, lr: fl
             opt.step()
             curve.append(float(rec.detach()))
             bar.update(task, advance=1, loss=curve[-1])
-            _log_line("decoder", step, steps, curve)
+            _log_line("decoder-polish", step, steps, curve)
     vae.eval()
 
 
@@ -235,9 +273,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-minutes", type=float, default=None, help="stop the UNet stage early after this long")
     ap.add_argument("--results", type=Path, default=RESULTS_DIR)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
-    ap.add_argument("--decoder-steps", type=int, default=700, help="decoder fine-tune on the frozen encoder, after the UNet")
+    ap.add_argument("--decoder-steps", type=int, default=1500, help="steps of the VAE refinement (see refine_vae)")
+    ap.add_argument("--polish-steps", type=int, default=1000, help="decoder-only steps after the refinement")
+    ap.add_argument("--polish-only", action="store_true", help="with --decoder-only: skip the refinement, only polish")
     ap.add_argument("--decoder-only", type=Path, default=None, metavar="DIR",
-                    help="only fine-tune the decoder of DIR's VAE and write DIR/vae to --out (can run beside the UNet stage)")
+                    help="only refine DIR's VAE and write it to --out/vae (it can run beside the UNet stage)")
     args = ap.parse_args(argv)
 
     torch.manual_seed(args.seed)
@@ -270,8 +310,12 @@ def main(argv: list[str] | None = None) -> None:
                                curves["unet_loss"], max_minutes=args.max_minutes, checkpoint=checkpoint)
     components.update(ema)
     t_unet = time.time() - t0 - t_vae - t_data
-    curves["decoder_finetune"] = []
-    finetune_decoder(components["vae"], args.decoder_steps, 16, args.seed, curves["decoder_finetune"])
+    curves["vae_refine"] = []
+    refined = refine_vae(components["vae"], args.decoder_steps, 16, args.seed, curves["vae_refine"])
+    refined.register_to_config(scaling_factor=scale)
+    curves["decoder_polish"] = []
+    polish_decoder(refined, args.polish_steps, 16, args.seed, curves["decoder_polish"])
+    components["vae"] = refined
     save_pipeline(components, args.out)
     total = time.time() - t0
 
@@ -297,17 +341,21 @@ def _decoder_only(args) -> None:
     t0 = time.time()
     vae = AutoencoderKL.from_pretrained(args.decoder_only / "vae", torch_dtype=torch.float32)
     curve: list[float] = []
-    finetune_decoder(vae, args.decoder_steps, 16, args.seed, curve)
+    if args.polish_only:
+        polish_decoder(vae, args.polish_steps, 16, args.seed, curve)
+    else:
+        vae = refine_vae(vae, args.decoder_steps, 16, args.seed, curve)
     args.out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-vae-", dir=args.out))
     vae.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
     shutil.rmtree(args.out / "vae", ignore_errors=True)
     tmp.rename(args.out / "vae")
     args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "refmodel_decoder_finetune.json").write_text(json.dumps(
-        {"source": str(args.decoder_only), "steps": args.decoder_steps, "minutes": (time.time() - t0) / 60,
+    name = "refmodel_decoder_polish.json" if args.polish_only else "refmodel_vae_refine.json"
+    (args.results / name).write_text(json.dumps(
+        {"source": str(args.decoder_only), "steps": args.polish_steps if args.polish_only else args.decoder_steps, "minutes": (time.time() - t0) / 60,
          "torch_threads": torch.get_num_threads(), "curve": curve}, indent=1))
-    print(f"decoder fine-tuned in {(time.time() - t0) / 60:.1f} min → {args.out / 'vae'}")
+    print(f"VAE refined in {(time.time() - t0) / 60:.1f} min → {args.out / 'vae'}")
 
 
 if __name__ == "__main__":

@@ -113,8 +113,25 @@ def train(pipe, style: str, steps: int, batch: int, n_images: int, rank: int, lr
     return curve, done, time.time() - start
 
 
-def preview(model: Path, lora: Path | None, style: str, out: Path, steps: int = 20, seed: int = 0) -> None:
-    """A row without and a row with the LoRA, same prompts and seeds, through the shipped loading path."""
+def shows_style(image, scene: Scene, style: str) -> bool:
+    """Read the style back from pixels. poster: the outer ring has the object's colour; blueprint: the image's
+    median colour is the blueprint blue."""
+    from .data import BLUEPRINT_BLUE
+    from .grammar import BACKGROUNDS, COLORS
+
+    px = np.asarray(image.convert("RGB"), dtype=np.float32)
+    if style == "poster":
+        ring = np.concatenate([px[:5].reshape(-1, 3), px[-5:].reshape(-1, 3), px[:, :5].reshape(-1, 3), px[:, -5:].reshape(-1, 3)])
+        palette = {**COLORS, **{f"bg:{k}": v for k, v in BACKGROUNDS.items()}}
+        rgb = np.median(ring, axis=0)
+        nearest = min(palette, key=lambda k: np.linalg.norm(rgb - np.asarray(palette[k], dtype=np.float32)))
+        return nearest == scene.color
+    return bool(np.linalg.norm(np.median(px.reshape(-1, 3), axis=0) - np.asarray(BLUEPRINT_BLUE)) < 60)
+
+
+def preview(model: Path, lora: Path | None, style: str, out: Path, steps: int = 20, seed: int = 0) -> dict:
+    """A row without and a row with the LoRA, same prompts and seeds, through the shipped loading path.
+    Returns the share of images that show the style, without and with the LoRA."""
     from diffusers import StableDiffusionXLPipeline
     from PIL import Image
 
@@ -123,18 +140,22 @@ def preview(model: Path, lora: Path | None, style: str, out: Path, steps: int = 
     pipe = StableDiffusionXLPipeline.from_pretrained(model, torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     prompts = [s.caption + f", {style} style" for s in PREVIEW_SCENES]
-    rows = []
+    rows, score = [], {}
     for with_lora in (False, True):
         if with_lora:
             apply_loras(pipe.unet, [(lora, 1.0)])
-        gen = torch.Generator().manual_seed(seed)
-        rows.append(pipe(prompts, num_inference_steps=steps, guidance_scale=5.0, generator=gen).images)
+        gens = [torch.Generator().manual_seed(seed + k) for k in range(len(prompts))]
+        images = pipe(prompts, num_inference_steps=steps, guidance_scale=5.0, generator=gens).images
+        rows.append(images)
+        score["with_lora" if with_lora else "without_lora"] = float(np.mean(
+            [shows_style(im, sc, style) for im, sc in zip(images, PREVIEW_SCENES)]))
     w, h = rows[0][0].size
     grid = Image.new("RGB", (w * len(prompts), h * 2))
     for r, row in enumerate(rows):
         for c, im in enumerate(row):
             grid.paste(im, (c * w, r * h))
     grid.save(out)
+    return score
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -173,9 +194,10 @@ def main(argv: list[str] | None = None) -> None:
                "train_minutes": seconds / 60, "wall_minutes": wall / 60, "torch_threads": torch.get_num_threads(), "bytes": out.stat().st_size,
                "target_modules": TARGET_MODULES, "loss_first50": float(np.mean(curve[:50])),
                "loss_last50": float(np.mean(curve[-50:])), "curve": curve}
-    (args.results / f"lora_{args.style}.json").write_text(json.dumps(summary, indent=1))
     if not args.no_preview:
-        preview(model, out, args.style, args.results / f"lora_{args.style}.png")
+        summary["style_shown"] = preview(model, out, args.style, args.results / f"lora_{args.style}.png")
+        print(f"style read back from pixels on the preview prompts: {summary['style_shown']}")
+    (args.results / f"lora_{args.style}.json").write_text(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":

@@ -66,7 +66,8 @@ final class BundleLayoutTests: XCTestCase {
         XCTAssertEqual(manifest.vaeScalingFactor, BundleManifest.sdxlScalingFactor)
         XCTAssertFalse(manifest.assumptions.isEmpty)
         let description = try TextSummaries.describeBundle(at: root)
-        XCTAssertTrue(description.contains("single Unet"), description)
+        XCTAssertTrue(description.contains("ready for Apple's StableDiffusionXLPipeline: yes (single UNet"), description)
+        XCTAssertTrue(description.contains("no pocketsd.json"), description)
     }
 }
 
@@ -114,6 +115,14 @@ final class BundleManifestTests: XCTestCase {
         XCTAssertEqual(m.unetFunction(forDomain: preset), "my_style")
     }
 
+    func testASingleFunctionIsAPlainUnet() throws {
+        let json = #"{"components": {"Unet": {"functions": ["main"]}}}"#
+        let m = try BundleManifest(data: Data(json.utf8))
+        XCTAssertEqual(m.unetFunctions, [])
+        XCTAssertNil(m.defaultUnetFunction)
+        XCTAssertThrowsError(try m.checkFunction("main"))
+    }
+
     func testBatchOneAndNonXLBundlesAreRefused() throws {
         let batchOne = #"{"model_type": "sdxl", "components": {"Unet": {"inputs": [{"name": "sample", "shape": [1, 4, 16, 16]}]}}}"#
         XCTAssertThrowsError(try BundleManifest(data: Data(batchOne.utf8)).checkRunnable()) { error in
@@ -157,15 +166,22 @@ final class BundleManifestTests: XCTestCase {
         XCTAssertThrowsError(try BundleManifest(data: Data("[]".utf8)))
     }
 
-    /// If a bundle made by `make convert` is around, its manifest must read without guesses for the facts
-    /// the app cannot do without (size, VAE scaling factor).
-    func testTheRepositorysConvertedBundleIfPresent() throws {
-        let manifestURL = DomainPresetsTests.repoRoot.appendingPathComponent("build/coreml/Resources/pocketsd.json")
-        guard FileManager.default.fileExists(atPath: manifestURL.path) else {
-            throw XCTSkip("no build/coreml bundle (run `make convert` at the repository root)")
+    /// If a bundle made by `pocketsd convert` is around (`make convert` → build/coreml, or $POCKETSD_BUNDLE),
+    /// its manifest must give the facts the app cannot guess well (size, VAE scaling factor and precision)
+    /// and say whether Apple's pipeline can run it.
+    func testARealConvertedBundleIfPresent() throws {
+        var roots = [DomainPresetsTests.repoRoot.appendingPathComponent("build/coreml")]
+        if let env = ProcessInfo.processInfo.environment["POCKETSD_BUNDLE"] { roots.insert(URL(fileURLWithPath: env), at: 0) }
+        guard let root = roots.first(where: { FileManager.default.fileExists(atPath: $0.appendingPathComponent("pocketsd.json").path) }) else {
+            throw XCTSkip("no converted bundle (run `make convert` at the repository root, or set POCKETSD_BUNDLE)")
         }
-        let m = try BundleManifest(data: Data(contentsOf: manifestURL))
-        XCTAssertFalse(m.assumptions.contains { $0.contains("scaling factor") }, "\(m.assumptions)")
-        XCTAssertFalse(m.assumptions.contains { $0.contains("image size") }, "\(m.assumptions)")
+        let m = try BundleManifest.load(resources: root.appendingPathComponent("Resources"))
+        XCTAssertNotNil(m.file)
+        for fact in ["scaling factor", "image size", "VAE in fp32"] {
+            XCTAssertFalse(m.assumptions.contains { $0.contains(fact) }, "\(fact) guessed: \(m.assumptions)")
+        }
+        XCTAssertNoThrow(try m.checkRunnable())
+        let text = try TextSummaries.describeBundle(at: root)
+        XCTAssertTrue(text.contains("ready for Apple's StableDiffusionXLPipeline"), text)
     }
 }

@@ -98,9 +98,11 @@ public struct BundleManifest: Sendable {
 
         let functions = Self.first(tree, paths: [["unet_functions"], ["multifunction", "functions"]])?.stringArray
             ?? unet?["functions"]?.stringArray ?? []
-        unetFunctions = functions
-        defaultUnetFunction = Self.first(tree, paths: [["default_function"], ["multifunction", "default_function"]])?.string
-            ?? unet?["default_function"]?.string ?? functions.first
+        // One function ("main") is a plain UNet: no function to choose, and no iOS 18 requirement.
+        unetFunctions = functions.count > 1 ? functions : []
+        defaultUnetFunction = unetFunctions.isEmpty ? nil
+            : Self.first(tree, paths: [["default_function"], ["multifunction", "default_function"]])?.string
+                ?? unet?["default_function"]?.string ?? functions.first
 
         if let pad = Self.padToken2(tree) {
             textEncoder2PadToken = pad

@@ -109,8 +109,8 @@ public enum SketchCleaner {
         return current
     }
 
-    /// Binary erosion with the same cross; pixels outside the image count as set (as scipy's closing does
-    /// with its default border), so strokes touching the edge are not eaten away.
+    /// Binary erosion with the same cross. Pixels outside the image count as set, so a stroke touching the
+    /// edge survives the closing (scipy's default border would erode it; at the edge the two may differ).
     static func erode(_ mask: [Bool], width w: Int, height h: Int, iterations: Int) -> [Bool] {
         var current = mask
         for _ in 0..<iterations {

@@ -3,17 +3,26 @@ import Foundation
 /// Plain-text summaries for the command line tool (the app shows the same numbers in its stats panel).
 public enum TextSummaries {
     /// `pocketsd-swift info DIR`: what the bundle holds and what the app will do with it, loading nothing.
+    /// Describes uncompiled bundles too, ending with what stands between them and a run.
     public static func describeBundle(at url: URL) throws -> String {
-        let (resources, layout) = try BundleLayout.inspect(url)
+        let resources = BundleLayout.resourcesFolder(url)
+        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: resources.path) else {
+            throw PocketSDError.badInput("no bundle folder at \(url.path); pass the folder written by `pocketsd convert`")
+        }
         let manifest = try BundleManifest.load(resources: resources)
         var lines = ["Core ML bundle: \(resources.path)"]
-        lines.append("  UNet: \(layout.unet == .chunked ? "two chunks (UnetChunk1 + UnetChunk2)" : "single Unet")"
-                     + (manifest.unetFunctions.isEmpty ? "" : ", functions: \(manifest.unetFunctions.joined(separator: ", "))"
-                        + " (default \(manifest.defaultUnetFunction ?? "?"))"))
+        let models = entries.filter { $0.hasSuffix(".mlmodelc") || $0.hasSuffix(".mlpackage") }.sorted()
+        for model in models {
+            let bytes = BundleLayout.folderBytes(resources.appendingPathComponent(model))
+            lines.append("  \(model): \(String(format: "%.2f", Double(bytes) / 1_048_576)) MB")
+        }
+        if !manifest.unetFunctions.isEmpty {
+            lines.append("  UNet functions: \(manifest.unetFunctions.joined(separator: ", ")) (default \(manifest.defaultUnetFunction ?? "?"))")
+        }
         lines.append("  image size: \(manifest.imageSize.width)x\(manifest.imageSize.height)")
-        lines.append("  image → image: \(layout.hasEncoder ? "yes (VAEEncoder)" : "no (no VAEEncoder)")")
         lines.append("  VAE scaling factor: \(manifest.vaeScalingFactor)")
         lines.append("  VAE precision: \(manifest.vaeIsFloat32 ? "fp32 (runs on CPU+GPU)" : "fp16")")
+        lines.append("  second tokenizer pads with: \(manifest.textEncoder2PadToken)")
         if let bytes = manifest.unetBytes { lines.append("  UNet bytes: \(bytes) (\(String(format: "%.1f", Double(bytes) / 1_048_576)) MB)") }
         if let bits = manifest.bitsPerWeight { lines.append("  bits per weight: \(String(format: "%.2f", bits))") }
         if let source = manifest.source { lines.append("  converted from: \(source)") }
@@ -22,13 +31,15 @@ public enum TextSummaries {
         } else {
             lines.append("  no pocketsd.json: SDXL defaults assumed")
         }
-        do {
-            try manifest.checkRunnable()
-            lines.append("  runs with Apple's StableDiffusionXLPipeline: yes")
-        } catch {
-            lines.append("  runs with Apple's StableDiffusionXLPipeline: no — \(error)")
-        }
         for assumption in manifest.assumptions { lines.append("  assumed: \(assumption)") }
+        do {
+            let layout = try BundleLayout(entries: entries)
+            try manifest.checkRunnable()
+            lines.append("  ready for Apple's StableDiffusionXLPipeline: yes (\(layout.unet == .chunked ? "chunked UNet" : "single UNet")"
+                         + (layout.hasEncoder ? ", image → image" : ", no VAEEncoder: text → image only") + ")")
+        } catch {
+            lines.append("  ready for Apple's StableDiffusionXLPipeline: no — \(error)")
+        }
         return lines.joined(separator: "\n")
     }
 

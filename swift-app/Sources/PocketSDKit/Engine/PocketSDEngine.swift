@@ -90,7 +90,8 @@ public final class PocketSDEngine {
         let vaeConfig = config.copy() as! MLModelConfiguration
         if manifest.vaeIsFloat32 && settings.computeUnits != .cpuOnly { vaeConfig.computeUnits = .cpuAndGPU }
         let unetConfig = config.copy() as! MLModelConfiguration
-        if let function = settings.unetFunction {
+        // The default function loads without naming it; naming any other needs iOS 18 / macOS 15.
+        if let function = settings.unetFunction, function != manifest.defaultUnetFunction {
             if #available(iOS 18.0, macOS 15.0, *) {
                 unetConfig.functionName = function
             } else {
