@@ -38,6 +38,9 @@ convert: setup
 
 bench-compress: setup
 	$(PY) benchmarks/compression.py
+	$(PY) benchmarks/sdxl_scale.py sizes
+	$(PY) benchmarks/sdxl_scale.py throughput
+	@echo "(the whole real-size SDXL UNet, ~tens of minutes: $(PY) benchmarks/sdxl_scale.py whole)"
 
 bench: setup
 	$(CLI) bench

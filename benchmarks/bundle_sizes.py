@@ -119,6 +119,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--work", default=str(ROOT / "build" / "bench_bundles"))
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--reuse", action="store_true", help="reuse compressed folders already in --work")
+    ap.add_argument("--no-compress", action="store_true", help="measure only recipes given with --compressed")
+    ap.add_argument("--no-functions", action="store_true", help="skip the multifunction (LoRA) Unet")
     ap.add_argument("--compressed", action="append", default=[], metavar="LABEL=DIR",
                     help="use an existing compressed folder for 'w4r32' or 'budget 4.5' instead of compressing")
     args = ap.parse_args(argv)
@@ -136,6 +138,9 @@ def main(argv=None) -> dict:
     compressed_manifests = {}
     given = dict(x.split("=", 1) for x in args.compressed)
     for label, flags in recipes.items():
+        if args.no_compress and label not in given:
+            rows.append({"bundle": label, "not_measured": "no compressed folder given (--no-compress)"})
+            continue
         folder = Path(given[label]) if label in given else work / f"compressed-{label.replace(' ', '')}"
         if label not in given and not (args.reuse and (folder / "pocketsd.json").is_file()):
             print(f"compress {label}")
@@ -150,13 +155,15 @@ def main(argv=None) -> dict:
         rows[-1]["compressed_from"] = compressed_manifests[label].get("source_model", {}).get("path")
     loras = sorted(Path(LORA_DIR).glob("*.safetensors"))[:2] if Path(LORA_DIR).is_dir() else []
     multifunction = None
-    if len(loras) == 2:
-        print("multifunction Unet (w4r32 + 2 LoRAs)")
-        out = work / "bundle-w4r32-functions"
+    base_label = next((b["bundle"] for b in rows if b["bundle"] != "fp16" and "not_measured" not in b), None)
+    if len(loras) == 2 and base_label and not args.no_functions:
+        print(f"multifunction Unet ({base_label} + 2 LoRAs)")
+        out = work / "bundle-functions"
         shutil.rmtree(out, ignore_errors=True)
-        m = _convert(Path(given.get("w4r32", work / "compressed-w4r32")), out, only=["Unet"], lora_functions=loras)
+        folder = Path(given.get(base_label, work / f"compressed-{base_label.replace(' ', '')}"))
+        m = _convert(folder, out, only=["Unet"], lora_functions=loras)
         u = m["components"]["Unet"]
-        multifunction = {"loras": [p.name for p in loras], "functions": u["functions"],
+        multifunction = {"recipe": base_label, "loras": [p.name for p in loras], "functions": u["functions"],
                          "one_function_bytes": u["single_function_bytes"], "three_functions_bytes": u["bytes"],
                          "ratio": u["bytes"] / u["single_function_bytes"]}
     result = {"model": str(model), "bundles": rows, "multifunction_unet": multifunction,
@@ -174,6 +181,9 @@ def markdown(r: dict) -> str:
              "| bundle | total MB | UNet MB | UNet bits/param in bundle | blob / accounting | TextEncoder | TextEncoder2 | VAEDecoder | VAEEncoder |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for b in r["bundles"]:
+        if "not_measured" in b:
+            lines.append(f"| {b['bundle']} | not measured: {b['not_measured']} |")
+            continue
         c = b["components"]
         cell = lambda n: f"{c[n]['bytes'] / MB:.2f} ({c[n]['precision'].replace('float', 'fp')})" if n in c else "-"  # noqa: E731
         bits = f"{b['unet_bits_per_param_in_bundle']:.2f}" if "unet_bits_per_param_in_bundle" in b else "16 (fp16)"
@@ -183,12 +193,12 @@ def markdown(r: dict) -> str:
     lines += ["", "Conversion time (s) / peak RSS (MB) per component:", "",
               "| bundle | " + " | ".join(r["bundles"][0]["components"]) + " |",
               "| --- |" + " ---: |" * len(r["bundles"][0]["components"])]
-    for b in r["bundles"]:
+    for b in (b for b in r["bundles"] if "components" in b):
         lines.append(f"| {b['bundle']} | " + " | ".join(
             f"{c['convert_s']} / {c['peak_rss_mb']:.0f}" for c in b["components"].values()) + " |")
     m = r.get("multifunction_unet")
     if m:
-        lines += ["", f"Multifunction Unet (w4r32; functions {', '.join(m['functions'])}): one function "
+        lines += ["", f"Multifunction Unet ({m['recipe']}; functions {', '.join(m['functions'])}): one function "
                   f"{m['one_function_bytes'] / MB:.2f} MB, three functions {m['three_functions_bytes'] / MB:.2f} MB "
                   f"(×{m['ratio']:.2f})."]
     else:

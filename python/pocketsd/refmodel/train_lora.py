@@ -59,7 +59,9 @@ def save_lora(unet, out: Path, rank: int) -> None:
             tmp, unet_lora_layers=layers, safe_serialization=True,
             unet_lora_adapter_metadata={"r": rank, "lora_alpha": rank, "target_modules": TARGET_MODULES},
         )
-        (tmp / "pytorch_lora_weights.safetensors").replace(out)
+        written = tmp / "pytorch_lora_weights.safetensors"
+        written.chmod(0o644)  # package data: readable by everyone (the temp dir's files are private)
+        written.replace(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
