@@ -83,7 +83,10 @@ def child(config: str, model: str, folder: str | None, steps: int, ref_out: str 
         first = unet(x, torch.full((x.shape[0],), 500.0), ehs, **kw).sample
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB → MiB on Linux
     snr = None
-    if ref_out and Path(ref_out).is_file():
+    if config == "fp16":  # the reference itself (first fp16 run saves it, later ones would compare to it)
+        if ref_out and not Path(ref_out).is_file():
+            torch.save(first, ref_out)
+    elif ref_out and Path(ref_out).is_file():
         ref = torch.load(ref_out)
         snr = float(10 * torch.log10(ref.pow(2).sum() / (first - ref).pow(2).sum().clamp_min(1e-30)))
     elif ref_out:
