@@ -6,6 +6,7 @@ Exit codes (shared/CONTRACT.md): 0 done, 2 bad input (one line on stderr), 1 any
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 
@@ -70,6 +71,12 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    # Environment variables only reach libraries imported later; ones already loaded (tests, bench) are told directly.
+    for name in ("transformers", "diffusers"):
+        if name in sys.modules:
+            lib_logging = importlib.import_module(f"{name}.utils.logging")
+            lib_logging.disable_progress_bar()
+            lib_logging.set_verbosity_error()
 
 
 def _run_generate(args) -> int:
@@ -323,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or bool(os.environ.get("POCKETSD_DEBUG"))
     try:
         args = build_parser().parse_args(argv)
+        _quiet_libraries()
         return int(args.func(args) or 0)
     except BadInput as exc:
         if debug:
