@@ -21,7 +21,7 @@ from rich.table import Table
 from .artifacts import read_json
 
 PROMPT = "a red circle on a white background"
-console = Console()
+console = Console(width=max(110, Console().width))
 
 
 def _run(args: list[str]) -> float:
