@@ -24,7 +24,7 @@ import torch
 from .format import INT, PALETTE
 from .packing import pack_codes, unpack_codes  # noqa: F401  (re-exported: quantizers own packing too)
 
-PALETTE_BITS = (4, 6, 8)
+PALETTE_BITS = (1, 2, 4, 6, 8)  # the LUT sizes constexpr_lut_to_dense takes (3-bit left out)
 INT_BITS = (4, 8)
 CLIP_GRID = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7)
 _CHUNK_ELEMENTS = 1 << 23  # values processed at once by k-means (bounds memory on SDXL-size layers)
