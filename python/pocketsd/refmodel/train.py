@@ -61,28 +61,40 @@ def _vae_images(seed: int) -> torch.Tensor:
     return torch.from_numpy(np.concatenate([make_dataset(n, seed + 1 + i, style)[1] for i, (style, n) in enumerate(n_per_style.items())]))
 
 
-def train_vae(vae, steps: int, batch: int, seed: int, curve: list) -> None:
+def _reconstruction_stage(name: str, params, steps: int, lr: float, warmup: int, batch: int, seed: int,
+                          curve: list, loss_fn) -> None:
+    """The loop every VAE stage shares; `loss_fn(x, gen)` returns (loss to minimise, reconstruction loss)."""
     data = _vae_images(seed)
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
-    vae.train()
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     with _progress() as bar:
-        task = bar.add_task("VAE", total=steps, loss=0.0)
+        task = bar.add_task(name, total=steps, loss=0.0)
         for step in range(steps):
             for g in opt.param_groups:
-                g["lr"] = _lr_at(step, steps, 1e-3, 50)
+                g["lr"] = _lr_at(step, steps, lr, warmup)
             x = data[torch.randint(0, len(data), (batch,), generator=gen)]
-            posterior = vae.encode(x).latent_dist
-            z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
-            recon = vae.decode(z).sample
-            rec = F.l1_loss(recon, x) + F.mse_loss(recon, x)
-            loss = rec + 1e-6 * posterior.kl().mean()
+            loss, rec = loss_fn(x, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             curve.append(float(rec.detach()))
             bar.update(task, advance=1, loss=curve[-1])
-            _log_line("vae", step, steps, curve)
+            _log_line(name, step, steps, curve)
+
+
+def _reconstruction_loss(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return F.l1_loss(recon, x) + F.mse_loss(recon, x)
+
+
+def train_vae(vae, steps: int, batch: int, seed: int, curve: list) -> None:
+    def loss_fn(x, gen):
+        posterior = vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
+        rec = _reconstruction_loss(vae.decode(z).sample, x)
+        return rec + 1e-6 * posterior.kl().mean(), rec
+
+    vae.train()
+    _reconstruction_stage("vae", vae.parameters(), steps, 1e-3, 50, batch, seed, curve, loss_fn)
     vae.eval()
 
 
@@ -100,57 +112,32 @@ def refine_vae(vae, steps: int, batch: int, seed: int, curve: list, lr: float = 
 
     refined = AutoencoderKL(**dict(vae.config, norm_num_groups=REFINED_VAE_GROUPS))
     refined.load_state_dict(vae.state_dict())
-    data = _vae_images(seed + 7)
-    gen = torch.Generator().manual_seed(seed + 7)
-    opt = torch.optim.AdamW(refined.parameters(), lr=lr, weight_decay=0.0)
+
+    def loss_fn(x, gen):
+        with torch.no_grad():
+            target = vae.encode(x).latent_dist.mean
+        rec = _reconstruction_loss(refined.decode(target).sample, x)
+        return rec + F.mse_loss(refined.encode(x).latent_dist.mean, target), rec
+
     vae.eval()
     refined.train()
-    with _progress() as bar:
-        task = bar.add_task("VAE refine", total=steps, loss=0.0)
-        for step in range(steps):
-            for g in opt.param_groups:
-                g["lr"] = _lr_at(step, steps, lr, 20)
-            x = data[torch.randint(0, len(data), (batch,), generator=gen)]
-            with torch.no_grad():
-                target = vae.encode(x).latent_dist.mean
-            mean = refined.encode(x).latent_dist.mean
-            recon = refined.decode(target).sample
-            rec = F.l1_loss(recon, x) + F.mse_loss(recon, x)
-            loss = rec + F.mse_loss(mean, target)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            curve.append(float(rec.detach()))
-            bar.update(task, advance=1, loss=curve[-1])
-            _log_line("vae-refine", step, steps, curve)
+    _reconstruction_stage("vae-refine", refined.parameters(), steps, lr, 20, batch, seed + 7, curve, loss_fn)
     refined.eval()
     return refined
 
 
 def polish_decoder(vae, steps: int, batch: int, seed: int, curve: list, lr: float = 5e-4) -> None:
     """More decoder training on the (now fixed) encoder's latent means; the UNet's latents don't move."""
-    data = _vae_images(seed + 11)
-    gen = torch.Generator().manual_seed(seed + 11)
+    def loss_fn(x, gen):
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.mean
+        rec = _reconstruction_loss(vae.decode(z).sample, x)
+        return rec, rec
+
     params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     vae.eval()
     vae.decoder.train()
-    with _progress() as bar:
-        task = bar.add_task("VAE decoder polish", total=steps, loss=0.0)
-        for step in range(steps):
-            for g in opt.param_groups:
-                g["lr"] = _lr_at(step, steps, lr, 20)
-            x = data[torch.randint(0, len(data), (batch,), generator=gen)]
-            with torch.no_grad():
-                z = vae.encode(x).latent_dist.mean
-            recon = vae.decode(z).sample
-            rec = F.l1_loss(recon, x) + F.mse_loss(recon, x)
-            opt.zero_grad(set_to_none=True)
-            rec.backward()
-            opt.step()
-            curve.append(float(rec.detach()))
-            bar.update(task, advance=1, loss=curve[-1])
-            _log_line("decoder-polish", step, steps, curve)
+    _reconstruction_stage("decoder-polish", params, steps, lr, 20, batch, seed + 11, curve, loss_fn)
     vae.eval()
 
 
