@@ -26,3 +26,10 @@ def ref_pipeline(ref_model_path):
     from diffusers import StableDiffusionXLPipeline
 
     return StableDiffusionXLPipeline.from_pretrained(ref_model_path, torch_dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
+def convert_model_path(request) -> Path:
+    # POCKETSD_CONVERT_TEST_MODEL runs the conversion tests on another SDXL-layout folder (e.g. a bigger model).
+    other = os.environ.get("POCKETSD_CONVERT_TEST_MODEL")
+    return Path(other) if other else request.getfixturevalue("ref_model_path")

@@ -7,7 +7,6 @@ the multifunction and original-attention tests use a small UNet so they convert 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -21,12 +20,6 @@ from pocketsd.convert.run import convert_bundle
 from pocketsd.errors import BadInput
 
 COMPONENTS = ["TextEncoder", "TextEncoder2", "VAEDecoder", "VAEEncoder", "UnetChunk1", "UnetChunk2"]
-
-
-@pytest.fixture(scope="session")
-def convert_model_path(request) -> Path:
-    other = os.environ.get("POCKETSD_CONVERT_TEST_MODEL")
-    return Path(other) if other else request.getfixturevalue("ref_model_path")
 
 
 @pytest.fixture(scope="session")

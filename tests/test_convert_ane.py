@@ -4,20 +4,12 @@ layers against the compressed model's dequantized weights, chunking, and LoRA co
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from convert_support import compress_quickly
-
-
-@pytest.fixture(scope="session")
-def convert_model_path(request) -> Path:
-    # POCKETSD_CONVERT_TEST_MODEL runs these tests on another SDXL-layout folder (e.g. a bigger model).
-    other = os.environ.get("POCKETSD_CONVERT_TEST_MODEL")
-    return Path(other) if other else request.getfixturevalue("ref_model_path")
 
 
 @pytest.fixture(scope="session")

@@ -115,7 +115,7 @@ def test_zero_initialised_controlnet_changes_nothing(tmp_path, backend):
     from diffusers import ControlNetModel
     from PIL import Image
 
-    from pocketsd.pipeline.torch_backend import controlnet_hook
+    from pocketsd.pipeline.controlnet import controlnet_hook
 
     ControlNetModel.from_unet(backend.module("unet"), conditioning_embedding_out_channels=(8, 16, 32, 64)).save_pretrained(
         tmp_path / "cn")

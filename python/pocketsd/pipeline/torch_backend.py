@@ -122,27 +122,3 @@ def open_backend(source: ModelSource | str | None, *, low_memory: bool = False, 
         source = resolve_model(source)
     comps = ModelComponents(source, allow_pickle=allow_pickle, dtype=dtype, unet_mode=unet_mode)
     return TorchBackend(comps, device=device, unet_transforms=unet_transforms)
-
-
-def controlnet_hook(folder, control_image, backend: TorchBackend, scale: float = 1.0):
-    """A `GenerationRequest.unet_extra` that runs a diffusers `ControlNetModel` on `control_image` (PIL, the
-    scribble/canny convention: white strokes on black) every step and hands its residuals to the UNet."""
-    import numpy as np
-    from diffusers import ControlNetModel
-
-    try:
-        net = ControlNetModel.from_pretrained(folder, torch_dtype=backend.components.dtype).to(backend.device).eval()
-    except (OSError, ValueError) as exc:
-        raise BadInput(f"--controlnet {folder} could not be loaded: {str(exc).splitlines()[0]}")
-    cond = torch.from_numpy(np.asarray(control_image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
-
-    @torch.inference_mode()
-    def extra(model_in, t, embeds, added_cond):
-        dtype = net.dtype
-        kw = {"added_cond_kwargs": {k: v.to(backend.device, dtype) for k, v in added_cond.items()}} if added_cond else {}
-        down, mid = net(model_in.to(backend.device, dtype), t.to(backend.device), encoder_hidden_states=embeds.to(
-            backend.device, dtype), controlnet_cond=cond.expand(model_in.shape[0], -1, -1, -1).to(backend.device, dtype),
-            conditioning_scale=scale, return_dict=False, **kw)
-        return {"down_block_additional_residuals": list(down), "mid_block_additional_residual": mid}
-
-    return extra
