@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from pocketsd.palettize.allocate import Candidate, allocate, layer_bytes
+from pocketsd.palettize.allocate import Candidate, ResponseCurve, allocate, layer_bytes
 from pocketsd.palettize.format import CompressedLayer, dequantize_residual, effective_weight
 from pocketsd.palettize.layers import LowRankQuantConv2d, LowRankQuantLinear
 from pocketsd.palettize.lowrank import compress_layer, lowrank_decompose, svd_factors
@@ -130,6 +130,45 @@ def test_svd_factors_match_truncated_svd():
     assert float((up.double() @ down.double() - ref).norm() / ref.norm()) < 2e-3
 
 
+def test_randomized_svd_path_matches_truncated_svd_on_large_matrices():
+    g = torch.Generator().manual_seed(4)
+    # a decaying spectrum plus noise, like trained weights
+    m = (torch.randn(600, 40, generator=g) @ torch.randn(40, 700, generator=g)) + 0.05 * torch.randn(600, 700, generator=g)
+    up, down = svd_factors(m, 32)  # 4·32 ≤ 600: the randomized path
+    u, s, vh = torch.linalg.svd(m.double(), full_matrices=False)
+    ref = (u[:, :32] * s[:32]) @ vh[:32]
+    assert float((up.double() @ down.double() - ref).norm() / ref.norm()) < 5e-3
+    again = svd_factors(m, 32)
+    assert torch.equal(up, again[0]) and torch.equal(down, again[1])  # seeded: deterministic
+
+
+def _optimal_kmeans_sse(x: np.ndarray, k: int) -> float:
+    """Exact 1-D k-means by dynamic programming over the sorted values (O(k·n²), small n only)."""
+    x = np.sort(x)
+    c1, c2 = np.concatenate([[0], x.cumsum()]), np.concatenate([[0], (x * x).cumsum()])
+    n = len(x)
+    cost = lambda i, j: c2[j] - c2[i] - (c1[j] - c1[i]) ** 2 / (j - i)  # noqa: E731
+    best = [cost(0, j) if j else 0.0 for j in range(n + 1)]
+    for _ in range(1, k):
+        best = [0.0] + [min(best[i] + cost(i, j) for i in range(1, j)) if j > 1 else best[j] for j in range(1, n + 1)]
+    return best[n]
+
+
+def test_multi_start_kmeans_finds_near_optimal_tables_on_heavy_tailed_rows():
+    from pocketsd.palettize.quantizers import kmeans_1d
+
+    g = torch.Generator().manual_seed(7)
+    # Student-t with 3 degrees of freedom: a normal over sqrt(χ²₃ / 3)
+    rows = torch.randn(6, 160, generator=g) / (torch.randn(6, 160, 3, generator=g).pow(2).mean(-1)).sqrt()
+    rows[:, :3] *= 8  # a few outliers per row
+    sse = lambda c: float(((rows[:, :, None] - c[:, None, :]) ** 2).amin(-1).sum())  # noqa: E731
+    one, many = kmeans_1d(rows, 8, starts=1), kmeans_1d(rows, 8, starts=6)
+    optimum = sum(_optimal_kmeans_sse(r.numpy().astype(np.float64), 8) for r in rows)
+    assert sse(many) <= sse(one) + 1e-6
+    assert sse(many) <= 1.03 * optimum, (sse(many), optimum)
+    assert torch.equal(many, kmeans_1d(rows, 8, starts=6))  # deterministic
+
+
 def test_rank_refinement_and_smoothing_reduce_output_error():
     g = torch.Generator().manual_seed(1)
     w = _heavy_tailed(96, 128, seed=1)
@@ -158,6 +197,23 @@ def test_allocation_respects_budget_and_spends_where_error_drops_most():
     choice = allocate(6.0, cands, fixed_bytes=0, total_params=params)  # 3000 bytes: both upgrades fit
     assert sum(c.bytes for c in choice.values()) <= 3000
     assert choice["sensitive"].bits == 6 and choice["robust"].bits == 6
+
+
+def test_response_curve_interpolates_measured_points_and_is_monotone():
+    # measured: a layer whose UNet response grows faster than its own error at large errors
+    curve = ResponseCurve([(1e-1, 5e-2), (1e-3, 1e-5), (1e-2, 2e-3)])
+    for e, r in [(1e-3, 1e-5), (1e-2, 2e-3), (1e-1, 5e-2)]:
+        assert math.isclose(curve(e), r, rel_tol=1e-9)
+    assert math.isclose(curve(1e-4), 1e-6, rel_tol=1e-9)  # below the points: proportional (slope 1)
+    assert math.isclose(curve(1.0), 0.5, rel_tol=1e-9)  # above too
+    mid = curve(math.sqrt(1e-3 * 1e-2))  # log-log midpoint
+    assert math.isclose(mid, math.sqrt(1e-5 * 2e-3), rel_tol=1e-9)
+    xs = np.logspace(-6, 0, 200)
+    ys = [curve(float(x)) for x in xs]
+    assert all(b >= a for a, b in zip(ys, ys[1:])) and curve(0.0) == 0.0
+    # a noisy measurement that dips is flattened, never rewarded
+    dip = ResponseCurve([(1e-3, 1e-4), (1e-2, 5e-5)])
+    assert dip(1e-2) >= dip(1e-3) * (1 - 1e-9)
 
 
 def test_layer_bytes_counts_every_tensor():

@@ -1,12 +1,16 @@
 """Budgeted allocation: per layer a rank and a bit width under an effective-bits-per-parameter budget.
 
-Like Apple's mixed-bit palettization pre-analysis, sensitivity is measured rather than guessed — here per
-layer, as the output error on calibration inputs of each (rank, bits) candidate — but with the low-rank
-rank as a second dial beside the bit width. Allocation is greedy: every layer starts at its cheapest
-candidate, then the upgrade with the largest error reduction per extra byte is taken, anywhere in the
-UNet, until the next one would exceed the budget. Errors are relative (error/signal = 1/SNR of the layer's
-output), weighted by each layer's end-to-end sensitivity when calibration recorded UNet calls
-(`EndToEndProbe`), so a layer whose errors barely reach the UNet's output does not soak up the budget.
+Like Apple's mixed-bit palettization pre-analysis, sensitivity is measured rather than guessed — but with
+the low-rank rank as a second dial beside the bit width. Every (rank, bits) candidate of a layer gets its
+own output error on calibration inputs (error/signal = 1/SNR of the layer's output). When calibration
+recorded UNet calls, each layer also gets an end-to-end response curve (`EndToEndProbe`): the UNet's
+relative output error with that layer alone at each bit width and rank 0, against that layer's own error.
+A candidate's cost is its layer error read through that curve, so a layer whose errors barely reach the
+UNet's output does not soak up the budget, and the 1–2-bit regime (where the UNet's response is far from
+linear) is judged by what it does downstream, not extrapolated from 4 bits.
+
+Allocation is greedy: every layer starts at its cheapest candidate, then the upgrade with the largest error
+reduction per extra byte is taken, anywhere in the UNet, until the next one would exceed the budget.
 """
 
 from __future__ import annotations
@@ -49,8 +53,9 @@ def rank_cap(shape: tuple[int, ...]) -> int:
 
 
 def measure_candidates(W: torch.Tensor, has_bias: bool, recipe: Recipe, rows=None, act_max=None,
-                       alpha_grid=(0.0,)) -> tuple[list[Candidate], float, torch.Tensor]:
-    """Output error of every (rank, bits) candidate of one layer, and the smoothing α they share.
+                       alpha_grid=(0.0,)) -> tuple[list[Candidate], float, dict[int, tuple[float, torch.Tensor]]]:
+    """Output error of every (rank, bits) candidate of one layer, the smoothing α they share, and per bit
+    width the rank-0 candidate's (relative error, effective dense weight) for the end-to-end probe.
 
     α is picked once (at 4 bits and a middle rank); candidates are measured unrefined (SVD + one
     quantization), which ranks them by sensitivity; the chosen one is recomputed with full refinement.
@@ -60,7 +65,7 @@ def measure_candidates(W: torch.Tensor, has_bias: bool, recipe: Recipe, rows=Non
     probe = QuantSpec(recipe.quantizer, 4, recipe.group_size, recipe.block_size)
     alpha = min((lowrank_decompose(W, min(16, ranks[-1]), probe, rows, act_max, a, 0, probe=True)
                  for a in alpha_grid), key=lambda d: d.error).alpha
-    out, cheapest = [], None
+    out, rank0 = [], {}
     factors = svd_factors(smoothed_matrix(W, act_max, alpha)[0], ranks[-1]) if ranks[-1] else None  # one SVD
     for bits in BITS[recipe.quantizer]:
         spec = QuantSpec(recipe.quantizer, bits, recipe.group_size, recipe.block_size)
@@ -68,18 +73,18 @@ def measure_candidates(W: torch.Tensor, has_bias: bool, recipe: Recipe, rows=Non
             d = lowrank_decompose(W, rank, spec, rows, act_max, alpha, iters=0, probe=True, init_factors=factors)
             nbytes = layer_bytes(shape, spec, rank, d.smooth is not None, has_bias)
             out.append(Candidate(rank, bits, nbytes, d.error / max(d.signal, 1e-30)))
-            if cheapest is None:
-                cheapest = effective_weight(d.to_layer("probe", "linear", None))
-    return out, alpha, cheapest
+            if rank == 0:
+                rank0[bits] = (out[-1].rel_error, effective_weight(d.to_layer("probe", "linear", None)))
+    return out, alpha, rank0
 
 
 class EndToEndProbe:
-    """Each layer's end-to-end sensitivity: how much of the UNet's output error a unit of that layer's
-    relative output error causes (MBP measures the same thing per layer, for bit widths only).
+    """Each layer's end-to-end sensitivity: how much of the UNet's output error that layer's own relative
+    output error causes (MBP measures the same thing per layer, for bit widths only).
 
-    Replays a few recorded UNet calls (one batch) with one layer's weight swapped for its 4-bit probe, and
-    returns gain = (relative output MSE of the UNet) / (the layer's own relative error). Assuming layers'
-    errors add up independently, the allocator then minimises Σ gain·error instead of Σ error.
+    Replays a few recorded UNet calls (one batch) with one layer's weight swapped for a probe weight.
+    `response` is the UNet's relative output MSE; `gain` divides it by the layer's own relative error.
+    Assuming layers' errors add up independently, the allocator minimises Σ response instead of Σ error.
     """
 
     def __init__(self, unet, calls: list[dict]):
@@ -92,15 +97,47 @@ class EndToEndProbe:
     def _run(self) -> torch.Tensor:
         return self.unet(**self.inputs, return_dict=False)[0]
 
-    def gain(self, module, probe_weight: torch.Tensor, rel_error: float) -> float:
+    def response(self, module, probe_weight: torch.Tensor) -> float:
         original = module.weight.data
         module.weight.data = probe_weight.to(original.dtype)
         try:
             with torch.no_grad():
-                mse = float((self._run() - self.base).pow(2).sum()) / self.norm
+                return float((self._run() - self.base).pow(2).sum()) / self.norm
         finally:
             module.weight.data = original
-        return mse / max(rel_error, 1e-12)
+
+    def gain(self, module, probe_weight: torch.Tensor, rel_error: float) -> float:
+        return self.response(module, probe_weight) / max(rel_error, 1e-12)
+
+
+class ResponseCurve:
+    """A layer's end-to-end error as a function of its own relative error, from a few measured points.
+
+    Interpolated linearly in log-log space between the points (sorted by layer error, made non-decreasing)
+    and extended beyond them with slope 1 — proportional, the small-error limit of a smooth network.
+    """
+
+    def __init__(self, points: list[tuple[float, float]]):
+        pts = sorted((max(e, 1e-30), max(r, 1e-30)) for e, r in points)
+        xs = [math.log(e) for e, _ in pts]
+        ys, top = [], -math.inf
+        for _, r in pts:
+            top = max(top, math.log(r))
+            ys.append(top)
+        self.xs, self.ys = xs, ys
+
+    def __call__(self, rel_error: float) -> float:
+        if rel_error <= 0:
+            return 0.0
+        x, xs, ys = math.log(rel_error), self.xs, self.ys
+        if x <= xs[0]:
+            return math.exp(ys[0] + x - xs[0])
+        if x >= xs[-1]:
+            return math.exp(ys[-1] + x - xs[-1])
+        i = next(j for j in range(1, len(xs)) if xs[j] >= x)
+        span = xs[i] - xs[i - 1]
+        t = 0.0 if span <= 0 else (x - xs[i - 1]) / span
+        return math.exp(ys[i - 1] + t * (ys[i] - ys[i - 1]))
 
 
 def _batch_calls(calls: list[dict]) -> dict:

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ..errors import BadInput
-from .allocate import Candidate, EndToEndProbe, allocate, layer_bytes, measure_candidates
+from .allocate import Candidate, EndToEndProbe, ResponseCurve, allocate, layer_bytes, measure_candidates
 from .calibrate import Calibration, calibrate, default_prompts, read_prompts
 from .format import CompressedUNet, accounting, save_compressed
 from .lowrank import ALPHA_GRID, compress_layer, lowrank_decompose
@@ -69,12 +69,13 @@ def compress_unet(unet, recipe: Recipe, calibration: Calibration | None = None, 
         cands, alphas = {}, {}
         probe = EndToEndProbe(unet, calibration.unet_inputs) if calibration and calibration.unet_inputs else None
         for name, m in modules.items():
-            cands[name], alphas[name], probe_w = measure_candidates(m.weight, m.bias is not None, recipe,
-                                                                    rows(name), amax(name), grid)
-            if probe is not None:  # scale this layer's errors by how much they reach the UNet's output
-                g = probe.gain(m, probe_w, cands[name][0].rel_error)
-                cands[name] = [Candidate(c.rank, c.bits, c.bytes, c.rel_error * g) for c in cands[name]]
-                gains[name] = g
+            cands[name], alphas[name], rank0 = measure_candidates(m.weight, m.bias is not None, recipe,
+                                                                  rows(name), amax(name), grid)
+            if probe is not None:  # read this layer's errors through how they reach the UNet's output
+                points = [(err, probe.response(m, w)) for err, w in rank0.values()]
+                curve = ResponseCurve(points)
+                cands[name] = [Candidate(c.rank, c.bits, c.bytes, curve(c.rel_error)) for c in cands[name]]
+                gains[name] = {str(b): round(r / max(e, 1e-12), 6) for b, (e, r) in zip(rank0, points)}
             tick(1, f"measuring {name}")
         leftover_bytes = _leftover_bytes(unet, modules)
         n_tensors = len(modules) * 5 + _leftover_count(unet, modules)

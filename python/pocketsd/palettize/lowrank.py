@@ -66,17 +66,27 @@ def _expand(s: torch.Tensor, taps: int) -> torch.Tensor:
 def svd_factors(M: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Balanced rank-r factors (U√S, √S Vᵀ) in fp16.
 
-    Via the eigendecomposition of the Gram matrix of the smaller side, in float64: for the wide matrices
-    here (out × in·k) this is ~10× faster than a full SVD on CPU and exact to well below fp16 precision.
+    Small ranks of large matrices (SDXL: r = 32 of 640–5120) use randomized SVD with power iterations
+    (Halko et al.; `torch.svd_lowrank`, seeded so results repeat): it touches the matrix a few times
+    instead of factoring it whole. Otherwise the eigendecomposition of the Gram matrix of the smaller
+    side, in float64: for the wide matrices here (out × in·k) ~10× faster than a full SVD on CPU and
+    exact to well below fp16 precision.
     """
-    Md = M.double()
-    tall = Md.shape[0] > Md.shape[1]
-    A = Md.T if tall else Md  # (small, big)
-    evals, evecs = torch.linalg.eigh(A @ A.T)
-    evals, evecs = evals.flip(0)[:rank].clamp_min(0), evecs.flip(1)[:, :rank]
-    sing = evals.sqrt()
-    other = (A.T @ evecs) / sing.clamp_min(1e-30)  # (big, r): the other singular vectors
-    U, Vh = (other, evecs.T) if tall else (evecs, other.T)
+    small = min(M.shape)
+    if small > 256 and 4 * rank <= small:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            U, sing, V = torch.svd_lowrank(M.float(), q=min(small, rank + 16), niter=4)
+        U, sing, Vh = U[:, :rank].double(), sing[:rank].double(), V[:, :rank].T.double()
+    else:
+        Md = M.double()
+        tall = Md.shape[0] > Md.shape[1]
+        A = Md.T if tall else Md  # (small, big)
+        evals, evecs = torch.linalg.eigh(A @ A.T)
+        evals, evecs = evals.flip(0)[:rank].clamp_min(0), evecs.flip(1)[:, :rank]
+        sing = evals.sqrt()
+        other = (A.T @ evecs) / sing.clamp_min(1e-30)  # (big, r): the other singular vectors
+        U, Vh = (other, evecs.T) if tall else (evecs, other.T)
     root = sing.sqrt()
     return (U * root).to(torch.float16), (root[:, None] * Vh).to(torch.float16)
 
@@ -124,7 +134,8 @@ def lowrank_decompose(W: torch.Tensor, rank: int, spec: QuantSpec, rows: torch.T
         low = up.float() @ down.float()
     best = None
     for round_ in range(iters + 1 if rank else 1):
-        q = quantize((Ws - low).reshape(shape), spec, importance, kmeans_iters=15 if probe else 60)
+        q = quantize((Ws - low).reshape(shape), spec, importance, kmeans_iters=15 if probe else 60,
+                     kmeans_starts=2 if probe else 6)
         err = _output_error(Ws - low - q.dequantized.float().reshape(out, -1), xs)
         if best is None or err < best.error:
             best = Decomposition(q, up, down, s, alpha if s is not None else 0.0, err, signal)

@@ -1,7 +1,7 @@
 """The two weight quantizers, each mapping 1:1 onto a Core ML iOS18 constexpr op (see format.py):
 
 - `quantize_palette`: a k-means lookup table of 2^b fp16 entries per group of G output channels
-  (`constexpr_lut_to_dense`), b ∈ {4, 6, 8}.
+  (`constexpr_lut_to_dense`), b ∈ {1, 2, 4, 6, 8}.
 - `quantize_int_blockwise`: symmetric integers with one fp16 scale per block of B input channels
   (`constexpr_blockwise_shift_scale`, no offset), b ∈ {4, 8}. `rtn_per_channel` is its B = in, no-clip
   special case (the classic round-to-nearest per-output-channel baseline).
@@ -16,6 +16,7 @@ Scalar k-means needs no distance matrix: with sorted centroids the nearest one i
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,13 +72,20 @@ def _assign(values: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
 
 
 def kmeans_1d(values: torch.Tensor, k: int, weights: torch.Tensor | None = None, iters: int = 60,
-              bins: int = 4096) -> torch.Tensor:
+              bins: int = 4096, starts: int = 6, seed: int = 0) -> torch.Tensor:
     """Weighted scalar k-means on every row at once. values (rows, n) → centroids (rows, k), sorted.
 
     In one dimension every cluster is a contiguous range of values. We histogram each row into `bins`
-    equal-width bins keeping each bin's exact weighted sum and mass (two O(n) scatter-adds, no sort), so an
-    iteration is k-1 binary searches over the bins' prefix sums per row. Centroids are exact means of the
-    values assigned; only cluster borders snap to bin edges (width = range/4096, negligible).
+    equal-width bins keeping each bin's exact weighted sum, sum of squares and mass (O(n) scatter-adds, no
+    sort), so an iteration is a gather over the bins' prefix sums. Centroids are exact means of the values
+    assigned; only cluster borders snap to bin edges (width = range/4096, negligible).
+
+    Lloyd's iterations stop in local minima, and on heavy-tailed weights which one depends on the start.
+    So every row runs from `starts` starts at once (weighted quantiles; quantiles plus a few entries
+    spread evenly over the range; k-means++ seedings, which give sparse tails their own entries), and
+    keeps the run with the lowest exact weighted squared error. (k-means++ seeding is sequential in k, so
+    tables above 16 entries use the two quantile starts only: with 64–256 entries the tails get their
+    own entries anyway.)
     """
     values = values.float()
     rows = values.shape[0]
@@ -85,29 +93,35 @@ def kmeans_1d(values: torch.Tensor, k: int, weights: torch.Tensor | None = None,
     lo = values.amin(1, keepdim=True)
     width = ((values.amax(1, keepdim=True) - lo) / bins).clamp_min(1e-12)
     idx = ((values - lo) / width).long().clamp_(0, bins - 1)
-    mass = torch.zeros(rows, bins).scatter_add_(1, idx, weights).double()
-    wsum = torch.zeros(rows, bins).scatter_add_(1, idx, values * weights).double()
+    mass = torch.zeros(rows, bins).scatter_add_(1, idx, weights).double().numpy()
+    wsum = torch.zeros(rows, bins).scatter_add_(1, idx, values * weights).double().numpy()
+    wsq = torch.zeros(rows, bins, dtype=torch.float64).scatter_add_(
+        1, idx, (values.double() ** 2) * weights.double()).numpy()
 
     # The iterations work on (rows, bins) prefix sums only: small arrays where numpy's per-call overhead is
     # several times lower than torch's, and that overhead is all an iteration costs.
-    cmass = np.concatenate([np.zeros((rows, 1)), mass.numpy().cumsum(1)], 1)
-    csum = np.concatenate([np.zeros((rows, 1)), wsum.numpy().cumsum(1)], 1)
+    def prefix(a):
+        return np.concatenate([np.zeros((a.shape[0], 1)), a.cumsum(1)], 1)
+
+    cmass, csum, csq = prefix(mass), prefix(wsum), prefix(wsq)
     lo_, width_ = lo.double().numpy(), width.double().numpy()
-    # Deterministic start: weighted quantiles for most entries plus a few spread evenly over the range.
-    # Quantiles alone leave sparse outliers lumped into the extreme clusters, a local minimum Lloyd's
-    # iterations do not leave; the evenly spread entries give the tails their own clusters from the start.
-    n_even = k // 4
-    targets = ((np.arange(k - n_even) + 0.5) / (k - n_even)) * cmass[:, -1:]
-    qbin = np.stack([np.searchsorted(cmass[r, 1:], targets[r]) for r in range(rows)]).clip(max=bins - 1)
-    even = np.linspace(0.5, bins - 0.5, n_even)[None, :].repeat(rows, 0)
-    c = np.sort(lo_ + np.concatenate([qbin + 0.5, even], 1) * width_, axis=1)
-    first, last = np.zeros((rows, 1), np.int64), np.full((rows, 1), bins, np.int64)
+    inits = _kmeans_starts(mass, wsum, cmass, lo_, width_, k, starts, seed)
+    n_start = len(inits)
+    # All starts of all rows iterate together: rows are tiled start-major.
+    c = np.concatenate(inits, 0)
+    tile = lambda a: np.tile(a, (n_start, 1))  # noqa: E731
+    lo_t, width_t = tile(lo_), tile(width_)
+    first, last = np.zeros((c.shape[0], 1), np.int64), np.full((c.shape[0], 1), bins, np.int64)
+    row_base = (np.arange(c.shape[0]) % rows * (bins + 1))[:, None]
+    flat_sum, flat_mass, flat_sq = csum.ravel(), cmass.ravel(), csq.ravel()
     tol = 1e-5 * float(width_.max())
-    row_base = (np.arange(rows) * (bins + 1))[:, None]
-    flat_sum, flat_mass = csum.ravel(), cmass.ravel()
+
+    def segments(c):
+        cuts = np.ceil(((c[:, 1:] + c[:, :-1]) / 2 - lo_t) / width_t).clip(0, bins).astype(np.int64)
+        return np.concatenate([first, cuts, last], 1) + row_base  # flat indices into the prefix sums
+
     for _ in range(iters):
-        cuts = np.ceil(((c[:, 1:] + c[:, :-1]) / 2 - lo_) / width_).clip(0, bins).astype(np.int64)
-        edges = np.concatenate([first, cuts, last], 1) + row_base  # flat indices into the prefix sums
+        edges = segments(c)
         at_sum, at_mass = flat_sum[edges], flat_mass[edges]
         sums, m = at_sum[:, 1:] - at_sum[:, :-1], at_mass[:, 1:] - at_mass[:, :-1]
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -116,12 +130,67 @@ def kmeans_1d(values: torch.Tensor, k: int, weights: torch.Tensor | None = None,
         c = new
         if moved <= tol:  # converged to within a hundredth of a bin
             break
-    c = torch.from_numpy(c)
-    return c.float()
+    # exact weighted SSE of each run: Σ w·x² − 2c·Σ w·x + c²·Σ w per cluster
+    edges = segments(c)
+    seg = lambda flat: flat[edges][:, 1:] - flat[edges][:, :-1]  # noqa: E731
+    sse = (seg(flat_sq) - 2 * c * seg(flat_sum) + c * c * seg(flat_mass)).sum(1).reshape(n_start, rows)
+    best = sse.argmin(0)
+    c = c.reshape(n_start, rows, k)[best, np.arange(rows)]
+    return torch.from_numpy(c).float()
+
+
+def _kmeans_starts(mass, wsum, cmass, lo, width, k, starts, seed) -> list[np.ndarray]:
+    """Sorted (rows, k) starting centroids for `kmeans_1d`, deterministic in `seed`."""
+    rows, bins = mass.shape
+
+    def quantile_bins(n):
+        targets = ((np.arange(n) + 0.5) / n) * cmass[:, -1:]
+        return np.stack([np.searchsorted(cmass[r, 1:], targets[r]) for r in range(rows)]).clip(max=bins - 1)
+
+    out = [np.sort(lo + (quantile_bins(k) + 0.5) * width, axis=1)]
+    if starts > 1:
+        n_even = k // 4
+        even = np.linspace(0.5, bins - 0.5, n_even)[None, :].repeat(rows, 0)
+        out.append(np.sort(lo + np.concatenate([quantile_bins(k - n_even), even], 1) * width, axis=1))
+    if starts > 2 and k <= 16:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            centers = np.where(mass > 0, wsum / mass, lo + (np.arange(bins) + 0.5) * width)
+        rng = np.random.default_rng(seed)
+        for _ in range(starts - 2):
+            out.append(_kmeanspp(centers, mass, k, rng))
+    return out
+
+
+def _kmeanspp(points: np.ndarray, mass: np.ndarray, k: int, rng) -> np.ndarray:
+    """Greedy k-means++ seeding on weighted points, every row at once: each step draws 2 + ⌊ln k⌋
+    candidates with probability ∝ mass·(distance to the nearest centroid so far)² and keeps the one that
+    lowers the weighted potential most (the variant scikit-learn uses)."""
+    rows, n = points.shape
+    ar = np.arange(rows)
+    trials = 2 + int(math.log(k))
+
+    def draw(p, count):
+        cum = p.cumsum(1)
+        u = rng.random((rows, count)) * cum[:, -1:]
+        return np.minimum(np.stack([(cum < u[:, i:i + 1]).sum(1) for i in range(count)], 1), n - 1)
+
+    chosen = np.empty((rows, k))
+    chosen[:, 0] = points[ar, draw(mass, 1)[:, 0]]
+    d2 = (points - chosen[:, :1]) ** 2
+    for j in range(1, k):
+        p = mass * d2
+        # a row whose mass is all on chosen points: any point will do (duplicates are harmless)
+        p = np.where(p.sum(1, keepdims=True) > 0, p, mass + 1e-30)
+        cand = points[ar[:, None], draw(p, trials)]  # (rows, trials)
+        new_d2 = np.minimum(d2[:, None, :], (points[:, None, :] - cand[:, :, None]) ** 2)  # (rows, trials, n)
+        pick = (new_d2 * mass[:, None, :]).sum(2).argmin(1)
+        chosen[:, j] = cand[ar, pick]
+        d2 = new_d2[ar, pick]
+    return np.sort(chosen, axis=1)
 
 
 def quantize_palette(W: torch.Tensor, bits: int = 4, group_size: int = 16,
-                     importance: torch.Tensor | None = None, iters: int = 60) -> Quantized:
+                     importance: torch.Tensor | None = None, iters: int = 60, starts: int = 6) -> Quantized:
     """k-means palettization with one 2^bits-entry fp16 table per group of `group_size` output channels."""
     if bits not in PALETTE_BITS:
         raise ValueError(f"palette bits must be one of {PALETTE_BITS}, got {bits}")
@@ -140,7 +209,7 @@ def quantize_palette(W: torch.Tensor, bits: int = 4, group_size: int = 16,
     luts = []
     for start in range(0, n_groups, per_chunk):
         sl = slice(start, start + per_chunk)
-        luts.append(kmeans_1d(rows[sl], k, None if weights is None else weights[sl], iters))
+        luts.append(kmeans_1d(rows[sl], k, None if weights is None else weights[sl], iters, starts=starts))
     lut = torch.cat(luts).to(torch.float16)
     # Final assignment against the fp16 table actually stored, so codes are nearest for what Core ML sees.
     codes = torch.cat([_assign(rows[sl], lut[sl].float()) for sl in
@@ -199,14 +268,14 @@ def rtn_per_channel(W: torch.Tensor, bits: int = 4) -> Quantized:
 
 
 def quantize(W: torch.Tensor, spec: QuantSpec, importance: torch.Tensor | None = None,
-             kmeans_iters: int = 60) -> Quantized:
+             kmeans_iters: int = 60, kmeans_starts: int = 6) -> Quantized:
     """Dispatch on the spec (group/block sizes are fitted to the weight's dims).
 
-    kmeans_iters: fewer Lloyd rounds for quick probes that only need to rank alternatives.
+    kmeans_iters, kmeans_starts: fewer for quick probes that only need to rank alternatives.
     """
     spec = spec.fitted(tuple(W.shape))
     if spec.quantizer == PALETTE:
-        return quantize_palette(W, spec.bits, spec.group_size, importance, kmeans_iters)
+        return quantize_palette(W, spec.bits, spec.group_size, importance, kmeans_iters, kmeans_starts)
     if spec.quantizer == INT:
         return quantize_int_blockwise(W, spec.bits, spec.block_size, importance)
     raise ValueError(f"unknown quantizer {spec.quantizer!r}")

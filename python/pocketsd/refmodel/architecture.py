@@ -61,7 +61,9 @@ def vae_config() -> dict:
         block_out_channels=(8, 16, 32, 64),  # four levels: 8× downsampling like SDXL's VAE
         layers_per_block=1,
         latent_channels=4,
-        norm_num_groups=8,
+        # 4 channels per group in the 8-channel layers: with 8 groups there (instance norm) the
+        # decoder's last norm wiped each image's mean colour and reds/blues came out green.
+        norm_num_groups=2,
         sample_size=IMAGE_SIZE,
         scaling_factor=1.0,  # replaced by 1/std of the latents after training
     )

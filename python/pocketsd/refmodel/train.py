@@ -31,7 +31,6 @@ from .grammar import STYLES
 from .tokenizer import write_tokenizer
 
 RESULTS_DIR = Path(__file__).resolve().parents[3] / "benchmarks" / "results"
-REFINED_VAE_GROUPS = 2  # 4 channels per group in the 8-channel layers
 TIME_IDS = (IMAGE_SIZE, IMAGE_SIZE, 0, 0, IMAGE_SIZE, IMAGE_SIZE)  # SDXL micro-conditioning
 
 
@@ -98,36 +97,12 @@ def train_vae(vae, steps: int, batch: int, seed: int, curve: list) -> None:
     vae.eval()
 
 
-def refine_vae(vae, steps: int, batch: int, seed: int, curve: list, lr: float = 1e-3):
-    """A second VAE with finer GroupNorm, taught the first one's latent space.
-
-    The first VAE's GroupNorm has one channel per group in its 8-channel full-resolution layers,
-    which is instance norm: the decoder's last norm wipes each image's mean colour, so colours come
-    out wrong however long it trains. The UNet learns that VAE's latents, so instead of retraining
-    everything, a copy with 4 channels per group (same weights to start) is trained so that its
-    encoder reproduces the old latent means and its decoder reconstructs images from them. The UNet
-    never notices the swap.
-    """
-    from diffusers import AutoencoderKL
-
-    refined = AutoencoderKL(**dict(vae.config, norm_num_groups=REFINED_VAE_GROUPS))
-    refined.load_state_dict(vae.state_dict())
-
-    def loss_fn(x, gen):
-        with torch.no_grad():
-            target = vae.encode(x).latent_dist.mean
-        rec = _reconstruction_loss(refined.decode(target).sample, x)
-        return rec + F.mse_loss(refined.encode(x).latent_dist.mean, target), rec
-
-    vae.eval()
-    refined.train()
-    _reconstruction_stage("vae-refine", refined.parameters(), steps, lr, 20, batch, seed + 7, curve, loss_fn)
-    refined.eval()
-    return refined
-
-
 def polish_decoder(vae, steps: int, batch: int, seed: int, curve: list, lr: float = 5e-4) -> None:
-    """More decoder training on the (now fixed) encoder's latent means; the UNet's latents don't move."""
+    """More decoder training on the frozen encoder's latent means.
+
+    The UNet learns the encoder's latents, so once they are fixed the decoder can keep improving
+    on its own (sharper edges, exact colours) without the UNet noticing.
+    """
     def loss_fn(x, gen):
         with torch.no_grad():
             z = vae.encode(x).latent_dist.mean
@@ -257,28 +232,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--unet-steps", type=int, default=3500)
     ap.add_argument("--unet-images", type=int, default=16000)
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--max-minutes", type=float, default=None, help="stop the UNet stage early after this long")
+    ap.add_argument("--max-minutes", type=float, default=None, help="cap on the whole run: the UNet stage (last) stops early to keep it")
     ap.add_argument("--results", type=Path, default=RESULTS_DIR)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
-    ap.add_argument("--decoder-steps", type=int, default=1500, help="steps of the VAE refinement (see refine_vae)")
-    ap.add_argument("--polish-steps", type=int, default=1000, help="decoder-only steps after the refinement")
-    ap.add_argument("--polish-only", action="store_true", help="with --decoder-only: skip the refinement, only polish")
-    ap.add_argument("--decoder-only", type=Path, default=None, metavar="DIR",
-                    help="only refine DIR's VAE and write it to --out/vae (it can run beside the UNet stage)")
+    ap.add_argument("--polish-steps", type=int, default=600, help="decoder-only steps on the frozen encoder's latents")
     args = ap.parse_args(argv)
 
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.decoder_only is not None:
-        return _decoder_only(args)
     t0 = time.time()
     tok_dir = Path(tempfile.mkdtemp()) / "tokenizer"
     write_tokenizer(tok_dir)
     components = build_components(tok_dir, seed=args.seed)
-    curves: dict[str, list[float]] = {"vae_reconstruction": [], "unet_loss": []}
+    curves: dict[str, list[float]] = {"vae_reconstruction": [], "decoder_polish": [], "unet_loss": []}
 
     train_vae(components["vae"], args.vae_steps, 16, args.seed, curves["vae_reconstruction"])
+    polish_decoder(components["vae"], args.polish_steps, 16, args.seed, curves["decoder_polish"])
     t_vae = time.time() - t0
 
     scenes, images = make_dataset(args.unet_images, args.seed + 100)
@@ -293,16 +263,12 @@ def main(argv: list[str] | None = None) -> None:
         snapshot = dict(components, **ema)
         save_pipeline(snapshot, args.out)
 
+    # The UNet goes last so that a cap on the whole run only ever shortens this stage.
+    unet_minutes = None if args.max_minutes is None else args.max_minutes - (time.time() - t0) / 60 - 0.5
     ema, done = train_denoiser(components, latents, captions, args.unet_steps, args.batch, args.seed,
-                               curves["unet_loss"], max_minutes=args.max_minutes, checkpoint=checkpoint)
+                               curves["unet_loss"], max_minutes=unet_minutes, checkpoint=checkpoint)
     components.update(ema)
     t_unet = time.time() - t0 - t_vae - t_data
-    curves["vae_refine"] = []
-    refined = refine_vae(components["vae"], args.decoder_steps, 16, args.seed, curves["vae_refine"])
-    refined.register_to_config(scaling_factor=scale)
-    curves["decoder_polish"] = []
-    polish_decoder(refined, args.polish_steps, 16, args.seed, curves["decoder_polish"])
-    components["vae"] = refined
     save_pipeline(components, args.out)
     total = time.time() - t0
 
@@ -310,9 +276,8 @@ def main(argv: list[str] | None = None) -> None:
     summary = {
         "seed": args.seed, "vae_steps": args.vae_steps, "unet_steps_planned": args.unet_steps, "unet_steps_done": done,
         "batch": args.batch, "unet_images": args.unet_images, "vae_scaling_factor": scale, "styles_in_vae_data": list(STYLES),
-        "decoder_steps": args.decoder_steps,
-        "minutes": {"vae": t_vae / 60, "data": t_data / 60, "unet": t_unet / 60,
-                    "decoder": (total - t_vae - t_data - t_unet) / 60, "total": total / 60},
+        "polish_steps": args.polish_steps,
+        "minutes": {"vae_and_decoder_polish": t_vae / 60, "data": t_data / 60, "unet": t_unet / 60, "total": total / 60},
         "torch_threads": torch.get_num_threads(),
         "weights_bytes": sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file()),
         "curves": curves,
@@ -320,29 +285,6 @@ def main(argv: list[str] | None = None) -> None:
     (args.results / "refmodel_training.json").write_text(json.dumps(summary, indent=1))
     plot_curves(curves, args.results / "refmodel_training.png")
     print(f"trained in {total / 60:.1f} min; weights {summary['weights_bytes'] / 1e6:.1f} MB → {args.out}")
-
-
-def _decoder_only(args) -> None:
-    from diffusers import AutoencoderKL
-
-    t0 = time.time()
-    vae = AutoencoderKL.from_pretrained(args.decoder_only / "vae", torch_dtype=torch.float32)
-    curve: list[float] = []
-    if args.polish_only:
-        polish_decoder(vae, args.polish_steps, 16, args.seed, curve)
-    else:
-        vae = refine_vae(vae, args.decoder_steps, 16, args.seed, curve)
-    args.out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-vae-", dir=args.out))
-    vae.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
-    shutil.rmtree(args.out / "vae", ignore_errors=True)
-    tmp.rename(args.out / "vae")
-    args.results.mkdir(parents=True, exist_ok=True)
-    name = "refmodel_decoder_polish.json" if args.polish_only else "refmodel_vae_refine.json"
-    (args.results / name).write_text(json.dumps(
-        {"source": str(args.decoder_only), "steps": args.polish_steps if args.polish_only else args.decoder_steps, "minutes": (time.time() - t0) / 60,
-         "torch_threads": torch.get_num_threads(), "curve": curve}, indent=1))
-    print(f"VAE refined in {(time.time() - t0) / 60:.1f} min → {args.out / 'vae'}")
 
 
 if __name__ == "__main__":
