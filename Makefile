@@ -24,8 +24,12 @@ test: setup
 	$(PY) -m pytest
 
 tiny-model: setup
-	$(PY) -m pocketsd.refmodel.train
+	$(PY) -m pocketsd.refmodel.train --max-minutes 78
+	$(PY) -m pocketsd.refmodel.train --colour-polish python/pocketsd/refmodel/weights --colour-polish-steps 1300
 	$(PY) -m pocketsd.refmodel.check
+	$(PY) -m pip install -q peft
+	$(PY) -m pocketsd.refmodel.train_lora --style poster --steps 450 --seed 1 --max-minutes 14
+	$(PY) -m pocketsd.refmodel.train_lora --style blueprint --steps 300 --seed 2 --max-minutes 14
 
 check-model: setup
 	$(PY) -m pocketsd.refmodel.check

@@ -97,16 +97,23 @@ def train_vae(vae, steps: int, batch: int, seed: int, curve: list) -> None:
     vae.eval()
 
 
-def polish_decoder(vae, steps: int, batch: int, seed: int, curve: list, lr: float = 5e-4) -> None:
+def polish_decoder(vae, steps: int, batch: int, seed: int, curve: list, lr: float = 5e-4,
+                   colour_weight: float = 0.0) -> None:
     """More decoder training on the frozen encoder's latent means.
 
     The UNet learns the encoder's latents, so once they are fixed the decoder can keep improving
-    on its own (sharper edges, exact colours) without the UNet noticing.
+    on its own (sharper edges, exact colours) without the UNet noticing. `colour_weight` adds the error
+    of 8×8 block means: the decoder's GroupNorm removes each group's image-wide mean, and the colour
+    shifts that leaves (red → orange on dark backgrounds) are small per pixel but decide what colour an
+    object reads as; the plain pixel loss is dominated by edges.
     """
     def loss_fn(x, gen):
         with torch.no_grad():
             z = vae.encode(x).latent_dist.mean
-        rec = _reconstruction_loss(vae.decode(z).sample, x)
+        recon = vae.decode(z).sample
+        rec = _reconstruction_loss(recon, x)
+        if colour_weight:
+            return rec + colour_weight * F.mse_loss(F.avg_pool2d(recon, 8), F.avg_pool2d(x, 8)), rec
         return rec, rec
 
     params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
@@ -236,11 +243,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--results", type=Path, default=RESULTS_DIR)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     ap.add_argument("--polish-steps", type=int, default=600, help="decoder-only steps on the frozen encoder's latents")
+    ap.add_argument("--colour-polish", type=Path, default=None, metavar="DIR",
+                    help="only continue training DIR's VAE decoder with the colour loss (latents unchanged) and save it in place")
+    ap.add_argument("--colour-polish-steps", type=int, default=1200)
     args = ap.parse_args(argv)
 
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.colour_polish is not None:
+        return _colour_polish(args)
     t0 = time.time()
     tok_dir = Path(tempfile.mkdtemp()) / "tokenizer"
     write_tokenizer(tok_dir)
@@ -285,6 +297,28 @@ def main(argv: list[str] | None = None) -> None:
     (args.results / "refmodel_training.json").write_text(json.dumps(summary, indent=1))
     plot_curves(curves, args.results / "refmodel_training.png")
     print(f"trained in {total / 60:.1f} min; weights {summary['weights_bytes'] / 1e6:.1f} MB → {args.out}")
+
+
+def _colour_polish(args) -> None:
+    """The last training stage, run on a saved pipeline: the decoder only, so the UNet's latents stay."""
+    from diffusers import AutoencoderKL
+
+    t0 = time.time()
+    vae = AutoencoderKL.from_pretrained(args.colour_polish / "vae", torch_dtype=torch.float32)
+    curve: list[float] = []
+    polish_decoder(vae, args.colour_polish_steps, 16, args.seed + 1, curve, lr=3e-4, colour_weight=4.0)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-vae-", dir=args.colour_polish))
+    tmp.chmod(0o755)
+    vae.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
+    old = args.colour_polish / ".vae-old"
+    (args.colour_polish / "vae").rename(old)
+    tmp.rename(args.colour_polish / "vae")
+    shutil.rmtree(old, ignore_errors=True)
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "refmodel_colour_polish.json").write_text(json.dumps(
+        {"steps": args.colour_polish_steps, "colour_weight": 4.0, "minutes": (time.time() - t0) / 60,
+         "torch_threads": torch.get_num_threads(), "curve": curve}, indent=1))
+    print(f"decoder colour-polished in {(time.time() - t0) / 60:.1f} min → {args.colour_polish / 'vae'}")
 
 
 if __name__ == "__main__":
