@@ -153,11 +153,15 @@ def _kmeans_starts(mass, wsum, cmass, lo, width, k, starts, seed) -> list[np.nda
         even = np.linspace(0.5, bins - 0.5, n_even)[None, :].repeat(rows, 0)
         out.append(np.sort(lo + np.concatenate([quantile_bins(k - n_even), even], 1) * width, axis=1))
     if starts > 2 and k <= 16:
+        # Seeding only has to land near good minima (Lloyd's iterations on the fine bins do the rest), so it
+        # draws from a 16× coarser histogram: seeding dominated the time at full resolution.
+        f = 16 if bins % 16 == 0 and bins >= 16 * 4 * k else 1
+        cm, cs = mass.reshape(rows, -1, f).sum(2), wsum.reshape(rows, -1, f).sum(2)
         with np.errstate(invalid="ignore", divide="ignore"):
-            centers = np.where(mass > 0, wsum / mass, lo + (np.arange(bins) + 0.5) * width)
+            centers = np.where(cm > 0, cs / cm, lo + (np.arange(bins // f) + 0.5) * width * f)
         rng = np.random.default_rng(seed)
         for _ in range(starts - 2):
-            out.append(_kmeanspp(centers, mass, k, rng))
+            out.append(_kmeanspp(centers, cm, k, rng))
     return out
 
 
