@@ -83,7 +83,7 @@ class EndToEndProbe:
     output error causes (MBP measures the same thing per layer, for bit widths only).
 
     Replays a few recorded UNet calls (one batch) with one layer's weight swapped for a probe weight.
-    `response` is the UNet's relative output MSE; `gain` divides it by the layer's own relative error.
+    `response` is the UNet's relative output MSE.
     Assuming layers' errors add up independently, the allocator minimises Σ response instead of Σ error.
     """
 
@@ -105,9 +105,6 @@ class EndToEndProbe:
                 return float((self._run() - self.base).pow(2).sum()) / self.norm
         finally:
             module.weight.data = original
-
-    def gain(self, module, probe_weight: torch.Tensor, rel_error: float) -> float:
-        return self.response(module, probe_weight) / max(rel_error, 1e-12)
 
 
 class ResponseCurve:

@@ -58,7 +58,7 @@ def compress_unet(unet, recipe: Recipe, calibration: Calibration | None = None, 
     grid = ALPHA_GRID if (recipe.smoothing and calibration is not None) else (0.0,)
     rows = (lambda n: calibration.rows(n)) if calibration is not None else (lambda n: None)
     amax = (lambda n: calibration.act_max(n)) if calibration is not None else (lambda n: None)
-    layers, gains = {}, {}
+    layers, probe = {}, None
     if recipe.bits is not None:
         spec = QuantSpec(recipe.quantizer, recipe.bits, recipe.group_size, recipe.block_size)
         for name, m in modules.items():
@@ -75,7 +75,6 @@ def compress_unet(unet, recipe: Recipe, calibration: Calibration | None = None, 
                 points = [(err, probe.response(m, w)) for err, w in rank0.values()]
                 curve = ResponseCurve(points)
                 cands[name] = [Candidate(c.rank, c.bits, c.bytes, curve(c.rel_error)) for c in cands[name]]
-                gains[name] = {str(b): round(r / max(e, 1e-12), 6) for b, (e, r) in zip(rank0, points)}
             tick(1, f"measuring {name}")
         leftover_bytes = _leftover_bytes(unet, modules)
         n_tensors = len(modules) * 5 + _leftover_count(unet, modules)
@@ -91,7 +90,7 @@ def compress_unet(unet, recipe: Recipe, calibration: Calibration | None = None, 
     leftover = {k: v.detach().to(torch.float16).clone() for k, v in unet.state_dict().items() if k not in skip}
     recipe_info = recipe.to_dict()
     if recipe.bits is None:
-        recipe_info["sensitivity"] = "end_to_end" if gains else "layer_output"
+        recipe_info["sensitivity"] = "end_to_end" if probe is not None else "layer_output"
     return CompressedUNet(layers=layers, leftover=leftover, unet_config=_unet_config(unet),
                           recipe=recipe_info, calibration=dict(calibration.info) if calibration else {},
                           fp16_layers=kept)

@@ -117,7 +117,7 @@ def lowrank_decompose(W: torch.Tensor, rank: int, spec: QuantSpec, rows: torch.T
     SVD among several ranks (balanced factors sorted by singular value truncate to the rank-r SVD).
     """
     shape = tuple(W.shape)
-    out, cin = shape[0], shape[1]
+    out = shape[0]
     taps = math.prod(shape[2:]) if len(shape) > 2 else 1
     Wm = W.detach().float().reshape(out, -1)
     s = smoothing_scales(act_max, W, alpha)

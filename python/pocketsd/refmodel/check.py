@@ -3,7 +3,9 @@
     python -m pocketsd.refmodel.check [--model DIR] [--steps 20] [--seeds 0 1]
 
 Each image's object colour, shape and background are read back from its pixels alone
-(`pocketsd.eval.classify`). Writes benchmarks/results/refmodel_adherence.{json,png}.
+(`pocketsd.eval.classify`). Also checks the VAE alone: dataset images encoded and decoded, colour read
+back the same way (a colour the VAE cannot carry, the UNet cannot produce). Writes
+benchmarks/results/refmodel_adherence.{json,png}.
 """
 
 from __future__ import annotations
@@ -34,6 +36,20 @@ def generate_scenes(pipe, scenes, seed: int, steps: int, guidance: float, batch:
                    generator=gens, height=128, width=128)
         images.extend(out.images)
     return images
+
+
+@torch.no_grad()
+def vae_round_trip(vae, n: int = 60, seed: int = 999) -> dict:
+    """Share of `n` dataset images whose object colour survives encode → decode, and the mean L1 (pixels in [-1, 1])."""
+    from ..eval.classify import classify
+    from .data import make_dataset
+
+    scenes, images = make_dataset(n, seed)
+    x = torch.from_numpy(images)
+    recon = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
+    pixels = ((recon + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    right = sum(classify(Image.fromarray(px)).color == sc.color for px, sc in zip(pixels, scenes))
+    return {"images": n, "color_right": right / n, "l1": float((recon - x).abs().mean())}
 
 
 def contact_sheet(images: list[Image.Image], columns: int = 18) -> Image.Image:
@@ -67,12 +83,14 @@ def main(argv: list[str] | None = None) -> dict:
     result = score_adherence(images, all_scenes)
     result.update(model=str(args.model), steps=args.steps, guidance=args.guidance, seeds=args.seeds,
                   scheduler=type(pipe.scheduler).__name__, targets=TARGETS,
-                  targets_met={k: result[k] >= v for k, v in TARGETS.items()}, seconds=time.time() - t0)
+                  targets_met={k: result[k] >= v for k, v in TARGETS.items()}, seconds=time.time() - t0,
+                  vae_round_trip=vae_round_trip(pipe.vae))
     args.results.mkdir(parents=True, exist_ok=True)
     write_json(args.results / "refmodel_adherence.json", result)
     contact_sheet(images[: len(scenes)]).save(args.results / "refmodel_adherence.png")
     print(f"adherence over {result['n_images']} images: color {result['color']:.1%}  shape {result['shape']:.1%}  "
-          f"background {result['background']:.1%}  (targets {TARGETS})")
+          f"background {result['background']:.1%}  (targets {TARGETS}); VAE round trip keeps "
+          f"{result['vae_round_trip']['color_right']:.0%} of colours")
     return result
 
 

@@ -13,7 +13,6 @@ import argparse
 import copy
 import json
 import math
-import shutil
 import sys
 import tempfile
 import time
@@ -24,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from ..artifacts import atomic_dir
 from . import WEIGHTS_DIR
 from .architecture import IMAGE_SIZE, assemble_pipeline, build_components
 from .data import make_dataset
@@ -31,6 +31,7 @@ from .grammar import STYLES
 from .tokenizer import write_tokenizer
 
 RESULTS_DIR = Path(__file__).resolve().parents[3] / "benchmarks" / "results"
+COLOUR_WEIGHT = 4.0  # weight of the 8×8 block-mean loss in the colour polish (see polish_decoder)
 TIME_IDS = (IMAGE_SIZE, IMAGE_SIZE, 0, 0, IMAGE_SIZE, IMAGE_SIZE)  # SDXL micro-conditioning
 
 
@@ -199,15 +200,8 @@ def train_denoiser(components: dict, latents: torch.Tensor, captions: list[str],
 def save_pipeline(components: dict, out: Path) -> None:
     """fp16 safetensors in the diffusers layout, written beside `out` and renamed into place."""
     pipe = assemble_pipeline({k: (copy.deepcopy(v).to(torch.float16) if isinstance(v, torch.nn.Module) else v) for k, v in components.items()})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out.parent))
-    tmp.chmod(0o755)
-    pipe.save_pretrained(tmp, safe_serialization=True)
-    old = out.with_name(out.name + ".old")
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_dir(out) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
 
 
 def plot_curves(curves: dict, path: Path) -> None:
@@ -306,17 +300,12 @@ def _colour_polish(args) -> None:
     t0 = time.time()
     vae = AutoencoderKL.from_pretrained(args.colour_polish / "vae", torch_dtype=torch.float32)
     curve: list[float] = []
-    polish_decoder(vae, args.colour_polish_steps, 16, args.seed + 1, curve, lr=3e-4, colour_weight=4.0)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-vae-", dir=args.colour_polish))
-    tmp.chmod(0o755)
-    vae.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
-    old = args.colour_polish / ".vae-old"
-    (args.colour_polish / "vae").rename(old)
-    tmp.rename(args.colour_polish / "vae")
-    shutil.rmtree(old, ignore_errors=True)
+    polish_decoder(vae, args.colour_polish_steps, 16, args.seed + 1, curve, lr=3e-4, colour_weight=COLOUR_WEIGHT)
+    with atomic_dir(args.colour_polish / "vae") as tmp:
+        vae.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "refmodel_colour_polish.json").write_text(json.dumps(
-        {"steps": args.colour_polish_steps, "colour_weight": 4.0, "minutes": (time.time() - t0) / 60,
+        {"steps": args.colour_polish_steps, "colour_weight": COLOUR_WEIGHT, "minutes": (time.time() - t0) / 60,
          "torch_threads": torch.get_num_threads(), "curve": curve}, indent=1))
     print(f"decoder colour-polished in {(time.time() - t0) / 60:.1f} min → {args.colour_polish / 'vae'}")
 
