@@ -25,7 +25,7 @@ test: setup
 
 tiny-model: setup
 	$(PY) -m pocketsd.refmodel.train --max-minutes 78
-	$(PY) -m pocketsd.refmodel.train --colour-polish python/pocketsd/refmodel/weights --colour-polish-steps 1300
+	$(PY) -m pocketsd.refmodel.train --colour-polish python/pocketsd/data/reference/model --colour-polish-steps 1300
 	$(PY) -m pocketsd.refmodel.check
 	$(PY) -m pip install -q peft
 	$(PY) -m pocketsd.refmodel.train_lora --style poster --steps 450 --seed 1 --max-minutes 14

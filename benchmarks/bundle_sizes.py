@@ -124,9 +124,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--compressed", action="append", default=[], metavar="LABEL=DIR",
                     help="use an existing compressed folder for 'w4r32' or 'budget 4.5' instead of compressing")
     args = ap.parse_args(argv)
-    from pocketsd.refmodel import LORA_DIR, reference_model_path
+    from pocketsd.data import REFERENCE_LORAS as LORA_DIR, REFERENCE_MODEL
 
-    model = Path(args.model) if args.model else reference_model_path()
+    model = Path(args.model) if args.model else REFERENCE_MODEL
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()

@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT / "python"))
 
 from pocketsd.artifacts import write_json  # noqa: E402
 from pocketsd.eval.metrics import adherence, image_psnr, image_ssim, latent_psnr  # noqa: E402
-from pocketsd.refmodel import reference_model_path  # noqa: E402
-from pocketsd.refmodel.grammar import adherence_scenes, calibration_prompts  # noqa: E402
+from pocketsd.data import REFERENCE_MODEL  # noqa: E402
+from pocketsd.data.grammar import adherence_scenes, calibration_prompts  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 GUIDANCE = 5.0
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
     from baselines import METHODS, MethodContext
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, default=reference_model_path())
+    ap.add_argument("--model", type=Path, default=REFERENCE_MODEL)
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--calib-prompts", type=int, default=64)

@@ -117,9 +117,9 @@ def main() -> None:
         print(json.dumps(child(config, model, None if folder == "-" else folder, args.steps, ref)))
         return
 
-    from pocketsd.refmodel import reference_model_path
+    from pocketsd.data import REFERENCE_MODEL
 
-    model = args.model or str(reference_model_path())
+    model = args.model or str(REFERENCE_MODEL)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         palette, int4 = args.palette, args.int4

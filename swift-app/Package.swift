@@ -38,7 +38,7 @@ let package = Package(
             name: "PocketSDKit",
             dependencies: engineProducts,
             resources: [
-                // A copy of python/pocketsd/pipeline/domains.json made by `make sync-domains` (SwiftPM copies
+                // A copy of python/pocketsd/data/domains.json made by `make sync-domains` (SwiftPM copies
                 // symbolic links verbatim, so a link would dangle inside the app); a test fails when it drifts.
                 .copy("Resources/domains.json"),
             ]

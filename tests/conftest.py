@@ -13,9 +13,9 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 @pytest.fixture(scope="session")
 def ref_model_path() -> Path:
-    from pocketsd.refmodel import reference_model_path
+    from pocketsd.data import REFERENCE_MODEL
 
-    path = reference_model_path()
+    path = REFERENCE_MODEL
     if not (path / "model_index.json").is_file():
         pytest.fail("the reference model is not in the package: run `make tiny-model`")
     return path

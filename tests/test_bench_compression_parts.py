@@ -37,8 +37,8 @@ def test_image_metrics_on_pil_images():
 def test_adherence_reads_drawn_scenes():
     import random
 
-    from pocketsd.refmodel.data import draw_scene
-    from pocketsd.refmodel.grammar import Scene
+    from pocketsd.refmodel.drawing import draw_scene
+    from pocketsd.data.grammar import Scene
 
     scenes = [Scene("red", "circle", "white"), Scene("blue", "square", "black")]
     images = [draw_scene(s, random.Random(0)) for s in scenes]

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from pocketsd.cli import main as cli
 from pocketsd.errors import BadInput
 from pocketsd.palettize import lora as L
-from pocketsd.refmodel import LORA_DIR
+from pocketsd.data import REFERENCE_LORAS as LORA_DIR
 
 STYLES = ("poster", "blueprint")
 PROMPTS = ["a red circle on a white background, poster style", "a blue square on a gray background, poster style"]

@@ -9,7 +9,7 @@ import pytest
 
 from pocketsd.errors import BadInput
 from pocketsd.pipeline.presets import DOMAINS_FILE, SCHEDULERS, apply_domain, get_preset, load_presets
-from pocketsd.refmodel import LORA_DIR
+from pocketsd.data import REFERENCE_LORAS as LORA_DIR
 
 REQUIRED = {"marketing", "poster", "logo", "interior", "fashion", "food", "poster-style", "blueprint"}
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import BadInput
-from .refmodel import reference_model_path
+from .data import REFERENCE_MODEL
 
 REFERENCE = "reference"
 PICKLE_SUFFIXES = {".ckpt", ".bin", ".pt", ".pth", ".pkl"}
@@ -38,7 +38,7 @@ def _manifest_kind(folder: Path) -> str | None:
 def resolve_model(spec: str | None) -> ModelSource:
     """What `spec` names, without loading anything heavy."""
     if spec in (None, "", REFERENCE):
-        return ModelSource(REFERENCE, "diffusers", reference_model_path())
+        return ModelSource(REFERENCE, "diffusers", REFERENCE_MODEL)
     path = Path(spec).expanduser()
     if path.is_dir():
         kind = _manifest_kind(path)

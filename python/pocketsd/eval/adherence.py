@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from ..refmodel.grammar import Scene
+from ..data.grammar import Scene
 from .classify import classify
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from ..refmodel.grammar import BACKGROUNDS, COLORS
+from ..data.grammar import BACKGROUNDS, COLORS
 
 _OBJECT_DISTANCE = 60.0  # RGB distance from the background that counts as "object"
 _BORDER = 4

@@ -62,7 +62,7 @@ def read_prompts(path: Path) -> list[str]:
 
 
 def default_prompts(n: int = 64) -> list[str]:
-    from ..refmodel.grammar import calibration_prompts
+    from ..data.grammar import calibration_prompts
 
     return calibration_prompts(n)
 

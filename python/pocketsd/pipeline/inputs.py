@@ -19,7 +19,7 @@ from PIL import Image, ImageColor, ImageOps, UnidentifiedImageError
 from scipy import ndimage
 
 from ..errors import BadInput
-from ..refmodel.grammar import BACKGROUNDS, COLORS
+from ..data.grammar import BACKGROUNDS, COLORS
 
 MIN_SIDE = 16                     # smaller images carry no layout worth keeping
 MAX_PIXELS = 64 * 1024 * 1024     # 64 MP: far above any SD size, far below a decompression bomb

@@ -1,6 +1,6 @@
 """Domain presets: a short prompt expanded for a use (product shot, poster, logo, …) plus sensible defaults.
 
-The presets live in one data file, `domains.json` beside this module, so the Swift app can ship the same file.
+The presets live in one data file, `pocketsd/data/domains.json`, so the Swift app can ship the same file.
 A preset holds a prompt template (`{prompt}` is replaced by the user's words), a negative prompt, default
 steps / guidance / scheduler and optionally a LoRA with its scale. Options the user gives explicitly always win:
 `apply_domain` only fills what was left unset (None).
@@ -12,17 +12,16 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..data import DOMAINS_FILE, REFERENCE_LORAS as LORA_DIR
 from ..errors import BadInput
-from ..refmodel import LORA_DIR
 
-DOMAINS_FILE = Path(__file__).resolve().parent / "domains.json"
 SCHEDULERS = ("euler", "dpmpp2m", "ddim")
 PLACEHOLDER = "{prompt}"
 
 
 @dataclass(frozen=True)
 class LoraRef:
-    file: str     # relative to the package's refmodel/loras folder, or absolute
+    file: str     # relative to the reference model's LoRA folder (pocketsd/data/reference/loras), or absolute
     scale: float
 
     @property

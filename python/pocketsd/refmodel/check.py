@@ -19,8 +19,8 @@ from PIL import Image
 
 from ..artifacts import write_json
 from ..eval.adherence import score_adherence
-from . import reference_model_path
-from .grammar import adherence_scenes
+from ..data import REFERENCE_MODEL
+from ..data.grammar import adherence_scenes
 from .train import RESULTS_DIR
 
 TARGETS = {"color": 0.85, "shape": 0.70, "background": 0.95}
@@ -42,7 +42,7 @@ def generate_scenes(pipe, scenes, seed: int, steps: int, guidance: float, batch:
 def vae_round_trip(vae, n: int = 60, seed: int = 999) -> dict:
     """Share of `n` dataset images whose object colour survives encode → decode, and the mean L1 (pixels in [-1, 1])."""
     from ..eval.classify import classify
-    from .data import make_dataset
+    from .drawing import make_dataset
 
     scenes, images = make_dataset(n, seed)
     x = torch.from_numpy(images)
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     from diffusers import StableDiffusionXLPipeline
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, default=reference_model_path())
+    ap.add_argument("--model", type=Path, default=REFERENCE_MODEL)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--guidance", type=float, default=5.0)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])

@@ -11,7 +11,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from .grammar import grammar_words
+from ..data.grammar import grammar_words
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 

@@ -24,10 +24,10 @@ import torch.nn.functional as F
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..artifacts import atomic_dir
-from . import WEIGHTS_DIR
+from ..data import REFERENCE_MODEL
 from .architecture import IMAGE_SIZE, assemble_pipeline, build_components
-from .data import make_dataset
-from .grammar import STYLES
+from .drawing import make_dataset
+from ..data.grammar import STYLES
 from .tokenizer import write_tokenizer
 
 RESULTS_DIR = Path(__file__).resolve().parents[3] / "benchmarks" / "results"
@@ -227,7 +227,7 @@ def plot_curves(curves: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=WEIGHTS_DIR)
+    ap.add_argument("--out", type=Path, default=REFERENCE_MODEL)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--vae-steps", type=int, default=600)
     ap.add_argument("--unet-steps", type=int, default=3500)

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import LORA_DIR, reference_model_path
-from .data import make_dataset
-from .grammar import Scene
+from ..data import REFERENCE_LORAS, REFERENCE_MODEL
+from .drawing import make_dataset
+from ..data.grammar import Scene
 from .train import RESULTS_DIR, TIME_IDS, _progress, encode_latents, encode_text
 
 # PEFT matches these as name suffixes: every attention projection, the transformer's in/out projections, the
@@ -118,8 +118,8 @@ def train(pipe, style: str, steps: int, batch: int, n_images: int, rank: int, lr
 def shows_style(image, scene: Scene, style: str) -> bool:
     """Read the style back from pixels. poster: the outer ring has the object's colour; blueprint: the image's
     median colour is the blueprint blue."""
-    from .data import BLUEPRINT_BLUE
-    from .grammar import BACKGROUNDS, COLORS
+    from .drawing import BLUEPRINT_BLUE
+    from ..data.grammar import BACKGROUNDS, COLORS
 
     px = np.asarray(image.convert("RGB"), dtype=np.float32)
     if style == "poster":
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--style", choices=("poster", "blueprint"), required=True)
     ap.add_argument("--model", type=Path, default=None, help="diffusers folder (default: the reference model)")
-    ap.add_argument("--out", type=Path, default=None, help=f"default: {LORA_DIR}/<style>.safetensors")
+    ap.add_argument("--out", type=Path, default=None, help=f"default: {REFERENCE_LORAS}/<style>.safetensors")
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--images", type=int, default=1024)
@@ -179,8 +179,8 @@ def main(argv: list[str] | None = None) -> None:
     from diffusers import StableDiffusionXLPipeline
 
     t0 = time.time()
-    model = args.model or reference_model_path()
-    out = args.out or LORA_DIR / f"{args.style}.safetensors"
+    model = args.model or REFERENCE_MODEL
+    out = args.out or REFERENCE_LORAS / f"{args.style}.safetensors"
     seed = args.seed + {"poster": 1, "blueprint": 2}[args.style]
     torch.manual_seed(seed)
     pipe = StableDiffusionXLPipeline.from_pretrained(model, torch_dtype=torch.float32)

@@ -16,9 +16,9 @@ final class DomainPresetsTests: XCTestCase {
         }
     }
 
-    /// The package carries a copy of python/pocketsd/pipeline/domains.json (`make sync-domains`); it must not drift.
+    /// The package carries a copy of python/pocketsd/data/domains.json (`make sync-domains`); it must not drift.
     func testBundledCopyMatchesThePythonFile() throws {
-        let python = Self.repoRoot.appendingPathComponent("python/pocketsd/pipeline/domains.json")
+        let python = Self.repoRoot.appendingPathComponent("python/pocketsd/data/domains.json")
         guard FileManager.default.fileExists(atPath: python.path) else {
             throw XCTSkip("not inside the PocketSD repository")
         }

@@ -1,7 +1,7 @@
 import Foundation
 
 /// One domain preset from `domains.json`, the file the Python CLI reads too
-/// (`python/pocketsd/pipeline/domains.json`; the package links it in as a resource).
+/// (`python/pocketsd/data/domains.json`; the package links it in as a resource).
 public struct DomainPreset: Codable, Equatable, Identifiable, Sendable {
     public struct LoRA: Codable, Equatable, Sendable {
         public var file: String

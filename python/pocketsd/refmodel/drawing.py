@@ -7,7 +7,7 @@ import random
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .grammar import BACKGROUNDS, COLORS, Scene, random_scene
+from ..data.grammar import BACKGROUNDS, COLORS, Scene, random_scene
 
 IMAGE_SIZE = 128
 _SUPERSAMPLE = 4  # draw large, then downsample: anti-aliased edges like a real photo's
