@@ -3,6 +3,8 @@
 - `latent_psnr`: Apple's mixed-bit palettization protocol, 20·log10(max|ref| / RMSE) on the UNet's output latents.
 - `image_psnr` / `image_ssim`: final images against the fp16 model's, via torchmetrics (the well-kept implementations).
 - `adherence`: the share of images whose colour and shape `pocketsd.eval.classify` reads back as the prompt asked.
+- `psnr_per_image` / `ssim_per_image`: one value per pair (for means with intervals, see `eval.scoring`).
+- `as_float_images` / `as_uint8_images`: the image conversions the metric modules share.
 """
 
 from __future__ import annotations
@@ -23,6 +25,43 @@ def _as_float_images(images) -> torch.Tensor:
         images = [images]
     arrays = [np.asarray(im.convert("RGB") if hasattr(im, "convert") else im, dtype=np.float32) / 255.0 for im in images]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def as_float_images(images) -> torch.Tensor:
+    """PIL images, uint8 HWC arrays, or a float NCHW tensor in [0, 1] (or a uint8 NCHW tensor) → float32 NCHW in [0, 1]."""
+    if isinstance(images, torch.Tensor) and images.dtype == torch.uint8:
+        t = images if images.ndim == 4 else images.unsqueeze(0)
+        return t.float() / 255.0
+    return _as_float_images(images)
+
+
+def as_uint8_images(images) -> torch.Tensor:
+    """Same inputs → uint8 NCHW (what FID's Inception and CLIP's processor take)."""
+    if isinstance(images, torch.Tensor) and images.dtype == torch.uint8:
+        return images if images.ndim == 4 else images.unsqueeze(0)
+    return (as_float_images(images).clamp(0, 1) * 255.0).round().to(torch.uint8)
+
+
+def psnr_per_image(reference, test) -> list[float]:
+    """PSNR (data range 1) of each test image against its reference; inf where they are identical."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
+    ref, out = as_float_images(reference), as_float_images(test)
+    if ref.shape != out.shape:
+        raise ValueError(f"PSNR compares pairs of the same size: {tuple(ref.shape)} vs {tuple(out.shape)}")
+    values = peak_signal_noise_ratio(out, ref, data_range=1.0, reduction="none", dim=(1, 2, 3))
+    return [float(v) for v in values.reshape(-1)]
+
+
+def ssim_per_image(reference, test) -> list[float]:
+    """SSIM (Gaussian window, data range 1) of each test image against its reference."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    ref, out = as_float_images(reference), as_float_images(test)
+    if ref.shape != out.shape:
+        raise ValueError(f"SSIM compares pairs of the same size: {tuple(ref.shape)} vs {tuple(out.shape)}")
+    values = structural_similarity_index_measure(out, ref, data_range=1.0, reduction="none")
+    return [float(v) for v in values.reshape(-1)]
 
 
 def latent_psnr(reference: torch.Tensor, test: torch.Tensor) -> float:

@@ -1,0 +1,62 @@
+"""Spread prompts over `accelerate` processes and bring the results back, so that
+
+    accelerate launch --num_processes N -m pocketsd.eval …
+
+generates on N processes (GPUs, or CPU processes with `--cpu`) and computes the metrics once, on the main process.
+A plain `python -m pocketsd.eval …` is one process and the same code path.
+
+- `shard(items)`: this process's contiguous share (`PartialState.split_between_processes`, no padding, so no
+  prompt is generated twice).
+- `gather(local)`: every process's items, in rank order, on every process (`accelerate.utils.gather_object`).
+- `map_sharded(fn, items)`: `[fn(x) for x in items]`, computed across the processes, returned in input order on
+  every process; equal to the one-process run for any pure `fn`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def process_state():
+    """accelerate's PartialState: which process this is, of how many (1 of 1 without a launcher)."""
+    from accelerate import PartialState
+
+    return PartialState()
+
+
+def is_main_process(state=None) -> bool:
+    return (state or process_state()).is_main_process
+
+
+def shard(items: Sequence[T], state=None) -> list[T]:
+    state = state or process_state()
+    with state.split_between_processes(list(items), apply_padding=False) as mine:
+        return list(mine)
+
+
+def gather(local: list, state=None) -> list:
+    from accelerate.utils import gather_object
+
+    state = state or process_state()
+    if state.num_processes == 1:
+        return list(local)
+    return list(gather_object(list(local)))
+
+
+def map_sharded(fn: Callable[[T], R], items: Sequence[T], state=None) -> list[R]:
+    """Apply `fn` to this process's share; gather (index, result) pairs and put them back in input order."""
+    state = state or process_state()
+    indexed = list(enumerate(items))
+    mine = shard(indexed, state)
+    done = gather([(i, fn(x)) for i, x in mine], state)
+    ordered = sorted(done, key=lambda pair: pair[0])
+    if [i for i, _ in ordered] != list(range(len(items))):
+        raise RuntimeError(f"gathered {len(ordered)} results for {len(items)} items: a process lost or repeated work")
+    return [r for _, r in ordered]
+
+
+def wait_for_everyone(state=None) -> None:
+    (state or process_state()).wait_for_everyone()
