@@ -19,24 +19,43 @@ final class BundleLayoutTests: XCTestCase {
         XCTAssertFalse(layout.hasEncoder)
     }
 
-    func testABundleFromLinuxSaysToCompileOnAMac() {
-        let packages = ["TextEncoder.mlpackage", "TextEncoder2.mlpackage", "Unet.mlpackage", "VAEDecoder.mlpackage",
-                        "vocab.json", "merges.txt", "pocketsd.json"]
-        XCTAssertThrowsError(try BundleLayout(entries: packages)) { error in
-            let message = String(describing: error)
-            XCTAssertTrue(message.contains("xcrun coremlcompiler compile"), message)
-        }
+    func testPackagesAreCompiledOnTheDevice() throws {
+        // What `pocketsd convert` writes on Linux: packages only. The app compiles them (MLModel.compileModel).
+        let packages = ["TextEncoder.mlpackage", "TextEncoder2.mlpackage", "UnetChunk1.mlpackage", "UnetChunk2.mlpackage",
+                        "VAEDecoder.mlpackage", "VAEEncoder.mlmodelc", "vocab.json", "merges.txt", "pocketsd.json"]
+        let layout = try BundleLayout(entries: packages, controlNetEntries: ["Edges.mlpackage", "Depth.mlmodelc"])
+        XCTAssertEqual(layout.unet, .chunked)
+        XCTAssertEqual(layout.needsCompile, ["TextEncoder", "TextEncoder2", "UnetChunk1", "UnetChunk2", "VAEDecoder", "controlnet/Edges"])
+        XCTAssertEqual(layout.controlNets, ["Edges": .package, "Depth": .compiled])
+        let resources = URL(fileURLWithPath: "/b/Resources")
+        XCTAssertEqual(layout.modelURL("UnetChunk1", in: resources).lastPathComponent, "UnetChunk1.mlpackage")
+        XCTAssertEqual(layout.modelURL("VAEEncoder", in: resources).lastPathComponent, "VAEEncoder.mlmodelc")
+        XCTAssertEqual(layout.modelURL("controlnet/Depth", in: resources).path, "/b/Resources/controlnet/Depth.mlmodelc")
+        // compiled wins when both are there
+        let both = try BundleLayout(entries: base + ["Unet.mlmodelc", "Unet.mlpackage"])
+        XCTAssertEqual(both.needsCompile, [])
+    }
+
+    func testICloudPlaceholdersAreListedNotRefused() throws {
+        let entries = ["TextEncoder.mlmodelc", ".TextEncoder2.mlpackage.icloud", "VAEDecoder.mlmodelc", "Unet.mlmodelc",
+                       "vocab.json", ".merges.txt.icloud"]
+        let layout = try BundleLayout(entries: entries)
+        XCTAssertEqual(layout.notDownloaded, ["TextEncoder2.mlpackage", "merges.txt"])
+        XCTAssertTrue(layout.hasTextEncoder2)
+        XCTAssertEqual(ICloudFiles.realName(ofPlaceholder: ".weight.bin.icloud"), "weight.bin")
+        XCTAssertNil(ICloudFiles.realName(ofPlaceholder: "weight.bin"))
+        XCTAssertNil(ICloudFiles.realName(ofPlaceholder: ".icloud"))
     }
 
     func testMissingPiecesAreNamed() {
         XCTAssertThrowsError(try BundleLayout(entries: base)) { error in
-            XCTAssertTrue(String(describing: error).contains("Unet.mlmodelc"), "\(error)")
+            XCTAssertTrue(String(describing: error).contains("no Unet (.mlmodelc or .mlpackage)"), "\(error)")
         }
         XCTAssertThrowsError(try BundleLayout(entries: base.filter { $0 != "merges.txt" } + ["Unet.mlmodelc"])) { error in
             XCTAssertTrue(String(describing: error).contains("merges.txt"), "\(error)")
         }
-        XCTAssertThrowsError(try BundleLayout(entries: base + ["UnetChunk1.mlmodelc", "UnetChunk2.mlpackage"])) { error in
-            XCTAssertTrue(String(describing: error).contains("not compiled"), "\(error)")
+        XCTAssertThrowsError(try BundleLayout(entries: base + ["UnetChunk1.mlmodelc"])) { error in
+            XCTAssertTrue(String(describing: error).contains("only one of UnetChunk1/UnetChunk2"), "\(error)")
         }
         XCTAssertThrowsError(try BundleLayout(entries: ["notes.txt"])) { error in
             XCTAssertTrue(String(describing: error).contains("no Core ML models"), "\(error)")
@@ -66,7 +85,8 @@ final class BundleLayoutTests: XCTestCase {
         XCTAssertEqual(manifest.vaeScalingFactor, BundleManifest.sdxlScalingFactor)
         XCTAssertFalse(manifest.assumptions.isEmpty)
         let description = try TextSummaries.describeBundle(at: root)
-        XCTAssertTrue(description.contains("ready for Apple's StableDiffusionXLPipeline: yes (single UNet"), description)
+        XCTAssertTrue(description.contains("ready to run: yes (single UNet"), description)
+        XCTAssertTrue(description.contains("memory plan (weights resident per stage, from package sizes on disk)"), description)
         XCTAssertTrue(description.contains("no pocketsd.json"), description)
     }
 }
@@ -106,7 +126,9 @@ final class BundleManifestTests: XCTestCase {
         XCTAssertEqual(m.bitsPerWeight, 4.61)
         XCTAssertEqual(m.source, "reference")
         XCTAssertTrue(m.vaeIsFloat32)
-        XCTAssertEqual(m.assumptions, [])
+        // Format 1 carries no scheduler config and no force_zeros flag: those two are the only guesses.
+        XCTAssertEqual(m.assumptions.count, 2, "\(m.assumptions)")
+        XCTAssertTrue(m.assumptions.allSatisfy { $0.contains("scheduler") || $0.contains("zero embeddings") }, "\(m.assumptions)")
         XCTAssertNoThrow(try m.checkRunnable())
         // A LoRA file name with a dash maps to the converter's sanitized function name.
         let preset = DomainPreset(name: "mine", description: "", promptTemplate: "{prompt}", negativePrompt: "", steps: 1,
@@ -123,12 +145,38 @@ final class BundleManifestTests: XCTestCase {
         XCTAssertThrowsError(try m.checkFunction("main"))
     }
 
-    func testBatchOneAndNonXLBundlesAreRefused() throws {
+    func testBatchOneAndSDBundlesRunOtherFamiliesAreRefused() throws {
+        // The app's own loop feeds any batch (two UNet calls per step for a batch-one UNet) and runs SD 1.x/2.x.
         let batchOne = #"{"model_type": "sdxl", "components": {"Unet": {"inputs": [{"name": "sample", "shape": [1, 4, 16, 16]}]}}}"#
-        XCTAssertThrowsError(try BundleManifest(data: Data(batchOne.utf8)).checkRunnable()) { error in
-            XCTAssertTrue(String(describing: error).contains("--unet-batch-one"), "\(error)")
+        let manifest = try BundleManifest(data: Data(batchOne.utf8))
+        XCTAssertEqual(manifest.unetBatch, 1)
+        XCTAssertNoThrow(try manifest.checkRunnable())
+        XCTAssertNoThrow(try BundleManifest(data: Data(#"{"model_type": "sd"}"#.utf8)).checkRunnable())
+        XCTAssertThrowsError(try BundleManifest(data: Data(#"{"model_type": "flux"}"#.utf8)).checkRunnable()) { error in
+            XCTAssertTrue(String(describing: error).contains("SDXL and SD 1.x/2.x"), "\(error)")
         }
-        XCTAssertThrowsError(try BundleManifest(data: Data(#"{"model_type": "sd"}"#.utf8)).checkRunnable())
+    }
+
+    func testWrongKindOrNewerFormatIsOneSentence() {
+        for (json, fragment) in [(#"{"kind": "compressed", "format_version": 1}"#, "not a Core ML bundle"),
+                                 (#"{"kind": "coreml", "format_version": 3}"#, "newer pocketsd (format 3)"),
+                                 (#"{"kind": "coreml", "format_version": "two"}"#, "not a number")] {
+            XCTAssertThrowsError(try BundleManifest(data: Data(json.utf8)), json) { error in
+                let text = String(describing: error)
+                XCTAssertTrue(text.contains(fragment), text)
+                XCTAssertFalse(text.contains("\n"))
+                XCTAssertEqual((error as? PocketSDError)?.exitCode, 2)
+            }
+        }
+        XCTAssertNoThrow(try BundleManifest(data: Data(#"{"kind": "coreml", "format_version": 2}"#.utf8)))
+    }
+
+    func testUnsupportedSchedulerConfigIsRefusedAtRunTimeNotAtInfo() throws {
+        let json = #"{"scheduler_config": {"_class_name": "EulerDiscreteScheduler", "use_karras_sigmas": true}}"#
+        let manifest = try BundleManifest(data: Data(json.utf8))
+        XCTAssertThrowsError(try manifest.checkRunnable()) { error in
+            XCTAssertTrue(String(describing: error).contains("use_karras_sigmas"), "\(error)")
+        }
     }
 
     func testManifestBesideResourcesIsFound() throws {
@@ -182,6 +230,6 @@ final class BundleManifestTests: XCTestCase {
         }
         XCTAssertNoThrow(try m.checkRunnable())
         let text = try TextSummaries.describeBundle(at: root)
-        XCTAssertTrue(text.contains("ready for Apple's StableDiffusionXLPipeline"), text)
+        XCTAssertTrue(text.contains("ready to run"), text)
     }
 }

@@ -14,7 +14,8 @@ final class CommandLineOptionsTests: XCTestCase {
             "a red circle", "--resources", "B/Resources", "--steps", "12", "--guidance=6.5", "--seed", "4294967295",
             "--negative", "blurry", "--scheduler", "euler", "--domain", "logo", "--compute-units", "cpu_and_ne",
             "--size", "128x128", "--image", "in.png", "--strength", "0.6", "--low-memory", "--out", "x/y.png",
-            "--function", "poster", "--domains", "d.json", "--backend", "coreml",
+            "--function", "poster", "--domains", "d.json", "--backend", "coreml", "--mask", "m.png",
+            "--controlnet", "Edges", "--control-image", "c.png", "--control-scale", "0.7",
         ])
         XCTAssertEqual(o.request.prompt, "a red circle")
         XCTAssertEqual(o.resources, "B/Resources")
@@ -33,6 +34,21 @@ final class CommandLineOptionsTests: XCTestCase {
         XCTAssertEqual(o.domainsFile, "d.json")
         XCTAssertEqual(o.outputPath(seed: 1), "x/y.png")
         XCTAssertEqual(o.reportPath(seed: 1), "x/y.json")
+        XCTAssertEqual(o.request.maskPath, "m.png")
+        XCTAssertEqual(o.request.controlNet, "Edges")
+        XCTAssertEqual(o.request.controlImagePath, "c.png")
+        XCTAssertEqual(o.request.controlScale, 0.7)
+        XCTAssertEqual(o.count, 1)
+    }
+
+    func testCountAppendsTheSeedAsThePythonCLIDoes() throws {
+        let o = try generate(["p", "--resources", "R", "--count", "3", "--out", "out/pic.png", "--report", "r/rep.json"])
+        XCTAssertEqual(o.count, 3)
+        XCTAssertEqual(o.outputPath(seed: 7), "out/pic-7.png")
+        XCTAssertEqual(o.reportPath(seed: 7), "r/rep-7.json")
+        let plain = try generate(["p", "--resources", "R", "--count", "2"])
+        XCTAssertEqual(plain.outputPath(seed: 4), "pocketsd-4.png")
+        XCTAssertEqual(plain.reportPath(seed: 4), "pocketsd-4.json")
     }
 
     func testDefaultPathsFollowTheSeed() throws {
@@ -54,7 +70,9 @@ final class CommandLineOptionsTests: XCTestCase {
             (["generate", "p", "--resources", "R", "--compute-units", "gpu"], "cpu_and_ne"),
             (["generate", "p", "--resources", "R", "--size", "100x100"], "multiples of 8"),
             (["generate", "p", "--resources", "R", "--scheduler", "lms"], "unknown scheduler"),
-            (["generate", "p", "--resources", "R", "--lora", "a.safetensors"], "not supported"),
+            (["generate", "p", "--resources", "R", "--lora", "a.safetensors"], "LoRAs come in the bundle"),
+            (["generate", "p", "--resources", "R", "--count", "0"], "--count"),
+            (["generate", "p", "--resources", "R", "--scheduler", "pndm"], "euler, dpmpp2m, ddim"),
             (["generate", "p", "--resources", "R", "--backend", "torch"], "Core ML bundles only"),
             (["generate", "p", "--resources"], "needs a value"),
             (["generate", "p", "--resources", "R", "--wat"], "unknown option --wat"),

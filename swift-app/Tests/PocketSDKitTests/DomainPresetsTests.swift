@@ -12,7 +12,7 @@ final class DomainPresetsTests: XCTestCase {
         for preset in catalog.domains {
             XCTAssertEqual(preset.promptTemplate.components(separatedBy: "{prompt}").count, 2, preset.name)
             XCTAssertGreaterThan(preset.steps, 0, preset.name)
-            XCTAssertNoThrow(try SchedulerChoice.resolve(preset.scheduler), preset.name)
+            XCTAssertNoThrow(try SchedulerKind.resolve(preset.scheduler), preset.name)
         }
     }
 

@@ -21,10 +21,9 @@ final class GenerationRequestTests: XCTestCase {
         XCTAssertEqual(resolved.steps, 12)
         XCTAssertEqual(resolved.guidance, 7.5)
         XCTAssertEqual(resolved.domain, "logo")
-        // euler is not in Apple's package: it runs DPM-Solver++ and says so.
-        XCTAssertEqual(resolved.scheduler.requested, "euler")
-        XCTAssertEqual(resolved.scheduler.used, .dpmpp2m)
-        XCTAssertEqual(resolved.notes.count, 1)
+        // The app has its own Euler now: what the preset asks is what runs.
+        XCTAssertEqual(resolved.scheduler, .euler)
+        XCTAssertTrue(resolved.notes.isEmpty)
     }
 
     func testExplicitOptionsWinOverThePreset() throws {
@@ -33,13 +32,13 @@ final class GenerationRequestTests: XCTestCase {
         request.steps = 3
         request.guidance = 1.5
         request.negativePrompt = ""
-        request.scheduler = "pndm"
+        request.scheduler = "DDIM"
         request.seed = 1
         let resolved = try request.resolve(catalog: catalog)
         XCTAssertEqual([resolved.steps], [3])
         XCTAssertEqual(resolved.guidance, 1.5)
         XCTAssertEqual(resolved.negativePrompt, "")
-        XCTAssertEqual(resolved.scheduler.used, .pndm)
+        XCTAssertEqual(resolved.scheduler, .ddim)
         XCTAssertTrue(resolved.notes.isEmpty)
     }
 
@@ -50,6 +49,42 @@ final class GenerationRequestTests: XCTestCase {
         XCTAssertEqual(resolved.guidance, ResolvedRequest.defaultGuidance)
         XCTAssertEqual(resolved.expandedPrompt, "x")
         XCTAssertNil(resolved.strength)
+        XCTAssertEqual(resolved.scheduler, .euler, "the contract's default")
+        XCTAssertNil(resolved.negativePrompt, "no negative prompt is nil (zero embeddings), not \"\"")
+        #if os(iOS)
+        XCTAssertEqual(resolved.computeUnits, .cpuAndNeuralEngine)
+        XCTAssertTrue(resolved.lowMemory)
+        #else
+        XCTAssertEqual(resolved.computeUnits, .all)
+        XCTAssertFalse(resolved.lowMemory)
+        #endif
+    }
+
+    func testAPresetWithoutNegativePromptMeansNone() throws {
+        var request = GenerationRequest(prompt: "a red circle")
+        request.domain = "poster-style"          // its negative_prompt is ""
+        XCTAssertNil(try request.resolve(catalog: catalog).negativePrompt)
+        request.negativePrompt = ""
+        XCTAssertEqual(try request.resolve(catalog: catalog).negativePrompt, "", "an explicit empty prompt stays")
+    }
+
+    func testMaskAndControlNetInputs() throws {
+        var inpaint = GenerationRequest(prompt: "x")
+        inpaint.imagePath = "a.png"
+        inpaint.maskPath = "m.png"
+        XCTAssertEqual(try inpaint.resolve(catalog: nil).strength, ResolvedRequest.defaultMaskStrength)
+        let manifest = BundleManifest(tree: try JSONValue.parse(Data(#"{"components": {"controlnet/Edges": {"stage": "denoise"}}}"#.utf8)))
+        var control = GenerationRequest(prompt: "x")
+        control.sketchPath = "s.png"
+        control.controlNet = "Edges"
+        control.controlScale = 0.5
+        let resolved = try control.resolve(catalog: nil, manifest: manifest)
+        XCTAssertEqual(resolved.controlNet, "Edges")
+        XCTAssertEqual(resolved.controlScale, 0.5)
+        control.controlNet = "Depth"
+        XCTAssertThrowsError(try control.resolve(catalog: nil, manifest: manifest)) { error in
+            XCTAssertTrue(String(describing: error).contains("it has: Edges"), "\(error)")
+        }
     }
 
     func testStrengthDefaultsDependOnTheInputKind() throws {
@@ -78,6 +113,11 @@ final class GenerationRequestTests: XCTestCase {
         refuses({ $0.imagePath = "a"; $0.strength = 0.01; $0.steps = 10 }, "leaves no step")
         refuses({ $0.domain = "nope" }, "unknown domain")
         refuses({ $0.scheduler = "lms" }, "unknown scheduler")
+        refuses({ $0.scheduler = "pndm" }, "euler, dpmpp2m, ddim")
+        refuses({ $0.maskPath = "m.png" }, "--mask needs --image")
+        refuses({ $0.controlNet = "Edges" }, "needs a control image")
+        refuses({ $0.controlImagePath = "c.png" }, "needs --controlnet")
+        refuses({ $0.controlNet = "Edges"; $0.sketchPath = "s"; $0.controlScale = 3 }, "--control-scale")
     }
 
     func testManifestChecksSizeAndPicksTheLoraFunction() throws {

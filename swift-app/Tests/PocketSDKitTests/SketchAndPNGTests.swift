@@ -69,7 +69,8 @@ final class SketchCleanerTests: XCTestCase {
 
 final class PNGTextTests: XCTestCase {
     /// A 2×2 red PNG written by Pillow.
-    let png = Data(base64Encoded: "iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAFklEQVR4nGP8z8DAwMDAxMDAwMDAAAANHQEDasKb6QAAAABJRU5ErkJggg==")!
+    static let tinyPNG = Data(base64Encoded: "iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAFklEQVR4nGP8z8DAwMDAxMDAwMDAAAANHQEDasKb6QAAAABJRU5ErkJggg==")!
+    let png = PNGTextTests.tinyPNG
 
     func testCRC32MatchesTheKnownValue() {
         XCTAssertEqual(PNGText.crc32(Array("123456789".utf8)), 0xCBF4_3926)

@@ -21,16 +21,31 @@ public struct GenerateOptions: Equatable {
     public var out: String?
     public var report: String?
     public var domainsFile: String?
+    /// Images with seeds S, S+1, … (the models load once).
+    public var count: Int = 1
 
-    /// The image path: `--out`, or `pocketsd-<seed>.png` in the current folder as the Python CLI does.
-    public func outputPath(seed: UInt32) -> String { out ?? "pocketsd-\(seed).png" }
+    /// The image path: `--out`, or `pocketsd-<seed>.png` in the current folder as the Python CLI does; with
+    /// `--count` above 1 each file gets its seed appended (`out-7.png`).
+    public func outputPath(seed: UInt32) -> String {
+        guard let out else { return "pocketsd-\(seed).png" }
+        return count > 1 ? Self.appending(seed, to: out) : out
+    }
 
-    /// The report path: `--report`, or the image path with `.json`.
+    /// The report path: `--report` (seed appended with `--count`), or the image path with `.json`.
     public func reportPath(seed: UInt32) -> String {
-        if let report { return report }
+        if let report { return count > 1 ? Self.appending(seed, to: report) : report }
         let image = outputPath(seed: seed)
         if image.lowercased().hasSuffix(".png") { return String(image.dropLast(4)) + ".json" }
         return image + ".json"
+    }
+
+    static func appending(_ seed: UInt32, to path: String) -> String {
+        let url = URL(fileURLWithPath: path)
+        let ext = url.pathExtension
+        let stem = url.deletingPathExtension().lastPathComponent
+        let name = ext.isEmpty ? "\(stem)-\(seed)" : "\(stem)-\(seed).\(ext)"
+        let folder = (path as NSString).deletingLastPathComponent
+        return folder.isEmpty ? name : (folder as NSString).appendingPathComponent(name)
     }
 }
 
@@ -41,20 +56,25 @@ public enum CommandLineOptions {
            pocketsd-swift info DIR
 
     generate options (as `pocketsd generate`):
-      --resources DIR          the Resources/ folder of a `pocketsd convert` bundle, compiled (.mlmodelc)
+      --resources DIR          a `pocketsd convert` bundle (its folder or Resources/); .mlpackage files are compiled once
       --steps N                denoising steps (default: the domain's, else 20)
       --guidance G             classifier-free guidance scale (default: the domain's, else 5.0)
-      --seed S                 random seed, 0…4294967295 (default: random)
+      --seed S                 random seed, 0…4294967295 (default: random); the same noise as `pocketsd generate`
       --negative TEXT          negative prompt (default: the domain's, else none)
-      --scheduler NAME         dpmpp2m | pndm (euler, ddim run dpmpp2m: Apple's package has neither)
+      --scheduler NAME         euler | dpmpp2m | ddim (default: the domain's, else euler)
       --domain NAME            a preset from domains.json (see `pocketsd-swift domains`)
       --function NAME          a multifunction UNet's function (default: the domain's LoRA, else the bundle's default)
-      --compute-units U        all | cpu_only | cpu_and_gpu | cpu_and_ne (default: all)
+      --compute-units U        all | cpu_only | cpu_and_gpu | cpu_and_ne (default: all on a Mac, cpu_and_ne on iOS)
       --size WxH               checked against the bundle's fixed size
       --image FILE             start from an image (image → image)
+      --mask FILE              with --image: repaint where the mask is white (inpainting)
       --sketch FILE            start from a line drawing (cleaned, filled, then image → image)
-      --strength F             share of the schedule re-run from --image/--sketch, in (0, 1] (0.8 / 0.75)
-      --low-memory             load each model when needed and unload it after (Apple's reduceMemory)
+      --strength F             share of the schedule re-run from the image, in (0, 1] (0.8 / sketch 0.75 / mask 1.0)
+      --controlnet NAME        a ControlNet shipped in the bundle (Resources/controlnet/NAME), steered by the sketch
+      --control-image FILE     the ControlNet's conditioning image instead of the sketch's strokes
+      --control-scale F        the ControlNet's weight, 0…2 (default 1)
+      --count N                N images with seeds S, S+1, … (the models load once)
+      --low-memory             load each model for its stage only, text encoders one at a time (default on iOS)
       --out FILE               the PNG (default: pocketsd-<seed>.png)
       --report FILE            the JSON report (default: the PNG's path with .json)
       --domains FILE           a domains.json other than the one built in
@@ -97,6 +117,7 @@ public enum CommandLineOptions {
         var out: String?
         var report: String?
         var domainsFile: String?
+        var count = 1
         var request = GenerationRequest(prompt: "")
         while let arg = parser.next() {
             if !arg.hasPrefix("--") || arg == "--" {
@@ -116,7 +137,7 @@ public enum CommandLineOptions {
                 }
                 request.seed = seed
             case "--negative": request.negativePrompt = try parser.value(for: arg)
-            case "--scheduler": request.scheduler = try SchedulerChoice.resolve(try parser.value(for: arg)).requested
+            case "--scheduler": request.scheduler = try SchedulerKind.resolve(try parser.value(for: arg)).rawValue
             case "--domain": request.domain = try parser.value(for: arg)
             case "--function": request.unetFunction = try parser.value(for: arg)
             case "--compute-units":
@@ -129,7 +150,15 @@ public enum CommandLineOptions {
             case "--image": request.imagePath = try parser.value(for: arg)
             case "--sketch": request.sketchPath = try parser.value(for: arg)
             case "--strength": request.strength = try parser.double(for: arg)
+            case "--mask": request.maskPath = try parser.value(for: arg)
+            case "--controlnet": request.controlNet = try parser.value(for: arg)
+            case "--control-image": request.controlImagePath = try parser.value(for: arg)
+            case "--control-scale": request.controlScale = try parser.double(for: arg)
+            case "--count":
+                count = try parser.int(for: arg)
+                if count < 1 || count > 1000 { throw PocketSDError.badInput("--count must be between 1 and 1000, got \(count)") }
             case "--low-memory": request.lowMemory = true
+            case "--no-low-memory": request.lowMemory = false
             case "--out": out = try parser.value(for: arg)
             case "--report": report = try parser.value(for: arg)
             case "--domains": domainsFile = try parser.value(for: arg)
@@ -138,9 +167,9 @@ public enum CommandLineOptions {
                 if backend != "coreml" && backend != "auto" {
                     throw PocketSDError.badInput("pocketsd-swift runs Core ML bundles only (--backend coreml); use `pocketsd generate --backend \(backend)`")
                 }
-            case "--lora", "--controlnet", "--count":
-                throw PocketSDError.badInput("\(arg) is not supported by the Swift app: LoRAs come in the bundle "
-                                             + "(`pocketsd convert --lora` / `--lora-functions`), ControlNet for SDXL is not in Apple's package")
+            case "--lora":
+                throw PocketSDError.badInput("--lora is not loaded at run time by the Swift app: LoRAs come in the bundle "
+                                             + "(`pocketsd convert --lora` / `--lora-functions`, chosen with --domain or --function)")
             default:
                 throw PocketSDError.badInput("unknown option \(arg) (pocketsd-swift --help lists them)")
             }
@@ -152,7 +181,9 @@ public enum CommandLineOptions {
             throw PocketSDError.badInput("--resources DIR is required: the Resources/ folder of a compiled `pocketsd convert` bundle")
         }
         request.prompt = prompt
-        return GenerateOptions(request: request, resources: resources, out: out, report: report, domainsFile: domainsFile)
+        var options = GenerateOptions(request: request, resources: resources, out: out, report: report, domainsFile: domainsFile)
+        options.count = count
+        return options
     }
 
     /// "128x128" → (128, 128); both sides multiples of 8 (the VAE's factor).

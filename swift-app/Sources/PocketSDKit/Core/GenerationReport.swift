@@ -3,9 +3,10 @@ import Foundation
 /// The contract's JSON report, written beside each image (CONTRACT.md, "The report").
 ///
 /// Encoded by hand rather than synthesized: the contract writes absent values as `null` (synthesized
-/// `Encodable` drops nil keys) and its keys are snake_case. Fields past the contract are the ones the Python
-/// Core ML backend adds too (`unet_function`, `first_load_s`) plus `scheduler_requested`, `engine`, `notes`
-/// and `timings_s.vae_encode`; swift-app/README.md lists them.
+/// `Encodable` drops nil keys) and its keys are snake_case. Past the contract it carries what the Python CLI adds
+/// (`input`, `low_memory`, `memory_method`, `warnings`, `backend_details` with `compute_units`, `unet_function` and
+/// `first_load_s`), so a report from a Mac compares field by field with one from `pocketsd generate`, plus what
+/// only the app measures (see swift-app/README.md, "The report").
 public struct GenerationReport: Equatable, Sendable {
     public struct Model: Equatable, Sendable {
         public var path: String
@@ -30,12 +31,12 @@ public struct GenerationReport: Equatable, Sendable {
     }
 
     public struct Timings: Equatable, Sendable {
-        /// Seconds spent loading models in this run (0 when the app reused loaded models).
+        /// Seconds spent loading models in this run (0 when the models were loaded already).
         public var load: Double
         public var textEncode: Double
         public var unetSteps: [Double]
         public var vaeDecode: Double
-        /// Image → image only: the VAE encoder's share (nil when the pipeline does not expose it apart).
+        /// Image → image only.
         public var vaeEncode: Double?
         public var total: Double
 
@@ -52,23 +53,86 @@ public struct GenerationReport: Equatable, Sendable {
     }
 
     public struct Memory: Equatable, Sendable {
+        /// This run's peaks, from samples taken during the run (see `MemorySampler`).
         public var peakRSSMB: Double
         public var peakFootprintMB: Double?
-        public init(peakRSSMB: Double, peakFootprintMB: Double?) {
+        /// The kernel's high-water marks since the process started (the app: since launch).
+        public var lifetimePeakFootprintMB: Double?
+        public var lifetimePeakRSSMB: Double?
+        /// What the OS said the app could still allocate before loading (iOS), in MB.
+        public var availableBeforeMB: Double?
+        /// The most model weights resident at once in this run, by the memory plan's bytes, and which packages.
+        public var modelWeightsPeakMB: Double?
+        public var modelWeightsPeakPackages: [String]
+        public var samples: Int
+
+        public init(peakRSSMB: Double, peakFootprintMB: Double?, lifetimePeakFootprintMB: Double? = nil, lifetimePeakRSSMB: Double? = nil,
+                    availableBeforeMB: Double? = nil, modelWeightsPeakMB: Double? = nil, modelWeightsPeakPackages: [String] = [], samples: Int = 0) {
             self.peakRSSMB = peakRSSMB
             self.peakFootprintMB = peakFootprintMB
+            self.lifetimePeakFootprintMB = lifetimePeakFootprintMB
+            self.lifetimePeakRSSMB = lifetimePeakRSSMB
+            self.availableBeforeMB = availableBeforeMB
+            self.modelWeightsPeakMB = modelWeightsPeakMB
+            self.modelWeightsPeakPackages = modelWeightsPeakPackages
+            self.samples = samples
+        }
+    }
+
+    /// Where each model ran and how long it took to load the first time (the Python backend's `backend_details`).
+    public struct BackendDetails: Equatable, Sendable {
+        public var computeUnits: String?
+        public var unetFunction: String?
+        /// First (cold) load of each model in this process: includes the OS compiling it for this device.
+        public var firstLoadSeconds: [String: Double]
+        /// `.mlpackage` compiled on this device, seconds per model (only the run that compiled them has them).
+        public var compileSeconds: [String: Double]
+        /// Share of each model's operations per device (`MLComputePlan`); nil where the OS has no compute plan.
+        public var computePlan: [String: ComputePlanSummary]?
+        public var computePlanNote: String?
+        /// The memory plan's largest stage for this run's schedule.
+        public var plannedPeakStage: String?
+        public var plannedPeakMB: Double?
+
+        public init(computeUnits: String? = nil, unetFunction: String? = nil, firstLoadSeconds: [String: Double] = [:],
+                    compileSeconds: [String: Double] = [:], computePlan: [String: ComputePlanSummary]? = nil, computePlanNote: String? = nil,
+                    plannedPeakStage: String? = nil, plannedPeakMB: Double? = nil) {
+            self.computeUnits = computeUnits
+            self.unetFunction = unetFunction
+            self.firstLoadSeconds = firstLoadSeconds
+            self.compileSeconds = compileSeconds
+            self.computePlan = computePlan
+            self.computePlanNote = computePlanNote
+            self.plannedPeakStage = plannedPeakStage
+            self.plannedPeakMB = plannedPeakMB
+        }
+    }
+
+    /// What the run started from (the Python report's `input`).
+    public struct Input: Equatable, Sendable {
+        public var image: String?
+        public var sketch: String?
+        public var mask: String?
+        public var strength: Double?
+        public var controlnet: String?
+
+        public init(image: String? = nil, sketch: String? = nil, mask: String? = nil, strength: Double? = nil, controlnet: String? = nil) {
+            self.image = image
+            self.sketch = sketch
+            self.mask = mask
+            self.strength = strength
+            self.controlnet = controlnet
         }
     }
 
     public var pocketsdVersion: String
     public var prompt: String
     public var expandedPrompt: String
-    public var negativePrompt: String
+    public var negativePrompt: String?
     public var seed: UInt32
     public var steps: Int
     public var guidance: Double
     public var scheduler: String
-    public var schedulerRequested: String
     /// [width, height]
     public var size: [Int]
     public var backend: String = "coreml"
@@ -77,17 +141,20 @@ public struct GenerationReport: Equatable, Sendable {
     public var loras: [LoRAEntry]
     public var model: Model
     public var timings: Timings
+    /// The machine: a hardware model such as "iPhone16,2" or "Mac14,7".
+    public var device: String?
     public var memory: Memory
+    public var memoryMethod: String
     public var output: String
-    public var unetFunction: String?
-    /// First (cold) load of each model in this process, in seconds: includes the on-device compile for the
-    /// Neural Engine unless the OS had it cached.
-    public var firstLoadSeconds: [String: Double]
-    public var engine: String = "pocketsd-swift (Apple StableDiffusion package)"
-    public var notes: [String]
+    public var input: Input
+    public var lowMemory: Bool
+    public var warnings: [String]
+    public var backendDetails: BackendDetails
+    public var engine: String = "pocketsd-swift (PocketSD's loop on Apple's Core ML)"
 
     public init(request: ResolvedRequest, size: [Int], model: Model, timings: Timings, memory: Memory, output: String,
-                firstLoadSeconds: [String: Double] = [:], pocketsdVersion: String = PocketSDKitInfo.version) {
+                backendDetails: BackendDetails = BackendDetails(), device: String? = nil, warnings: [String] = [],
+                memoryMethod: String = MemorySampler.methodDescription, pocketsdVersion: String = PocketSDKitInfo.version) {
         self.pocketsdVersion = pocketsdVersion
         self.prompt = request.prompt
         self.expandedPrompt = request.expandedPrompt
@@ -95,25 +162,35 @@ public struct GenerationReport: Equatable, Sendable {
         self.seed = request.seed
         self.steps = request.steps
         self.guidance = request.guidance
-        self.scheduler = request.scheduler.used.rawValue
-        self.schedulerRequested = request.scheduler.requested
+        self.scheduler = request.scheduler.rawValue
         self.size = size
         self.computeUnits = request.computeUnits.rawValue
         self.domain = request.domain
         self.loras = request.lora.map { [LoRAEntry(file: $0.file, scale: $0.scale)] } ?? []
         self.model = model
         self.timings = timings
+        self.device = device
         self.memory = memory
+        self.memoryMethod = memoryMethod
         self.output = output
-        self.unetFunction = request.unetFunction
-        self.firstLoadSeconds = firstLoadSeconds
-        self.notes = request.notes
+        self.input = Input(image: request.imagePath, sketch: request.sketchPath, mask: request.maskPath,
+                           strength: request.strength, controlnet: request.controlNet)
+        self.lowMemory = request.lowMemory
+        self.warnings = request.notes + warnings
+        var details = backendDetails
+        details.computeUnits = details.computeUnits ?? request.computeUnits.rawValue
+        details.unetFunction = details.unetFunction ?? request.unetFunction
+        self.backendDetails = details
     }
+
+    public var unetFunction: String? { backendDetails.unetFunction }
+    public var firstLoadSeconds: [String: Double] { backendDetails.firstLoadSeconds }
 
     /// The report as a JSON tree with the contract's keys (nil → null).
     public var json: JSONValue {
         func num(_ x: Double?) -> JSONValue { x.map { .number($0) } ?? .null }
         func str(_ s: String?) -> JSONValue { s.map { .string($0) } ?? .null }
+        func seconds(_ table: [String: Double]) -> JSONValue { .object(table.mapValues { .number($0) }) }
         var timingsObject: [String: JSONValue] = [
             "load": .number(timings.load),
             "text_encode": .number(timings.textEncode),
@@ -122,16 +199,16 @@ public struct GenerationReport: Equatable, Sendable {
             "total": .number(timings.total),
         ]
         if let encode = timings.vaeEncode { timingsObject["vae_encode"] = .number(encode) }
+        let plan: JSONValue = backendDetails.computePlan.map { table in .object(table.mapValues(\.json)) } ?? .null
         return .object([
             "pocketsd_version": .string(pocketsdVersion),
             "prompt": .string(prompt),
             "expanded_prompt": .string(expandedPrompt),
-            "negative_prompt": .string(negativePrompt),
+            "negative_prompt": str(negativePrompt),
             "seed": .integer(Int(seed)),
             "steps": .integer(steps),
             "guidance": .number(guidance),
             "scheduler": .string(scheduler),
-            "scheduler_requested": .string(schedulerRequested),
             "size": .array(size.map { .integer($0) }),
             "backend": .string(backend),
             "compute_units": str(computeUnits),
@@ -144,16 +221,38 @@ public struct GenerationReport: Equatable, Sendable {
                 "bits_per_weight": num(model.bitsPerWeight),
             ]),
             "timings_s": .object(timingsObject),
+            "device": str(device),
             "memory": .object([
                 "peak_rss_mb": .number(memory.peakRSSMB),
                 "peak_footprint_mb": num(memory.peakFootprintMB),
                 "cuda_peak_mb": .null,
+                "mps_peak_mb": .null,
+                "lifetime_peak_footprint_mb": num(memory.lifetimePeakFootprintMB),
+                "lifetime_peak_rss_mb": num(memory.lifetimePeakRSSMB),
+                "available_before_mb": num(memory.availableBeforeMB),
+                "model_weights_peak_mb": num(memory.modelWeightsPeakMB),
+                "model_weights_peak_packages": .array(memory.modelWeightsPeakPackages.map { .string($0) }),
+                "samples": .integer(memory.samples),
             ]),
+            "memory_method": .string(memoryMethod),
             "output": .string(output),
-            "unet_function": str(unetFunction),
-            "first_load_s": .object(firstLoadSeconds.mapValues { .number($0) }),
+            "input": .object([
+                "image": str(input.image), "sketch": str(input.sketch), "mask": str(input.mask),
+                "strength": num(input.strength), "controlnet": str(input.controlnet),
+            ]),
+            "low_memory": .bool(lowMemory),
+            "warnings": .array(warnings.map { .string($0) }),
+            "backend_details": .object([
+                "compute_units": str(backendDetails.computeUnits),
+                "unet_function": str(backendDetails.unetFunction),
+                "first_load_s": seconds(backendDetails.firstLoadSeconds),
+                "compile_s": seconds(backendDetails.compileSeconds),
+                "compute_plan": plan,
+                "compute_plan_note": str(backendDetails.computePlanNote),
+                "planned_peak_stage": str(backendDetails.plannedPeakStage),
+                "planned_peak_mb": num(backendDetails.plannedPeakMB),
+            ]),
             "engine": .string(engine),
-            "notes": .array(notes.map { .string($0) }),
         ])
     }
 
@@ -169,7 +268,8 @@ public struct GenerationReport: Equatable, Sendable {
         var entries: [(String, String)] = [("prompt", prompt)]
         let values: [(String, String?)] = [
             ("expanded_prompt", expandedPrompt), ("negative_prompt", negativePrompt), ("seed", String(seed)),
-            ("steps", String(steps)), ("guidance", Self.plain(guidance)), ("scheduler", scheduler), ("model", model.path),
+            ("steps", String(steps)), ("guidance", Self.plain(guidance)), ("scheduler", scheduler),
+            ("model", "\(model.path) (\(model.kind))"), ("compute_units", computeUnits), ("device", device),
         ]
         for (key, value) in values { if let value { entries.append(("pocketsd:\(key)", value)) } }
         entries.append(("Software", "pocketsd \(pocketsdVersion) (swift)"))

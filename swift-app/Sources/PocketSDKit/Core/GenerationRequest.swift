@@ -6,36 +6,35 @@ public enum ComputeUnitsChoice: String, CaseIterable, Codable, Sendable {
     case cpuOnly = "cpu_only"
     case cpuAndGPU = "cpu_and_gpu"
     case cpuAndNeuralEngine = "cpu_and_ne"
+
+    /// Apple's guidance for Stable Diffusion on iPhone is CPU + Neural Engine: `.all` lets Core ML put layers on
+    /// the GPU, which costs memory and is slower there. On a Mac the default stays `all`, as `pocketsd generate`'s.
+    public static var platformDefault: ComputeUnitsChoice {
+        #if os(iOS)
+        return .cpuAndNeuralEngine
+        #else
+        return .all
+        #endif
+    }
 }
 
-/// Schedulers Apple's `StableDiffusion` package implements, and how the contract's names map onto them.
-///
-/// The contract's `euler` and `ddim` do not exist in Apple's package. DPM-Solver++ 2M is the closest
-/// deterministic solver it has, so those names run it and the report says so (`scheduler` is what ran,
-/// `scheduler_requested` what was asked).
-public enum SchedulerChoice: String, CaseIterable, Codable, Sendable {
-    case dpmpp2m
-    case pndm
-
-    public struct Resolution: Equatable, Sendable {
-        public let requested: String
-        public let used: SchedulerChoice
-        /// One line for the user when `used` is not what was asked.
-        public let note: String?
+extension SchedulerKind {
+    /// The contract's scheduler names; anything else is refused in one line.
+    public static func resolve(_ name: String) throws -> SchedulerKind {
+        if let kind = SchedulerKind(rawValue: name.lowercased()) { return kind }
+        throw PocketSDError.badInput("unknown scheduler \"\(name)\"; choose one of \(allCases.map(\.rawValue).joined(separator: ", "))")
     }
+}
 
-    public static let contractNames = ["euler", "dpmpp2m", "ddim"]
-
-    public static func resolve(_ name: String) throws -> Resolution {
-        let key = name.lowercased()
-        if let exact = SchedulerChoice(rawValue: key) {
-            return Resolution(requested: key, used: exact, note: nil)
-        }
-        if key == "euler" || key == "ddim" {
-            return Resolution(requested: key, used: .dpmpp2m,
-                              note: "scheduler \(key) is not in Apple's StableDiffusion package; running dpmpp2m (DPM-Solver++ 2M) instead")
-        }
-        throw PocketSDError.badInput("unknown scheduler \"\(name)\"; choose one of euler, dpmpp2m, ddim, pndm")
+/// Low memory (each model loaded for its stage only) is the default on iPhone, where the whole SDXL pipeline does
+/// not fit the app's memory limit; on a Mac the models stay loaded between runs.
+public enum PlatformDefaults {
+    public static var lowMemory: Bool {
+        #if os(iOS)
+        return true
+        #else
+        return false
+        #endif
     }
 }
 
@@ -50,13 +49,19 @@ public struct GenerationRequest: Equatable, Sendable {
     public var domain: String?
     /// A multifunction UNet's function to run, when the user names it rather than a domain.
     public var unetFunction: String?
-    public var computeUnits: ComputeUnitsChoice = .all
+    public var computeUnits: ComputeUnitsChoice = .platformDefault
     /// (width, height) the user expects; a bundle has fixed shapes, so this is only checked.
     public var size: (width: Int, height: Int)?
     public var imagePath: String?
     public var sketchPath: String?
+    /// With `imagePath`: white = repaint (inpainting).
+    public var maskPath: String?
+    /// A ControlNet shipped in the bundle (`controlnet/<Name>`), conditioned on `controlImagePath` or the sketch.
+    public var controlNet: String?
+    public var controlImagePath: String?
+    public var controlScale: Double?
     public var strength: Double?
-    public var lowMemory: Bool = false
+    public var lowMemory: Bool = PlatformDefaults.lowMemory
 
     public init(prompt: String) {
         self.prompt = prompt
@@ -67,7 +72,8 @@ public struct GenerationRequest: Equatable, Sendable {
             && a.seed == b.seed && a.scheduler == b.scheduler && a.domain == b.domain && a.unetFunction == b.unetFunction
             && a.computeUnits == b.computeUnits && a.size?.width == b.size?.width && a.size?.height == b.size?.height
             && a.imagePath == b.imagePath && a.sketchPath == b.sketchPath && a.strength == b.strength
-            && a.lowMemory == b.lowMemory
+            && a.lowMemory == b.lowMemory && a.maskPath == b.maskPath && a.controlNet == b.controlNet
+            && a.controlImagePath == b.controlImagePath && a.controlScale == b.controlScale
     }
 }
 
@@ -75,11 +81,12 @@ public struct GenerationRequest: Equatable, Sendable {
 public struct ResolvedRequest: Equatable, Sendable {
     public var prompt: String
     public var expandedPrompt: String
-    public var negativePrompt: String
+    /// nil: no negative prompt (SDXL then guides against zero embeddings, as diffusers and the Python CLI do).
+    public var negativePrompt: String?
     public var steps: Int
     public var guidance: Double
     public var seed: UInt32
-    public var scheduler: SchedulerChoice.Resolution
+    public var scheduler: SchedulerKind
     public var domain: String?
     /// The LoRA the domain asks for (file stem) and its scale, reported in `loras`.
     public var lora: DomainPreset.LoRA?
@@ -88,16 +95,22 @@ public struct ResolvedRequest: Equatable, Sendable {
     public var strength: Double?
     public var imagePath: String?
     public var sketchPath: String?
+    public var maskPath: String?
+    public var controlNet: String?
+    public var controlImagePath: String?
+    public var controlScale: Double
     public var lowMemory: Bool
-    /// Lines to show the user (scheduler substituted, …).
+    /// Lines to show the user (a LoRA that is not in the bundle, …).
     public var notes: [String]
 
     public static let defaultSteps = 20
     public static let defaultGuidance = 5.0
-    public static let defaultScheduler = "dpmpp2m"
-    /// As on the Python side: an image keeps its layout at 0.8, a sketch (a flat filled shape) at 0.75.
+    public static let defaultScheduler = SchedulerKind.euler
+    /// As on the Python side: an image keeps its layout at 0.8, a sketch (a flat filled shape) at 0.75; inpainting
+    /// repaints the masked area from pure noise level (1.0), the rest of the image is kept anyway.
     public static let defaultImageStrength = 0.8
     public static let defaultSketchStrength = 0.75
+    public static let defaultMaskStrength = 1.0
 }
 
 extension GenerationRequest {
@@ -117,14 +130,28 @@ extension GenerationRequest {
         let guidance = self.guidance ?? preset?.guidance ?? ResolvedRequest.defaultGuidance
         if steps < 1 || steps > 1000 { throw PocketSDError.badInput("--steps must be between 1 and 1000, got \(steps)") }
         if guidance < 0 || guidance > 50 { throw PocketSDError.badInput("--guidance must be between 0 and 50, got \(guidance)") }
-        let scheduler = try SchedulerChoice.resolve(self.scheduler ?? preset?.scheduler ?? ResolvedRequest.defaultScheduler)
+        let scheduler = try self.scheduler.map(SchedulerKind.resolve) ?? preset.map { try SchedulerKind.resolve($0.scheduler) }
+            ?? ResolvedRequest.defaultScheduler
 
         if imagePath != nil && sketchPath != nil {
             throw PocketSDError.badInput("give --image or --sketch, not both")
         }
+        if maskPath != nil && imagePath == nil {
+            throw PocketSDError.badInput("--mask needs --image: the mask says which part of that image to repaint")
+        }
+        if controlNet != nil && controlImagePath == nil && sketchPath == nil {
+            throw PocketSDError.badInput("--controlnet needs a control image: --sketch FILE or --control-image FILE")
+        }
+        if controlImagePath != nil && controlNet == nil {
+            throw PocketSDError.badInput("--control-image needs --controlnet NAME (a ControlNet shipped in the bundle)")
+        }
+        if let scale = controlScale, !(0...2).contains(scale) {
+            throw PocketSDError.badInput("--control-scale must be between 0 and 2, got \(scale)")
+        }
         var strength: Double?
         if imagePath != nil || sketchPath != nil {
-            strength = self.strength ?? (sketchPath != nil ? ResolvedRequest.defaultSketchStrength : ResolvedRequest.defaultImageStrength)
+            strength = self.strength ?? (maskPath != nil ? ResolvedRequest.defaultMaskStrength
+                : sketchPath != nil ? ResolvedRequest.defaultSketchStrength : ResolvedRequest.defaultImageStrength)
         } else if self.strength != nil {
             throw PocketSDError.badInput("--strength needs --image or --sketch")
         }
@@ -135,7 +162,7 @@ extension GenerationRequest {
             throw PocketSDError.badInput("--strength \(s) with \(steps) steps leaves no step to run; raise either")
         }
 
-        var notes = scheduler.note.map { [$0] } ?? []
+        var notes: [String] = []
         var function = unetFunction
         if let manifest {
             if let size, (size.width, size.height) != (manifest.imageSize.width, manifest.imageSize.height) {
@@ -144,6 +171,11 @@ extension GenerationRequest {
                     + "re-run `pocketsd convert --size \(size.width)x\(size.height)` or drop --size")
             }
             if let function { try manifest.checkFunction(function) }
+            if let name = controlNet, !manifest.controlNets.contains(name) {
+                throw PocketSDError.badInput(manifest.controlNets.isEmpty
+                    ? "this bundle has no ControlNet (\"\(name)\"); convert one into it with `pocketsd convert --controlnet`"
+                    : "the bundle has no ControlNet \"\(name)\"; it has: \(manifest.controlNets.joined(separator: ", "))")
+            }
             function = function ?? manifest.unetFunction(forDomain: preset)
             if let lora = preset?.lora, manifest.unetFunctions.isEmpty == false, function != preset?.loraFunctionName {
                 notes.append("the bundle has no UNet function for LoRA \(lora.file); running \(function ?? "the default UNet") "
@@ -156,7 +188,8 @@ extension GenerationRequest {
         return ResolvedRequest(
             prompt: trimmed,
             expandedPrompt: preset?.expand(trimmed) ?? trimmed,
-            negativePrompt: negativePrompt ?? preset?.negativePrompt ?? "",
+            // A preset without a negative prompt means "none" (zero embeddings), not an explicit "" (python/…/run.py).
+            negativePrompt: negativePrompt ?? preset.flatMap { $0.negativePrompt.isEmpty ? nil : $0.negativePrompt },
             steps: steps,
             guidance: guidance,
             seed: seed ?? randomSeed(),
@@ -168,6 +201,10 @@ extension GenerationRequest {
             strength: strength,
             imagePath: imagePath,
             sketchPath: sketchPath,
+            maskPath: maskPath,
+            controlNet: controlNet,
+            controlImagePath: controlImagePath,
+            controlScale: controlScale ?? 1,
             lowMemory: lowMemory,
             notes: notes)
     }

@@ -23,6 +23,13 @@ public struct RGBImage: Equatable, Sendable {
     public let width: Int
     public let height: Int
     public var pixels: [UInt8]
+
+    public init(width: Int, height: Int, pixels: [UInt8]) {
+        precondition(pixels.count == width * height * 3, "pixel count must be width × height × 3")
+        self.width = width
+        self.height = height
+        self.pixels = pixels
+    }
 }
 
 /// Turns a line drawing into a starting image for image → image, as `pocketsd generate --sketch` does
@@ -32,7 +39,7 @@ public struct RGBImage: Equatable, Sendable {
 ///
 /// Written by hand in plain Swift because the same code must run on iOS, macOS and Linux (tests) and no
 /// library on all three offers binary morphology; images here are small (the model's own size).
-/// Apple's package has no ControlNet for SDXL, so a sketch can only steer the layout through image → image.
+/// With a bundled ControlNet the cleaned strokes also become its conditioning image (`ImageTensors.controlTensor`).
 public enum SketchCleaner {
     public struct Result: Equatable, Sendable {
         /// The cleaned strokes (true = ink).

@@ -11,18 +11,22 @@ public enum TextSummaries {
         }
         let manifest = try BundleManifest.load(resources: resources)
         var lines = ["Core ML bundle: \(resources.path)"]
+        if let version = manifest.formatVersion { lines.append("  manifest format: \(version)") }
         let models = entries.filter { $0.hasSuffix(".mlmodelc") || $0.hasSuffix(".mlpackage") }.sorted()
         for model in models {
             let bytes = BundleLayout.folderBytes(resources.appendingPathComponent(model))
             lines.append("  \(model): \(String(format: "%.2f", Double(bytes) / 1_048_576)) MB")
         }
+        lines.append("  model type: \(manifest.family)")
         if !manifest.unetFunctions.isEmpty {
-            lines.append("  UNet functions: \(manifest.unetFunctions.joined(separator: ", ")) (default \(manifest.defaultUnetFunction ?? "?"))")
+            lines.append("  UNet functions: \(manifest.unetFunctions.joined(separator: ", ")) (default \(manifest.defaultUnetFunction ?? "?"); choosing another needs iOS 18 / macOS 15)")
         }
-        lines.append("  image size: \(manifest.imageSize.width)x\(manifest.imageSize.height)")
+        if !manifest.controlNets.isEmpty { lines.append("  ControlNets: \(manifest.controlNets.joined(separator: ", "))") }
+        lines.append("  image size: \(manifest.imageSize.width)x\(manifest.imageSize.height), latents \(manifest.latentSize.width)x\(manifest.latentSize.height)")
         lines.append("  VAE scaling factor: \(manifest.vaeScalingFactor)")
-        lines.append("  VAE precision: \(manifest.vaeIsFloat32 ? "fp32 (runs on CPU+GPU)" : "fp16")")
-        lines.append("  second tokenizer pads with: \(manifest.textEncoder2PadToken)")
+        lines.append("  VAE precision: \(manifest.vaeIsFloat32 ? "fp32 (runs on CPU+GPU; at 1024² that is slow and large on a phone — convert with an fp16-safe VAE)" : "fp16")")
+        lines.append("  tokenizers pad with: \(manifest.padTokens.joined(separator: ", "))")
+        lines.append("  scheduler: timestep spacing \(manifest.schedulerConfig.timestepSpacing), steps offset \(manifest.schedulerConfig.stepsOffset), final sigma \(manifest.schedulerConfig.finalSigmasType)")
         if let bytes = manifest.unetBytes { lines.append("  UNet bytes: \(bytes) (\(String(format: "%.1f", Double(bytes) / 1_048_576)) MB)") }
         if let bits = manifest.bitsPerWeight { lines.append("  bits per weight: \(String(format: "%.2f", bits))") }
         if let source = manifest.source { lines.append("  converted from: \(source)") }
@@ -32,13 +36,18 @@ public enum TextSummaries {
             lines.append("  no pocketsd.json: SDXL defaults assumed")
         }
         for assumption in manifest.assumptions { lines.append("  assumed: \(assumption)") }
+        lines += manifest.memoryPlan.describe(imageInput: true).map { "  " + $0 }
         do {
-            let layout = try BundleLayout(entries: entries)
+            let nets = (try? FileManager.default.contentsOfDirectory(atPath: resources.appendingPathComponent(BundleLayout.controlNetFolder).path)) ?? []
+            let layout = try BundleLayout(entries: entries, controlNetEntries: nets)
             try manifest.checkRunnable()
-            lines.append("  ready for Apple's StableDiffusionXLPipeline: yes (\(layout.unet == .chunked ? "chunked UNet" : "single UNet")"
-                         + (layout.hasEncoder ? ", image → image" : ", no VAEEncoder: text → image only") + ")")
+            var facts = [layout.unet == .chunked ? "chunked UNet" : "single UNet",
+                         layout.hasEncoder ? "image → image" : "no VAEEncoder: text → image only"]
+            if !layout.needsCompile.isEmpty { facts.append("compiles \(layout.needsCompile.joined(separator: ", ")) on first use") }
+            if !layout.notDownloaded.isEmpty { facts.append("not downloaded from iCloud yet: \(layout.notDownloaded.joined(separator: ", "))") }
+            lines.append("  ready to run: yes (\(facts.joined(separator: "; ")))")
         } catch {
-            lines.append("  ready for Apple's StableDiffusionXLPipeline: no — \(error)")
+            lines.append("  ready to run: no — \(error)")
         }
         return lines.joined(separator: "\n")
     }
@@ -58,6 +67,9 @@ public enum TextSummaries {
         let t = report.timings
         let stats = t.stepStats
         var rows: [(String, String)] = [("load", seconds(t.load))]
+        for (name, value) in report.backendDetails.compileSeconds.sorted(by: { $0.key < $1.key }) {
+            rows.append(("  compile \(name)", seconds(value)))
+        }
         for (name, value) in report.firstLoadSeconds.sorted(by: { $0.key < $1.key }) {
             rows.append(("  first load \(name)", seconds(value)))
         }
@@ -68,12 +80,21 @@ public enum TextSummaries {
         }
         rows.append(("VAE decode", seconds(t.vaeDecode)))
         rows.append(("total", seconds(t.total)))
-        rows.append(("peak RSS", String(format: "%.0f MB", report.memory.peakRSSMB)))
+        rows.append(("peak RSS (this run)", String(format: "%.0f MB", report.memory.peakRSSMB)))
         if let footprint = report.memory.peakFootprintMB {
-            rows.append(("peak physical footprint", String(format: "%.0f MB", footprint)))
+            rows.append(("peak physical footprint (this run)", String(format: "%.0f MB", footprint)))
+        }
+        if let lifetime = report.memory.lifetimePeakFootprintMB {
+            rows.append(("peak physical footprint (process)", String(format: "%.0f MB", lifetime)))
+        }
+        if let weights = report.memory.modelWeightsPeakMB {
+            rows.append(("model weights resident at most", String(format: "%.0f MB", weights) + " (\(report.memory.modelWeightsPeakPackages.joined(separator: "+")))"))
         }
         if let bytes = report.model.unetBytes { rows.append(("UNet bytes", String(format: "%.2f MB", Double(bytes) / 1_048_576))) }
         if let bits = report.model.bitsPerWeight { rows.append(("bits per weight (UNet)", String(format: "%.2f", bits))) }
+        for (name, plan) in (report.backendDetails.computePlan ?? [:]).sorted(by: { $0.key < $1.key }) {
+            rows.append(("compute plan \(name)", plan.line))
+        }
         let width = rows.map(\.0.count).max() ?? 0
         return rows.map { "\($0.0.padding(toLength: width, withPad: " ", startingAt: 0))  \($0.1)" }.joined(separator: "\n")
     }
