@@ -57,7 +57,9 @@ def ssim_per_image(reference, test) -> list[float]:
     """SSIM (Gaussian window, data range 1) of each test image against its reference."""
     from torchmetrics.functional.image import structural_similarity_index_measure
 
-    ref, out = as_float_images(reference), as_float_images(test)
+    # float64: in float32 the variance E[x²] − μ² of flat regions comes out a hair negative, torchmetrics clamps it
+    # to 0 but not the covariance, and identical images score 0.998 instead of 1.
+    ref, out = as_float_images(reference).double(), as_float_images(test).double()
     if ref.shape != out.shape:
         raise ValueError(f"SSIM compares pairs of the same size: {tuple(ref.shape)} vs {tuple(out.shape)}")
     values = structural_similarity_index_measure(out, ref, data_range=1.0, reduction="none")
