@@ -98,7 +98,7 @@ final class FakeUNet: FakeModel, TensorModel {
     private(set) var lastInputs: [String: Tensor] = [:]
 
     init(name: String = "Unet", part: Part = .whole, batch: Int = 2, latent: [Int] = [4, 3, 5], flatTimeIds: Bool = false,
-         sdxl: Bool = true, log: CallLog) {
+         sdxl: Bool = true, controlInputs: Bool = false, log: CallLog) {
         self.part = part
         let c = latent[0], h = latent[1], w = latent[2]
         var specs = [TensorSpec(name: "sample", shape: [batch, c, h, w]), TensorSpec(name: "timestep", shape: [batch]),
@@ -108,6 +108,7 @@ final class FakeUNet: FakeModel, TensorModel {
             specs.append(TensorSpec(name: "time_ids", shape: flatTimeIds ? [batch * 6] : [batch, 6]))
         }
         if part == .second { specs.append(TensorSpec(name: "partial", shape: [batch, c, h, w])) }
+        if controlInputs && part != .first { specs.append(TensorSpec(name: "mid_block_res_sample", shape: [batch, c, h, w])) }
         inputSpecs = specs
         super.init(name: name, log: log)
     }
@@ -206,6 +207,7 @@ struct FakeBundle {
     var unetBatch = 2
     var flatTimeIds = false
     var withEncoder = true
+    var controlInputs = false
     var lowMemory = true
     var forceZeros = true
     var weights: [String: Int] = ["TextEncoder": 100, "TextEncoder2": 300, "VAEEncoder": 50, "Unet": 1000,
@@ -214,8 +216,8 @@ struct FakeBundle {
     func make() -> (loop: DiffusionLoop, unet: [FakeUNet], residency: ModelResidency) {
         let unet: [FakeUNet] = chunked
             ? [FakeUNet(name: "UnetChunk1", part: .first, batch: unetBatch, flatTimeIds: flatTimeIds, log: log),
-               FakeUNet(name: "UnetChunk2", part: .second, batch: unetBatch, flatTimeIds: flatTimeIds, log: log)]
-            : [FakeUNet(batch: unetBatch, flatTimeIds: flatTimeIds, log: log)]
+               FakeUNet(name: "UnetChunk2", part: .second, batch: unetBatch, flatTimeIds: flatTimeIds, controlInputs: controlInputs, log: log)]
+            : [FakeUNet(batch: unetBatch, flatTimeIds: flatTimeIds, controlInputs: controlInputs, log: log)]
         let models = DiffusionLoop.Models(
             textEncoders: [FakeTextEncoder(index: 0, log: log), FakeTextEncoder(index: 1, log: log)],
             unet: unet, vaeDecoder: FakeDecoder(log: log), vaeEncoder: withEncoder ? FakeEncoder(log: log) : nil,

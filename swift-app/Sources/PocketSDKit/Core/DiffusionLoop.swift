@@ -321,6 +321,13 @@ public final class DiffusionLoop {
         if let control = request.controlImage {
             conditioning["controlnet_cond"] = .concatenating(Array(repeating: control, count: batch))
         }
+        // A UNet converted to take ControlNet residuals needs them on every call: zeros when no ControlNet is used.
+        let residualInputs = models.unet.flatMap(\.inputSpecs).filter { Self.isResidual($0.name) }
+        if controlNet == nil {
+            for spec in residualInputs where spec.shape.count > 1 {
+                conditioning[spec.name] = .zeros([batch] + spec.shape.dropFirst())
+            }
+        }
         let mask = request.mask
         for (i, t) in timesteps.enumerated() {
             let stepIndex = begin + i
@@ -332,6 +339,11 @@ public final class DiffusionLoop {
             feeds["timestep"] = Tensor(shape: [batch], repeating: Float(t))
             if let controlNet {
                 let residuals = try BatchedPrediction.run([controlNet], feeds: feeds)
+                let knownInputs = Set(models.unet.flatMap(\.inputSpecs).map(\.name))
+                if !knownInputs.isEmpty && residuals.keys.allSatisfy({ !knownInputs.contains($0) }) {
+                    throw PocketSDError.badInput(
+                        "the bundle's UNet takes no ControlNet residuals (\(residuals.keys.sorted().prefix(2).joined(separator: ", ")) …); re-convert it with its ControlNet")
+                }
                 for (name, value) in residuals { feeds[name] = request.controlScale == 1 ? value : request.controlScale * value }
             }
             let out = try BatchedPrediction.run(models.unet, feeds: feeds)
@@ -395,6 +407,12 @@ public final class DiffusionLoop {
             sample[i] = value * geometry.scalingFactor
         }
         return Tensor(shape: shape, scalars: sample)
+    }
+
+    /// Names a UNet gives its ControlNet residual inputs (diffusers' `down_block_additional_residuals` /
+    /// `mid_block_additional_residual`, Apple's `down_block_res_samples_NN` / `mid_block_res_sample`).
+    static func isResidual(_ name: String) -> Bool {
+        name.contains("res_sample") || name.contains("additional_residual")
     }
 
     /// (1 − mask)·kept + mask·painted, the mask (1, 1, h, w) shared by every channel.

@@ -140,8 +140,9 @@ public struct MemoryPlan: Equatable, Sendable {
         weightBytes.filter { !$0.key.hasPrefix("controlnet/") }.max { $0.value < $1.value }.map { ($0.key, $0.value) }
     }
 
-    /// Lines for `pocketsd-swift info` and the app: the resident weights per stage under both schedules.
-    public func describe(imageInput: Bool = true) -> [String] {
+    /// Lines for `pocketsd-swift info` and the app: the resident weights per stage under both schedules, for a
+    /// text → image run (the figures `pocketsd info --memory` prints), plus what an image input adds.
+    public func describe(imageInput: Bool = false) -> [String] {
         guard source != .none else { return ["memory plan: unknown (no manifest plan and no package sizes)"] }
         var lines = ["memory plan (weights resident per stage, from \(source == .manifest ? "the manifest" : "package sizes on disk")):"]
         for lowMemory in [false, true] {
@@ -150,12 +151,15 @@ public struct MemoryPlan: Equatable, Sendable {
             let rows = schedule(options).map { "\($0.stage) \(Self.megabytes($0.bytes)) [\($0.packages.joined(separator: "+"))]" }
             lines.append("  \(label): " + rows.joined(separator: ", "))
             if let peak = largest(options) {
-                var line = "  \(label) peak: \(Self.megabytes(peak.bytes)) at \(peak.stage)"
+                var line = "  \(label) peak: \(Self.megabytes(peak.bytes)) " + (lowMemory ? "at \(peak.stage)" : "(everything loaded)")
                 if let declared = declaredLargest[lowMemory ? "low_memory" : "default"], declared != peak.bytes {
                     line += " (the manifest's own plan says \(Self.megabytes(declared)))"
                 }
                 lines.append(line)
             }
+        }
+        if !imageInput, let encoder = stage("vae_encode"), !encoder.packages.isEmpty {
+            lines.append("  image → image adds \(encoder.packages.joined(separator: "+")) (\(Self.megabytes(bytes(of: encoder.packages)))) as its own stage")
         }
         return lines
     }
@@ -191,8 +195,9 @@ public enum MemoryPreflight {
         guard let peak = plan.largest(options), peak.bytes > 0 else { return .unknown(reason: "the bundle has no memory plan") }
         let need = needed(peak)
         if need <= available { return .fits(neededBytes: need, availableBytes: available) }
-        var message = "This bundle needs about \(MemoryPlan.megabytes(need)) at its largest stage (\(peak.stage): "
-            + "\(peak.packages.joined(separator: " + ")) plus \(Int(margin * 100))% for Core ML's buffers), "
+        let what = options.lowMemory ? "at its largest stage (\(peak.stage): \(peak.packages.joined(separator: " + "))"
+            : "with all its models loaded at once (\(peak.packages.joined(separator: " + "))"
+        var message = "This bundle needs about \(MemoryPlan.megabytes(need)) \(what) plus \(Int(margin * 100))% for Core ML's buffers), "
             + "but iOS leaves the app \(MemoryPlan.megabytes(available)) right now"
         var lowMemory = options
         lowMemory.lowMemory = true

@@ -36,7 +36,7 @@ public enum TextSummaries {
             lines.append("  no pocketsd.json: SDXL defaults assumed")
         }
         for assumption in manifest.assumptions { lines.append("  assumed: \(assumption)") }
-        lines += manifest.memoryPlan.describe(imageInput: true).map { "  " + $0 }
+        lines += manifest.memoryPlan.describe().map { "  " + $0 }
         do {
             let nets = (try? FileManager.default.contentsOfDirectory(atPath: resources.appendingPathComponent(BundleLayout.controlNetFolder).path)) ?? []
             let layout = try BundleLayout(entries: entries, controlNetEntries: nets)
