@@ -183,3 +183,41 @@ def test_missing_file_count_and_binary(tmp_path):
     binary.write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(BadInput, match="not UTF-8"):
         load_prompt_set(binary)
+
+
+SHARD_SCRIPT = """
+import json, sys
+from pocketsd.eval.prompt_sets import load_prompt_set, prompt_seed
+from pocketsd.eval.sharding import map_sharded, process_state, shard
+
+state = process_state()
+ids = load_prompt_set("pocketsd", count=37).ids
+work = lambda pid: {"id": pid, "seed": prompt_seed(pid, 5), "rank": state.process_index}
+out = map_sharded(work, ids, state)
+if state.is_main_process:
+    json.dump({"processes": state.num_processes, "results": out, "mine": shard(ids, state)}, open(sys.argv[1], "w"))
+"""
+
+
+def test_sharded_run_over_two_cpu_processes_equals_the_one_process_run(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from pocketsd.eval.sharding import map_sharded
+
+    script = tmp_path / "shard_job.py"
+    script.write_text(SHARD_SCRIPT)
+    out = tmp_path / "out.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # torchrun: accelerate's own launcher starts several CPU processes only through mpirun.
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(script), str(out)], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    got = json.loads(out.read_text())
+    ids = load_prompt_set("pocketsd", count=37).ids
+    single = map_sharded(lambda pid: {"id": pid, "seed": prompt_seed(pid, 5)}, ids)
+    assert got["processes"] == 2
+    assert [{"id": r["id"], "seed": r["seed"]} for r in got["results"]] == single
+    assert {r["rank"] for r in got["results"]} == {0, 1}  # both processes did work
+    assert got["mine"] == ids[:19]  # contiguous shares, the first (longer) one on the main process

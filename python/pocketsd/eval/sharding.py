@@ -2,8 +2,8 @@
 
     accelerate launch --num_processes N -m pocketsd.eval …
 
-generates on N processes (GPUs, or CPU processes with `--cpu`) and computes the metrics once, on the main process.
-A plain `python -m pocketsd.eval …` is one process and the same code path.
+generates on N GPUs (or `torchrun --nproc_per_node N -m pocketsd.eval …` on N CPU processes) and computes the
+metrics once, on the main process. A plain `python -m pocketsd.eval …` is one process and the same code path.
 
 - `shard(items)`: this process's contiguous share (`PartialState.split_between_processes`, no padding, so no
   prompt is generated twice).
@@ -14,17 +14,25 @@ A plain `python -m pocketsd.eval …` is one process and the same code path.
 
 from __future__ import annotations
 
+import os
 from typing import Callable, Sequence, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 
-def process_state():
-    """accelerate's PartialState: which process this is, of how many (1 of 1 without a launcher)."""
+def process_state(cpu: bool | None = None):
+    """accelerate's PartialState: which process this is, of how many (1 of 1 without a launcher).
+
+    accelerate only forms a multi-process CPU group (gloo) when told it runs on the CPU, and `accelerate launch
+    --cpu` starts several CPU processes only through mpirun; so several CPU processes come from `torchrun
+    --nproc_per_node N` and are recognised here (a launcher's WORLD_SIZE > 1 and no CUDA)."""
+    import torch
     from accelerate import PartialState
 
-    return PartialState()
+    if cpu is None:
+        cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    return PartialState(cpu=True) if cpu else PartialState()
 
 
 def is_main_process(state=None) -> bool:
