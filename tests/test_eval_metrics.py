@@ -107,6 +107,11 @@ def test_lpips_weights_from_a_torchvision_checkpoint(tmp_path, monkeypatch, scen
     scorer = LpipsScorer.load()
     assert scorer.real_weights is True and scorer.weights == str(path)
     assert all(torch.equal(a, b) for a, b in zip(scorer.model.net.state_dict().values(), backbone.state_dict().values()))
+    assert "not torchvision's published AlexNet" in scorer.score(scenes_images[:2], scenes_images[:2]).notes[0]
+    state["features.3.weight"] = torch.zeros(192, 64, 3, 3)  # another network's layer
+    torch.save(state, path)
+    with pytest.raises(WeightsMissing, match=r"not torchvision's AlexNet checkpoint \(features.3.weight"):
+        LpipsScorer.load()
 
 
 def test_lpips_missing_or_wrong_weights_skip_in_one_line(no_weights):
@@ -179,7 +184,7 @@ def test_fid_loads_a_weight_file_key_for_key(tmp_path, monkeypatch):
     torch.save(source.state_dict(), path)
     monkeypatch.setenv("POCKETSD_FID_INCEPTION", str(path))
     loaded = FidScorer.load()
-    assert loaded.weights == str(path) and loaded.model.state_dict().keys() == source.state_dict().keys()
+    assert loaded.weights == str(path) and "does not start with 6726825d" in loaded.notes[0] and loaded.model.state_dict().keys() == source.state_dict().keys()
     assert all(torch.equal(a, b) for a, b in zip(loaded.model.state_dict().values(), source.state_dict().values()))
 
 

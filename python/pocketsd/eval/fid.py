@@ -28,8 +28,8 @@ from torch import nn
 
 from .results import MetricResult
 from .stats import bootstrap_interval, bootstrap_method
-from .weights import (ENV_FID_INCEPTION, INCEPTION_FILES, WeightsMissing, check_hub_hash, fid_download,
-                      load_state_dict, locate_file, torch_hub_checkpoints)
+from .weights import (ENV_FID_INCEPTION, INCEPTION_FILES, WeightsMissing, fid_download, load_state_dict,
+                      locate_file, sha256_of, torch_hub_checkpoints)
 
 FEATURES = 2048
 INPUT_SIZE = 299
@@ -248,6 +248,7 @@ class FidScorer:
         self.real_weights = real_weights
         self.weights = weights
         self.sha256 = sha256
+        self.notes: list[str] = []
 
     @classmethod
     def load(cls, inception: str | Path | None = None, device="cpu", verify_hash: bool = True,
@@ -256,9 +257,11 @@ class FidScorer:
         download = fid_download()
         found = locate_file(cls.name, "FID Inception weights", inception, ENV_FID_INCEPTION,
                             [torch_hub_checkpoints() / name for name in INCEPTION_FILES], download)
-        digest = None
-        if verify_hash and found.path.name in INCEPTION_FILES:
-            digest = check_hub_hash(cls.name, found.path, "6726825d", download)
+        # The file name's suffix follows torch hub's sha256-prefix convention, but pytorch-fid and torch-fidelity
+        # download without check_hash, so a mismatch is recorded, not refused; the key/shape check below decides.
+        digest, notes = (sha256_of(found.path), []) if verify_hash else (None, [])
+        if digest is not None and not digest.startswith("6726825d"):
+            notes.append(f"sha256 {digest[:12]}… does not start with 6726825d, the suffix of the published name")
         state = load_state_dict(cls.name, found.path, download)
         model = FidInceptionV3(antialias=antialias)
         wanted = {k for k in model.state_dict() if not k.endswith("num_batches_tracked")}
@@ -266,8 +269,15 @@ class FidScorer:
         if missing:
             raise WeightsMissing(cls.name, f"{found.path} is not the FID Inception weight file (no {missing[0]}); "
                                            f"download with `{download}`")
+        bad = [k for k in sorted(wanted) if tuple(state[k].shape) != tuple(model.state_dict()[k].shape)]
+        if bad:
+            raise WeightsMissing(cls.name, f"{found.path}: {bad[0]} has shape {tuple(state[bad[0]].shape)}, the FID "
+                                           f"Inception's is {tuple(model.state_dict()[bad[0]].shape)}; download "
+                                           f"with `{download}`")
         model.load_state_dict({k: state[k] for k in wanted}, strict=False)
-        return cls(model, True, str(found.path), digest, device)
+        scorer = cls(model, True, str(found.path), digest, device)
+        scorer.notes = notes
+        return scorer
 
     @classmethod
     def random(cls, seed: int = 0, device="cpu") -> "FidScorer":
@@ -299,7 +309,8 @@ class FidScorer:
                                                 f"{real.shape[0]} and {fake.shape[0]}")
         value = fid_from_features(real, fake)
         result = MetricResult(self.name, value=value, n=int(fake.shape[0]), higher_is_better=False,
-                              real_weights=self.real_weights, weights=self.weights, weights_sha256=self.sha256)
+                              real_weights=self.real_weights, weights=self.weights, weights_sha256=self.sha256,
+                              notes=list(self.notes))
         if real.shape[0] < FEATURES:
             result.notes.append(f"{real.shape[0]} images < {FEATURES} features: the covariances are rank-deficient "
                                 "and FID is biased upward; compare FIDs only at equal n")

@@ -21,7 +21,7 @@ from torch import nn
 from .results import MetricResult
 from .stats import mean_interval
 from .weights import (ALEXNET_FILE, ENV_LPIPS_ALEXNET, WeightsMissing, check_hub_hash, load_state_dict,
-                      locate_file, lpips_download, torch_hub_checkpoints)
+                      locate_file, lpips_download, sha256_of, torch_hub_checkpoints)
 
 CHANNELS = (64, 192, 384, 256, 256)
 # Where each of LPIPS's five taps ends in torchvision's `features` Sequential (after each conv's ReLU).
@@ -107,6 +107,7 @@ class LpipsScorer:
         self.weights = weights
         self.sha256 = sha256
         self.device = torch.device(device)
+        self.notes: list[str] = []
 
     @classmethod
     def load(cls, alexnet: str | Path | None = None, device="cpu", verify_hash: bool = True) -> "LpipsScorer":
@@ -115,19 +116,24 @@ class LpipsScorer:
         download = lpips_download()
         found = locate_file(cls.name, "AlexNet weights", alexnet, ENV_LPIPS_ALEXNET,
                             [torch_hub_checkpoints() / ALEXNET_FILE], download)
-        digest = None
-        if verify_hash and found.path.name == ALEXNET_FILE:
+        digest, notes = None, []
+        if verify_hash and found.path.name == ALEXNET_FILE:  # torchvision checks this name's hash; so do we
             digest = check_hub_hash(cls.name, found.path, "7be5be79", download)
+        elif verify_hash:
+            digest = sha256_of(found.path)
+            if not digest.startswith("7be5be79"):
+                notes.append(f"sha256 {digest[:12]}… is not torchvision's published AlexNet file (7be5be79…)")
         state = load_state_dict(cls.name, found.path, download)
         backbone = AlexNetFeatures()
-        wanted = backbone.state_dict().keys()
-        missing = [k for k in wanted if k not in state]
-        if missing:
-            raise WeightsMissing(cls.name, f"{found.path} is not torchvision's AlexNet checkpoint (no {missing[0]}); "
-                                           f"download with `{download}`")
-        backbone.load_state_dict({k: state[k] for k in wanted})
-        heads = _heads()
-        return cls(Lpips(backbone, heads), True, str(found.path), digest, device)
+        own = backbone.state_dict()
+        bad = [k for k in own if k not in state or tuple(state[k].shape) != tuple(own[k].shape)]
+        if bad:
+            raise WeightsMissing(cls.name, f"{found.path} is not torchvision's AlexNet checkpoint ({bad[0]} missing "
+                                           f"or of another shape); download with `{download}`")
+        backbone.load_state_dict({k: state[k] for k in own})
+        scorer = cls(Lpips(backbone, _heads()), True, str(found.path), digest, device)
+        scorer.notes = notes
+        return scorer
 
     @classmethod
     def random(cls, seed: int = 0, device="cpu") -> "LpipsScorer":
@@ -155,7 +161,7 @@ class LpipsScorer:
         values = self.distances(reference, test)
         return MetricResult.from_interval(self.name, mean_interval(values), values, higher_is_better=False,
                                           real_weights=self.real_weights, weights=self.weights,
-                                          weights_sha256=self.sha256)
+                                          weights_sha256=self.sha256, notes=list(self.notes))
 
 
 def _heads() -> dict[str, torch.Tensor]:

@@ -14,8 +14,10 @@ search stops there (a typo must not silently fall back to some other file).
 | ImageReward (BERT tokenizer) | `POCKETSD_IMAGEREWARD_TOKENIZER` (folder or hub id) | `bert-base-uncased` in the Hugging Face cache | `BERT_DOWNLOAD` |
 
 `$TORCH_HOME` defaults to `~/.cache/torch`. The `.pth` files are read with `torch.load(weights_only=True)`, torch's
-restricted unpickler that builds tensors only and runs no code, so they need no `--allow-pickle`. Files whose hub
-name carries a sha256 prefix (`…-7be5be79.pth`) are checked against it.
+restricted unpickler that builds tensors only and runs no code, so they need no `--allow-pickle`. torchvision's
+AlexNet file is refused unless its sha256 starts with the `7be5be79` its name carries (torchvision itself checks
+that); the Inception file's sha256 is recorded and a mismatch noted (pytorch-fid does not check it), and every
+file must hold exactly the tensors (names and shapes) the network needs.
 """
 
 from __future__ import annotations
