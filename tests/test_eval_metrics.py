@@ -500,3 +500,30 @@ def test_score_images_random_weights_end_to_end(no_weights, scenes_images):
     assert '"real_weights": false' in text and '"value": "inf"' in text
     only_test = score_images(scenes_images, [s.caption for s in SCENES], metrics=["psnr", "adherence"], scorers={})
     assert "--against" in only_test["psnr"].skipped and "grammar" in only_test["adherence"].skipped
+
+
+def test_partial_evaluations_merge_to_the_one_shot_result(no_weights, scenes_images):
+    from pocketsd.eval.prompt_sets import Prompt
+    from pocketsd.eval.scoring import Evaluation
+
+    metrics = ("psnr", "ssim", "lpips", "fid", "adherence")
+    scorers = {"lpips": LpipsScorer.random(), "fid": FidScorer(_TinyFeatures(), False, "random 8-feature net", None)}
+    prompts = [Prompt(f"p{i}", s.caption, None, s) for i, s in enumerate(SCENES)]
+    reference = _noisy(scenes_images, sigma=0.05)
+    whole = score_images(scenes_images, prompts, reference=reference, metrics=metrics, scorers=scorers)
+    parts = []
+    for lo, hi in ((0, 4), (4, 6)):  # two "processes", each adding its shard in batches of one
+        ev = Evaluation(metrics, scorers)
+        for i in range(lo, hi):
+            ev.add(scenes_images[i:i + 1], prompts[i:i + 1], reference=reference[i:i + 1])
+        parts.append(ev.partial())
+    merged = Evaluation.merge(parts, scorers, metrics).results()
+    assert merged.keys() == whole.keys()
+    for name in whole:  # batches of one against batches of six: float32 convolutions differ in the 7th digit
+        a, b = merged[name], whole[name]
+        for x, y in ((a.value, b.value), (a.low, b.low), (a.high, b.high), (a.n, b.n)):
+            assert x == (None if y is None else pytest.approx(y, rel=1e-5, abs=1e-9))
+        assert a.per_item == (None if b.per_item is None else pytest.approx(b.per_item, rel=1e-5, abs=1e-9))
+    assert merged["lpips"].real_weights is False and merged["lpips"].weights.startswith("random AlexNet")
+    with pytest.raises(ValueError, match="evaluated twice"):
+        Evaluation.merge([parts[0], parts[0]], scorers, metrics)

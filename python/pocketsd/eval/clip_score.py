@@ -78,17 +78,21 @@ class ClipScorer:
         """torchmetrics' CLIP score of each image with its text."""
         from torchmetrics.functional.multimodal import clip_score
 
-        from .metrics import as_uint8_images
+        from .metrics import as_uint8_images, image_batches
 
-        x = as_uint8_images(images)
-        if x.shape[0] != len(texts):
-            raise ValueError(f"{x.shape[0]} images but {len(texts)} texts")
+        if len(images) != len(texts):
+            raise ValueError(f"{len(images)} images but {len(texts)} texts")
 
         def loader():
             return self.model, self.processor
 
         # One image per call: torchmetrics returns the mean of a batch, and the interval needs each image's score.
-        return [float(clip_score(img.to(self.device), text, model_name_or_path=loader)) for img, text in zip(x, texts)]
+        scores: list[float] = []
+        for batch in image_batches(images, 16):
+            for img in as_uint8_images(batch):
+                text = texts[len(scores)]
+                scores.append(float(clip_score(img.to(self.device), text, model_name_or_path=loader)))
+        return scores
 
     def score(self, images, texts: list[str]) -> MetricResult:
         values = self.scores(images, texts)

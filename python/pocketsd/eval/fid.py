@@ -293,12 +293,11 @@ class FidScorer:
 
     def features(self, images, batch_size: int = 16) -> torch.Tensor:
         """(N, 2048) float64 features of PIL images / arrays / tensors."""
-        from .metrics import as_uint8_images
+        from .metrics import as_uint8_images, image_batches
 
-        x = as_uint8_images(images)
-        parts = [self.model(x[i:i + batch_size].to(self.device)).double().cpu()
-                 for i in range(0, x.shape[0], batch_size)]
-        return torch.cat(parts)
+        parts = [self.model(as_uint8_images(batch).to(self.device)).double().cpu()
+                 for batch in image_batches(images, batch_size)]
+        return torch.cat(parts) if parts else torch.zeros(0, self.model.num_features, dtype=torch.float64)
 
     def score_features(self, real: torch.Tensor, fake: torch.Tensor, bootstrap: int = 0,
                        seed: int = 0) -> MetricResult:

@@ -248,17 +248,17 @@ class ImageRewardScorer:
     def rewards(self, images, texts: list[str], batch_size: int = 8) -> list[float]:
         from PIL import Image
 
-        from .metrics import as_uint8_images
+        from .metrics import as_uint8_images, image_batches
 
-        if not (isinstance(images, (list, tuple)) and images and hasattr(images[0], "convert")):
-            x = as_uint8_images(images).permute(0, 2, 3, 1).numpy()
-            images = [Image.fromarray(a) for a in x]
         if len(images) != len(texts):
             raise ValueError(f"{len(images)} images but {len(texts)} texts")
         out: list[float] = []
-        for i in range(0, len(images), batch_size):
-            pixels = torch.stack([preprocess(im, self.image_size) for im in images[i:i + batch_size]])
-            tokens = self.tokenizer(list(texts[i:i + batch_size]), padding="max_length", truncation=True,
+        for batch in image_batches(images, batch_size):
+            if not (isinstance(batch, (list, tuple)) and hasattr(batch[0], "convert")):
+                batch = [Image.fromarray(a) for a in as_uint8_images(batch).permute(0, 2, 3, 1).numpy()]
+            i = len(out)
+            pixels = torch.stack([preprocess(im, self.image_size) for im in batch])
+            tokens = self.tokenizer(list(texts[i:i + len(batch)]), padding="max_length", truncation=True,
                                     max_length=MAX_TOKENS, return_tensors="pt")
             values = self.model(pixels.to(self.device), tokens["input_ids"].to(self.device),
                                 tokens["attention_mask"].to(self.device))

@@ -145,16 +145,16 @@ class LpipsScorer:
         return cls(Lpips(backbone, _heads()), False, f"random AlexNet (seed {seed})", None, device)
 
     def distances(self, reference, test, batch_size: int = 16) -> list[float]:
-        from .metrics import as_float_images
+        from .metrics import as_float_images, image_batches
 
-        ref, out = as_float_images(reference), as_float_images(test)
-        if ref.shape != out.shape:
-            raise ValueError(f"LPIPS compares pairs of the same size: {tuple(ref.shape)} vs {tuple(out.shape)}")
+        if len(reference) != len(test):
+            raise ValueError(f"LPIPS compares pairs: {len(reference)} reference and {len(test)} test images")
         values: list[float] = []
-        for i in range(0, ref.shape[0], batch_size):
-            a = ref[i:i + batch_size].to(self.device)
-            b = out[i:i + batch_size].to(self.device)
-            values.extend(float(v) for v in self.model(a, b).cpu())
+        for ref_batch, test_batch in zip(image_batches(reference, batch_size), image_batches(test, batch_size)):
+            a, b = as_float_images(ref_batch), as_float_images(test_batch)
+            if a.shape != b.shape:
+                raise ValueError(f"LPIPS compares pairs of the same size: {tuple(a.shape)} vs {tuple(b.shape)}")
+            values.extend(float(v) for v in self.model(a.to(self.device), b.to(self.device)).cpu())
         return values
 
     def score(self, reference, test) -> MetricResult:

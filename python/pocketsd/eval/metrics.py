@@ -4,7 +4,7 @@
 - `image_psnr` / `image_ssim`: final images against the fp16 model's, via torchmetrics (the well-kept implementations).
 - `adherence`: the share of images whose colour and shape `pocketsd.eval.classify` reads back as the prompt asked.
 - `psnr_per_image` / `ssim_per_image`: one value per pair (for means with intervals, see `eval.scoring`).
-- `as_float_images` / `as_uint8_images`: the image conversions the metric modules share.
+- `as_float_images` / `as_uint8_images` / `image_batches`: the image conversions the metric modules share.
 """
 
 from __future__ import annotations
@@ -39,7 +39,18 @@ def as_uint8_images(images) -> torch.Tensor:
     """Same inputs → uint8 NCHW (what FID's Inception and CLIP's processor take)."""
     if isinstance(images, torch.Tensor) and images.dtype == torch.uint8:
         return images if images.ndim == 4 else images.unsqueeze(0)
+    if isinstance(images, (list, tuple)) and images and not isinstance(images[0], torch.Tensor):
+        arrays = [np.asarray(im.convert("RGB") if hasattr(im, "convert") else im) for im in images]
+        if all(a.dtype == np.uint8 for a in arrays):
+            return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     return (as_float_images(images).clamp(0, 1) * 255.0).round().to(torch.uint8)
+
+
+def image_batches(images, batch_size: int):
+    """Consecutive slices of a list of images or of an NCHW tensor, so a large set is converted a batch at a time."""
+    n = len(images)
+    for start in range(0, n, batch_size):
+        yield images[start:start + batch_size]
 
 
 def psnr_per_image(reference, test) -> list[float]:
