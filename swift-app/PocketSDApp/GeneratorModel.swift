@@ -1,151 +1,276 @@
+import Combine
 import CoreGraphics
 import Foundation
 import PocketSDKit
-import SwiftUI
 
-/// The app's state: the request being edited, progress, the last image and its numbers.
+/// The app's state: the request being edited, loading and step progress, the last image, its numbers and files.
+/// Kept free of SwiftUI so that `scripts/typecheck-engine.sh` can compile it on Linux against stand-ins.
 @MainActor
 final class GeneratorModel: ObservableObject {
     enum InputMode: String, CaseIterable, Identifiable {
         case text = "Text"
         case photo = "Photo"
         case sketch = "Sketch"
+        /// Photo + painted mask: repaint where painted.
+        case repaint = "Repaint"
         var id: String { rawValue }
     }
 
     // The request
     @Published var prompt = "a red circle on a white background"
+    @Published var negativePrompt = ""
     @Published var domainName = ""            // "" = no preset
+    @Published var steps = ResolvedRequest.defaultSteps
+    @Published var guidance = ResolvedRequest.defaultGuidance
+    @Published var scheduler = ResolvedRequest.defaultScheduler
+    /// A multifunction UNet's function (a LoRA style); "" = the preset's or the bundle's default.
+    @Published var style = ""
+    @Published var controlNet = ""            // "" = none
     @Published var inputMode = InputMode.text
-    @Published var photo: CGImage?
+    @Published private(set) var photo: CGImage?
     @Published var strength = ResolvedRequest.defaultImageStrength
     @Published var seed: UInt32 = 1
     @Published var randomSeed = false
-    @Published var computeUnits = ComputeUnitsChoice.all
-    /// Apple's reduceMemory: on by default on iPhone (see README, "Memory on iPhone").
-    @Published var reduceMemory = PocketSDEngine.defaultReduceMemory
+    @Published var computeUnits = ComputeUnitsChoice.platformDefault
+    @Published var lowMemory = PlatformDefaults.lowMemory
+    /// The sketch canvas is being drawn on: the form must not scroll under the finger.
+    @Published var isDrawing = false
 
-    // The outcome
-    @Published private(set) var bundleURL: URL?
-    @Published private(set) var bundleSummary = "no bundle"
+    // The bundle
+    @Published private(set) var bundle: GenerationWorker.BundleFacts?
+    @Published private(set) var bundleName = "none"
+
+    // Progress and outcome
+    @Published private(set) var board = LoadingBoard()
     @Published private(set) var step = 0
     @Published private(set) var stepCount = 0
+    @Published private(set) var runStarted: Date?
     @Published private(set) var image: CGImage?
     @Published private(set) var report: GenerationReport?
+    @Published private(set) var files: ReportFiles.Pair?
     @Published private(set) var status = ""
     @Published private(set) var isRunning = false
     @Published var errorMessage: String?
+    /// "The last run stopped without finishing…", once, at the launch after a kill.
+    @Published var notice: String?
 
     let catalog: DomainCatalog?
     private let worker = GenerationWorker()
+    private let bookmark = BundleBookmark()
+    private let lifecycle = AppLifecycle()
     private var cancelFlag = CancelFlag()
-    private var securityScopedURL: URL?
+    private var runTask: Task<Void, Never>?
 
     init() {
+        var problem: String?
         do {
             catalog = try DomainCatalog.bundled()
         } catch {
             catalog = nil
-            errorMessage = "domains.json is missing from the app: \(error)"
+            problem = ReadableError.sentence(error)
         }
-        if let url = Self.defaultBundleURL() { Task { await openBundle(url) } }
+        errorMessage = problem
+        if let leftover = AppPaths.journal.takeLeftover() { notice = RunJournal.notice(for: leftover) }
+        AppPaths.excludeBundleFromBackup()
+        if let url = bookmark.restore() ?? Self.defaultBundleURL() {
+            Task { await openBundle(url) }
+        }
     }
 
     var presets: [DomainPreset] { catalog?.domains ?? [] }
 
-    /// Where a bundle is looked for at launch: Documents/Resources (copied with Finder / the Files app),
-    /// then the folder the Xcode project copies into the app (`make app-resources`).
+    /// A bundle copied into Documents (Finder / Files app) or built into the app (`make app-resources`).
     static func defaultBundleURL() -> URL? {
-        let fm = FileManager.default
-        var candidates: [URL] = []
-        if let documents = fm.urls(for: .documentDirectory, in: .userDomainMask).first {
-            candidates.append(documents.appendingPathComponent("Resources"))
-        }
-        if let resources = Bundle.main.resourceURL {
-            candidates.append(resources.appendingPathComponent("PocketSDBundle"))
-        }
-        return candidates.first { fm.fileExists(atPath: $0.path) }
+        let candidates = [AppPaths.documents.appendingPathComponent("Resources"),
+                          Bundle.main.resourceURL?.appendingPathComponent("PocketSDBundle")].compactMap { $0 }
+        return candidates.first { FileManager.default.fileExists(atPath: $0.path) }
     }
 
-    /// A bundle folder chosen with the file importer (security-scoped on iOS and in the macOS sandbox).
+    // MARK: the bundle
+
+    /// A folder picked with the file importer: kept as a security-scoped bookmark for the next launches.
     func chooseBundle(_ url: URL) async {
-        securityScopedURL?.stopAccessingSecurityScopedResource()
-        securityScopedURL = url.startAccessingSecurityScopedResource() ? url : nil
+        do {
+            try bookmark.remember(url)
+        } catch {
+            errorMessage = ReadableError.sentence(error)
+            return
+        }
         await openBundle(url)
     }
 
     func openBundle(_ url: URL) async {
         do {
-            let manifest = try await worker.open(url)
-            bundleURL = url
-            var summary = "\(manifest.imageSize.width)×\(manifest.imageSize.height)"
-            if let bits = manifest.bitsPerWeight { summary += String(format: ", %.2f bits/weight", bits) }
-            if !manifest.unetFunctions.isEmpty { summary += ", styles: " + manifest.unetFunctions.joined(separator: ", ") }
-            bundleSummary = summary
+            let facts = try await worker.open(url)
+            bundle = facts
+            bundleName = facts.resources.deletingLastPathComponent().lastPathComponent + "/" + facts.resources.lastPathComponent
+            if !facts.styles.contains(style) { style = "" }
+            if !facts.controlNets.contains(controlNet) { controlNet = "" }
+            board = LoadingBoard(models: facts.uncompiled)
+            status = facts.pendingDownloads > 0 ? "\(facts.pendingDownloads) file(s) still in iCloud: they download before the first run"
+                : facts.uncompiled.isEmpty ? "" : "the first run compiles \(facts.uncompiled.joined(separator: ", ")) for this device"
         } catch {
-            bundleURL = nil
-            bundleSummary = "no bundle"
-            errorMessage = String(describing: error)
+            bundle = nil
+            bundleName = "none"
+            errorMessage = ReadableError.sentence(error)
         }
     }
 
-    func generate(sketch: CGImage?) {
+    func removeCompiledModels() {
+        Task {
+            do {
+                try await worker.removeCompiledModels()
+                if let url = bundle?.resources { await openBundle(url) }
+            } catch {
+                errorMessage = ReadableError.sentence(error)
+            }
+        }
+    }
+
+    // MARK: inputs
+
+    /// Decodes a picked photo off the main actor, straight to at most twice the bundle's side.
+    func loadPhoto(_ data: Data) {
+        let side = 2 * max(bundle?.imageSize.width ?? 1024, bundle?.imageSize.height ?? 1024)
+        Task {
+            do {
+                let decoded = try await Task.detached(priority: .userInitiated) {
+                    try ImageFiles.load(data: data, maxPixelSize: side)
+                }.value
+                photo = decoded
+            } catch {
+                errorMessage = ReadableError.sentence(error)
+            }
+        }
+    }
+
+    // MARK: a run
+
+    func generate(canvas: CGImage?) {
         guard !isRunning else { return }
-        guard bundleURL != nil else {
-            errorMessage = "Choose a bundle first: the Resources folder of `pocketsd convert`, compiled on a Mac."
+        guard bundle != nil else {
+            errorMessage = "Choose a bundle first: the folder `pocketsd convert` wrote (or its Resources folder)."
             return
         }
         var request = GenerationRequest(prompt: prompt)
         request.domain = domainName.isEmpty ? nil : domainName
+        request.negativePrompt = negativePrompt.isEmpty ? nil : negativePrompt
+        request.steps = steps
+        request.guidance = guidance
+        request.scheduler = scheduler.rawValue
+        request.unetFunction = style.isEmpty ? nil : style
         if randomSeed { seed = UInt32.random(in: 0...UInt32.max) }
         request.seed = seed
         request.computeUnits = computeUnits
-        let photo = inputMode == .photo ? self.photo : nil
-        let sketch = inputMode == .sketch ? sketch : nil
-        if inputMode == .photo && photo == nil {
-            errorMessage = "Pick a photo first, or switch the input to Text."
-            return
+        request.lowMemory = lowMemory
+        var photo: CGImage?, sketch: CGImage?, mask: CGImage?
+        switch inputMode {
+        case .text:
+            break
+        case .photo, .repaint:
+            guard let picked = self.photo else {
+                errorMessage = "Pick a photo first, or switch the input to Text."
+                return
+            }
+            photo = picked
+            request.imagePath = "photo"   // the worker decodes nothing from paths; this marks the kind of start
+            if inputMode == .repaint {
+                guard let canvas else {
+                    errorMessage = "Paint over the part of the photo to repaint first."
+                    return
+                }
+                mask = canvas
+                request.maskPath = "painted mask"
+            }
+        case .sketch:
+            guard let canvas else {
+                errorMessage = "Draw a sketch first, or switch the input to Text."
+                return
+            }
+            sketch = canvas
+            request.sketchPath = "sketch"
         }
-        if photo != nil || sketch != nil {
-            // The worker decodes nothing from paths: mark the kind of start so `resolve` checks strength.
-            request.imagePath = photo != nil ? "photo" : nil
-            request.sketchPath = sketch != nil ? "sketch" : nil
+        if !controlNet.isEmpty, inputMode == .sketch || inputMode == .photo {
+            request.controlNet = controlNet
+        } else if inputMode != .text {
             request.strength = strength
         }
 
         isRunning = true
         step = 0
         stepCount = 0
+        runStarted = Date()
+        board = LoadingBoard(models: bundle?.uncompiled ?? [])
         status = "starting…"
         cancelFlag = CancelFlag()
         let flag = cancelFlag
         let catalog = self.catalog
-        let reduceMemory = self.reduceMemory
-        Task {
+        lifecycle.runStarted()
+        let progress: @Sendable (GenerationWorker.Progress) -> Void = { [weak self] event in
+            Task { @MainActor in self?.apply(event) }
+        }
+        runTask = Task {
             do {
-                let result = try await worker.generate(
-                    request, catalog: catalog, photo: photo, sketch: sketch, reduceMemory: reduceMemory, cancel: flag,
-                    onStatus: { line in Task { @MainActor in self.status = line } },
-                    onStep: { update in Task { @MainActor in
-                        self.step = update.step
-                        self.stepCount = update.stepCount
-                        self.status = "step \(update.step)/\(update.stepCount)"
-                    } })
-                image = result.image
+                if let facts = bundle, facts.pendingDownloads > 0 || !facts.uncompiled.isEmpty {
+                    bundle = try await worker.deliver(onProgress: progress)
+                }
+                try Task.checkCancellation()
+                let result = try await worker.generate(request, catalog: catalog, photo: photo, sketch: sketch, mask: mask,
+                                                       cancel: flag, onProgress: progress)
+                image = try? ImageFiles.cgImage(result.pixels)
                 report = result.report
-                status = "done"
+                files = result.files
+                status = "saved \(result.files.png.lastPathComponent) and its report in Documents"
             } catch is CancellationError {
-                status = "cancelled"
+                status = "stopped"
             } catch {
-                errorMessage = String(describing: error)
+                errorMessage = ReadableError.sentence(error)
                 status = ""
             }
             isRunning = false
+            runStarted = nil
+            lifecycle.runEnded()
         }
     }
 
+    private func apply(_ event: GenerationWorker.Progress) {
+        let now = RunTimer.monotonicSeconds()
+        switch event {
+        case .status(let line):
+            status = line
+        case .model(let event):
+            board.apply(event, at: now)
+        case .compile(let event):
+            switch event {
+            case .started(let name): board.set(name, .compiling(since: now))
+            case .finished(let name, let seconds): board.set(name, .compiled(seconds: seconds))
+            case .cached(let name): board.set(name, .compiled(seconds: 0))
+            }
+        case .step(let progress):
+            step = progress.step
+            stepCount = progress.stepCount
+            status = "step \(progress.step)/\(progress.stepCount), \(TextSummaries.seconds(progress.seconds)) a step"
+        }
+    }
+
+    /// Stops the run at the next step, or after the model being loaded (a single load cannot be interrupted).
     func cancel() {
         cancelFlag.cancel()
+        runTask?.cancel()
+        status = board.isBusy ? "stopping after the model being loaded…" : "stopping…"
+    }
+
+    // MARK: the system
+
+    /// The app goes to the background: a run is stopped cleanly (with a little background time to do so), and the
+    /// models are dropped, since iOS ends background apps that hold gigabytes first.
+    func didEnterBackground() {
+        if isRunning {
+            lifecycle.requestBackgroundTime { [weak self] in self?.cancelFlag.cancel() }
+            cancel()
+        } else {
+            Task { await worker.unload() }
+        }
     }
 
     func didReceiveMemoryWarning() {

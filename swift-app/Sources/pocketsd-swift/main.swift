@@ -17,16 +17,19 @@ func runGenerate(_ options: GenerateOptions) throws {
     let catalog = try loadCatalog(options.domainsFile)
     #if canImport(CoreML) && canImport(StableDiffusion)
     if #available(macOS 14.0, iOS 17.0, *) {
-        let outcome = try CommandLineGeneration.run(options, catalog: catalog) { line in printError(line) }
-        print(TextSummaries.describeRun(outcome.report))
-        print("wrote \(outcome.imagePath) and \(outcome.reportPath)")
+        let outcomes = try CommandLineGeneration.run(options, catalog: catalog) { line in printError(line) }
+        for outcome in outcomes {
+            print(TextSummaries.describeRun(outcome.report))
+            print("wrote \(outcome.imagePath) and \(outcome.reportPath)")
+        }
         return
     }
     throw PocketSDError.platformUnsupported("Apple's SDXL pipeline needs macOS 14 or later")
     #else
     // Check everything that can be checked here, so bad input says so before the platform does.
-    let (resources, _) = try BundleLayout.inspect(URL(fileURLWithPath: options.resources))
+    let (resources, _) = try BundleLayout.inspect(URL(fileURLWithPath: options.resources))  // the layout's own checks
     let manifest = try BundleManifest.load(resources: resources)
+    try manifest.checkRunnable()
     _ = try options.request.resolve(catalog: catalog, manifest: manifest)
     throw PocketSDError.platformUnsupported(
         "Core ML needs macOS or iOS; on this machine run the same model with `pocketsd generate PROMPT --backend torch`")
@@ -59,7 +62,7 @@ func main() -> Int32 {
         printError(error.description)
         return error.exitCode
     } catch {
-        printError("error: \(error)")
+        printError(ReadableError.sentence(error))
         return 1
     }
 }

@@ -15,7 +15,7 @@ final class CommandLineOptionsTests: XCTestCase {
             "--negative", "blurry", "--scheduler", "euler", "--domain", "logo", "--compute-units", "cpu_and_ne",
             "--size", "128x128", "--image", "in.png", "--strength", "0.6", "--low-memory", "--out", "x/y.png",
             "--function", "poster", "--domains", "d.json", "--backend", "coreml", "--mask", "m.png",
-            "--controlnet", "Edges", "--control-image", "c.png", "--control-scale", "0.7",
+            "--controlnet", "Edges", "--control-scale", "0.7",
         ])
         XCTAssertEqual(o.request.prompt, "a red circle")
         XCTAssertEqual(o.resources, "B/Resources")
@@ -36,7 +36,6 @@ final class CommandLineOptionsTests: XCTestCase {
         XCTAssertEqual(o.reportPath(seed: 1), "x/y.json")
         XCTAssertEqual(o.request.maskPath, "m.png")
         XCTAssertEqual(o.request.controlNet, "Edges")
-        XCTAssertEqual(o.request.controlImagePath, "c.png")
         XCTAssertEqual(o.request.controlScale, 0.7)
         XCTAssertEqual(o.count, 1)
     }

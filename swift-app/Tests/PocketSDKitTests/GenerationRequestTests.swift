@@ -81,6 +81,7 @@ final class GenerationRequestTests: XCTestCase {
         let resolved = try control.resolve(catalog: nil, manifest: manifest)
         XCTAssertEqual(resolved.controlNet, "Edges")
         XCTAssertEqual(resolved.controlScale, 0.5)
+        XCTAssertNil(resolved.strength, "with a ControlNet the sketch steers it; the run starts from noise")
         control.controlNet = "Depth"
         XCTAssertThrowsError(try control.resolve(catalog: nil, manifest: manifest)) { error in
             XCTAssertTrue(String(describing: error).contains("it has: Edges"), "\(error)")
@@ -116,8 +117,9 @@ final class GenerationRequestTests: XCTestCase {
         refuses({ $0.scheduler = "pndm" }, "euler, dpmpp2m, ddim")
         refuses({ $0.maskPath = "m.png" }, "--mask needs --image")
         refuses({ $0.controlNet = "Edges" }, "needs a control image")
-        refuses({ $0.controlImagePath = "c.png" }, "needs --controlnet")
         refuses({ $0.controlNet = "Edges"; $0.sketchPath = "s"; $0.controlScale = 3 }, "--control-scale")
+        refuses({ $0.controlNet = "Edges"; $0.sketchPath = "s"; $0.strength = 0.5 }, "does not apply with --controlnet")
+        refuses({ $0.controlNet = "Edges"; $0.imagePath = "a"; $0.maskPath = "m" }, "one or the other")
     }
 
     func testManifestChecksSizeAndPicksTheLoraFunction() throws {

@@ -70,8 +70,8 @@ public enum CommandLineOptions {
       --mask FILE              with --image: repaint where the mask is white (inpainting)
       --sketch FILE            start from a line drawing (cleaned, filled, then image → image)
       --strength F             share of the schedule re-run from the image, in (0, 1] (0.8 / sketch 0.75 / mask 1.0)
-      --controlnet NAME        a ControlNet shipped in the bundle (Resources/controlnet/NAME), steered by the sketch
-      --control-image FILE     the ControlNet's conditioning image instead of the sketch's strokes
+      --controlnet NAME        a ControlNet shipped in the bundle (Resources/controlnet/NAME), steered by --sketch's
+                               strokes or by --image; the run then starts from noise (as `pocketsd generate`)
       --control-scale F        the ControlNet's weight, 0…2 (default 1)
       --count N                N images with seeds S, S+1, … (the models load once)
       --low-memory             load each model for its stage only, text encoders one at a time (default on iOS)
@@ -152,7 +152,6 @@ public enum CommandLineOptions {
             case "--strength": request.strength = try parser.double(for: arg)
             case "--mask": request.maskPath = try parser.value(for: arg)
             case "--controlnet": request.controlNet = try parser.value(for: arg)
-            case "--control-image": request.controlImagePath = try parser.value(for: arg)
             case "--control-scale": request.controlScale = try parser.double(for: arg)
             case "--count":
                 count = try parser.int(for: arg)

@@ -56,9 +56,9 @@ public struct GenerationRequest: Equatable, Sendable {
     public var sketchPath: String?
     /// With `imagePath`: white = repaint (inpainting).
     public var maskPath: String?
-    /// A ControlNet shipped in the bundle (`controlnet/<Name>`), conditioned on `controlImagePath` or the sketch.
+    /// A ControlNet shipped in the bundle (`controlnet/<Name>`). As on the Python side, the image or the sketch then
+    /// becomes its conditioning image (a sketch's strokes, white on black) and the run starts from noise.
     public var controlNet: String?
-    public var controlImagePath: String?
     public var controlScale: Double?
     public var strength: Double?
     public var lowMemory: Bool = PlatformDefaults.lowMemory
@@ -73,7 +73,7 @@ public struct GenerationRequest: Equatable, Sendable {
             && a.computeUnits == b.computeUnits && a.size?.width == b.size?.width && a.size?.height == b.size?.height
             && a.imagePath == b.imagePath && a.sketchPath == b.sketchPath && a.strength == b.strength
             && a.lowMemory == b.lowMemory && a.maskPath == b.maskPath && a.controlNet == b.controlNet
-            && a.controlImagePath == b.controlImagePath && a.controlScale == b.controlScale
+            && a.controlScale == b.controlScale
     }
 }
 
@@ -97,7 +97,6 @@ public struct ResolvedRequest: Equatable, Sendable {
     public var sketchPath: String?
     public var maskPath: String?
     public var controlNet: String?
-    public var controlImagePath: String?
     public var controlScale: Double
     public var lowMemory: Bool
     /// Lines to show the user (a LoRA that is not in the bundle, …).
@@ -139,17 +138,21 @@ extension GenerationRequest {
         if maskPath != nil && imagePath == nil {
             throw PocketSDError.badInput("--mask needs --image: the mask says which part of that image to repaint")
         }
-        if controlNet != nil && controlImagePath == nil && sketchPath == nil {
-            throw PocketSDError.badInput("--controlnet needs a control image: --sketch FILE or --control-image FILE")
+        if controlNet != nil && imagePath == nil && sketchPath == nil {
+            throw PocketSDError.badInput("--controlnet needs a control image: --sketch FILE (its strokes) or --image FILE")
         }
-        if controlImagePath != nil && controlNet == nil {
-            throw PocketSDError.badInput("--control-image needs --controlnet NAME (a ControlNet shipped in the bundle)")
+        if controlNet != nil && maskPath != nil {
+            throw PocketSDError.badInput("--mask repaints --image, --controlnet is steered by it: use one or the other")
         }
         if let scale = controlScale, !(0...2).contains(scale) {
             throw PocketSDError.badInput("--control-scale must be between 0 and 2, got \(scale)")
         }
         var strength: Double?
-        if imagePath != nil || sketchPath != nil {
+        if controlNet != nil {
+            if self.strength != nil {
+                throw PocketSDError.badInput("--strength does not apply with --controlnet (the image steers the ControlNet, the run starts from noise)")
+            }
+        } else if imagePath != nil || sketchPath != nil {
             strength = self.strength ?? (maskPath != nil ? ResolvedRequest.defaultMaskStrength
                 : sketchPath != nil ? ResolvedRequest.defaultSketchStrength : ResolvedRequest.defaultImageStrength)
         } else if self.strength != nil {
@@ -203,7 +206,6 @@ extension GenerationRequest {
             sketchPath: sketchPath,
             maskPath: maskPath,
             controlNet: controlNet,
-            controlImagePath: controlImagePath,
             controlScale: controlScale ?? 1,
             lowMemory: lowMemory,
             notes: notes)

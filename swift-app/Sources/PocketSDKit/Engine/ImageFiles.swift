@@ -20,12 +20,14 @@ public enum ImageFiles {
         return try decode(CGImageSourceCreateWithURL(url as CFURL, nil), name: url.lastPathComponent)
     }
 
-    /// Decodes image bytes (what PhotosPicker hands over), with the same checks as `load`.
-    public static func load(data: Data, name: String = "the picked image") throws -> CGImage {
-        try decode(CGImageSourceCreateWithData(data as CFData, nil), name: name)
+    /// Decodes image bytes (what PhotosPicker hands over), with the same checks as `load`. With `maxPixelSize` the
+    /// image is decoded straight to at most that many pixels a side (a 48-megapixel photo never exists at full size
+    /// in memory); the app passes twice the bundle's side, which keeps enough for the center crop.
+    public static func load(data: Data, name: String = "the picked image", maxPixelSize: Int? = nil) throws -> CGImage {
+        try decode(CGImageSourceCreateWithData(data as CFData, nil), name: name, maxPixelSize: maxPixelSize)
     }
 
-    static func decode(_ source: CGImageSource?, name: String) throws -> CGImage {
+    static func decode(_ source: CGImageSource?, name: String, maxPixelSize: Int? = nil) throws -> CGImage {
         guard let source, CGImageSourceGetCount(source) > 0 else {
             throw PocketSDError.badInput("\(name) is not an image this system can read (PNG, JPEG, HEIC, …)")
         }
@@ -43,7 +45,7 @@ public enum ImageFiles {
         let options: [CFString: Any] = [
             kCGImageSourceCreateThumbnailFromImageAlways: true,
             kCGImageSourceCreateThumbnailWithTransform: true,
-            kCGImageSourceThumbnailMaxPixelSize: max(width, height, minSide),
+            kCGImageSourceThumbnailMaxPixelSize: min(max(width, height, minSide), max(maxPixelSize ?? Int.max, minSide)),
             kCGImageSourceShouldCacheImmediately: true,
         ]
         let oriented = width > 0 ? CGImageSourceCreateThumbnailAtIndex(source, 0, options as CFDictionary) : nil
@@ -56,23 +58,37 @@ public enum ImageFiles {
         return image
     }
 
-    /// The image → image start at the bundle's size: a photo is center-cropped and scaled; a sketch is cleaned
-    /// (`SketchCleaner`) and filled with the prompt's colors. Notes for the user are appended to `notes`.
-    public static func startingImage(photo: CGImage?, sketch: CGImage?, prompt: String, size: (height: Int, width: Int),
-                                     notes: inout [String]) throws -> CGImage? {
+    /// What a run starts from, at the bundle's size, as the Python side prepares it (pipeline/session.py):
+    /// a photo is center-cropped and scaled; a sketch is cleaned (`SketchCleaner`) and filled with the prompt's
+    /// colors. With a ControlNet the photo (x / 255) or the sketch's strokes (white on black) become its
+    /// conditioning image instead, and the run starts from noise. Notes for the user are appended to `notes`.
+    public struct RunInputs {
+        public var start: RGBImage?
+        public var mask: GrayImage?
+        public var control: Tensor?
+    }
+
+    public static func runInputs(photo: CGImage?, sketch: CGImage?, mask: CGImage?, controlNet: Bool, prompt: String,
+                                 size: (height: Int, width: Int), notes: inout [String]) throws -> RunInputs {
+        var inputs = RunInputs()
         if let photo {
             let (fitted, note) = try fit(photo, width: size.width, height: size.height)
             if let note { notes.append(note) }
-            return fitted
-        }
-        if let sketch {
+            let pixels = try rgb(fitted)
+            if controlNet { inputs.control = ImageTensors.controlTensor(pixels) } else { inputs.start = pixels }
+        } else if let sketch {
             let (gray, note) = try sketchGray(sketch, width: size.width, height: size.height)
             if let note { notes.append(note) }
             let cleaned = try SketchCleaner.clean(gray, prompt: prompt)
             notes += cleaned.notes
-            return try cgImage(cleaned.start)
+            if controlNet {
+                inputs.control = ImageTensors.controlTensor(lines: cleaned.lines, width: size.width, height: size.height)
+            } else {
+                inputs.start = cleaned.start
+            }
         }
-        return nil
+        if let mask { inputs.mask = try Self.mask(mask, width: size.width, height: size.height) }
+        return inputs
     }
 
     /// Center-crops `image` to the aspect of width×height and scales it there, in 8-bit sRGB on white.
@@ -164,6 +180,39 @@ public enum ImageFiles {
             throw PocketSDError.badInput("cannot build an image from the cleaned sketch")
         }
         return image
+    }
+
+    /// The pixels of `image` as 8-bit RGB (alpha composited on white), for the loop's tensors.
+    public static func rgb(_ image: CGImage) throws -> RGBImage {
+        let w = image.width, h = image.height
+        var rgba = [UInt8](repeating: 255, count: w * h * 4)
+        let drawn = rgba.withUnsafeMutableBytes { buffer -> Bool in
+            let space = CGColorSpace(name: CGColorSpace.sRGB) ?? CGColorSpaceCreateDeviceRGB()
+            guard let context = CGContext(data: buffer.baseAddress, width: w, height: h, bitsPerComponent: 8, bytesPerRow: w * 4,
+                                          space: space, bitmapInfo: CGImageAlphaInfo.noneSkipLast.rawValue) else { return false }
+            context.setFillColor(CGColor(red: 1, green: 1, blue: 1, alpha: 1))
+            context.fill(CGRect(x: 0, y: 0, width: w, height: h))
+            context.draw(image, in: CGRect(x: 0, y: 0, width: w, height: h))
+            return true
+        }
+        guard drawn else { throw PocketSDError.badInput("the image could not be read as 8-bit RGB") }
+        var rgb = [UInt8](repeating: 0, count: w * h * 3)
+        for i in 0..<(w * h) {
+            rgb[3 * i] = rgba[4 * i]; rgb[3 * i + 1] = rgba[4 * i + 1]; rgb[3 * i + 2] = rgba[4 * i + 2]
+        }
+        return RGBImage(width: w, height: h, pixels: rgb)
+    }
+
+    /// An inpainting mask fitted exactly as the image it belongs to (same center crop), as 8-bit gray at the
+    /// bundle's size; white = repaint.
+    public static func mask(_ image: CGImage, width: Int, height: Int) throws -> GrayImage {
+        let (fitted, _) = try fit(image, width: width, height: height)
+        return try gray(fitted, width: width, height: height, fill: 0, fitInside: false)
+    }
+
+    /// PNG bytes of 8-bit RGB pixels with the report's text chunks.
+    public static func pngData(_ rgb: RGBImage, text: [(key: String, value: String)]) throws -> Data {
+        try pngData(cgImage(rgb), text: text)
     }
 
     /// PNG bytes of `image` with the report's text chunks (see `PNGText`).

@@ -1,0 +1,34 @@
+// What Apple's Foundation has and swift-corelibs-foundation lacks, declared for type-checking the app on Linux
+// (scripts/typecheck-engine.sh compiles this file into the app's target only). Signatures as in the iOS 18 SDK.
+import Foundation
+
+extension URL {
+    public struct BookmarkCreationOptions: OptionSet, Sendable {
+        public let rawValue: UInt
+        public init(rawValue: UInt) { self.rawValue = rawValue }
+        public static let withSecurityScope = BookmarkCreationOptions(rawValue: 1 << 11)
+    }
+
+    public struct BookmarkResolutionOptions: OptionSet, Sendable {
+        public let rawValue: UInt
+        public init(rawValue: UInt) { self.rawValue = rawValue }
+        public static let withSecurityScope = BookmarkResolutionOptions(rawValue: 1 << 10)
+    }
+
+    public func bookmarkData(options: BookmarkCreationOptions = [], includingResourceValuesForKeys keys: Set<URLResourceKey>? = nil,
+                             relativeTo url: URL? = nil) throws -> Data { Data() }
+
+    public init(resolvingBookmarkData data: Data, options: BookmarkResolutionOptions = [], relativeTo url: URL? = nil,
+                bookmarkDataIsStale: inout Bool) throws {
+        self.init(fileURLWithPath: "/")
+    }
+}
+
+extension FileManager {
+    public func startDownloadingUbiquitousItem(at url: URL) throws {}
+}
+
+extension URL {
+    public func startAccessingSecurityScopedResource() -> Bool { true }
+    public func stopAccessingSecurityScopedResource() {}
+}
