@@ -16,6 +16,11 @@ subsampling and per-prompt seeds.
 | a `.json` file in PocketSD's own format | `{"format": "pocketsd-prompts", "prompts": [{"id", "prompt", "category"}]}` | as written | as written |
 | a plain text file (`.txt` or anything else) | one prompt a line; blank lines and lines starting with `#` skipped | `line-<n>` (line number in the file) | no |
 
+Where the field's files come from (run once, online; nothing here downloads):
+`hf download playgroundai/MJHQ-30K meta_data.json --repo-type dataset`,
+`hf download mit-han-lab/svdquant-datasets sDCI.yaml --repo-type dataset`, COCO's `captions_val2014.json` from
+`annotations_trainval2014.zip` on cocodataset.org, `PartiPrompts.tsv` from github.com/google-research/parti.
+
 Subsampling follows DeepCompressor's `max_dataset_size`: the prompts in file order are shuffled by
 `random.Random(seed)` and the first `count` kept, then put back in file order. For MJHQ and sDCI with seed 0 this
 is the same subset DeepCompressor and SVDQuant evaluate.
@@ -185,6 +190,8 @@ def _read_file(path: Path, coco_all_captions: bool = False) -> PromptSet:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise BadInput(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise BadInput(f"{path}: cannot be read ({exc.strerror or type(exc).__name__})") from None
     suffix = path.suffix.lower()
     if suffix == ".json":
         prompts, fmt = _read_json(path, text, coco_all_captions)
