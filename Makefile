@@ -51,3 +51,11 @@ bench: setup
 
 clean:
 	rm -rf $(OUT)
+
+# Swift package (swift-app/): on Linux, builds it and runs its tests in a Debian trixie chroot with Debian's
+# swiftlang (made on first use, needs root), then type-checks the Apple-only engine and app code against the
+# stand-ins of swift-app/scripts/stand-ins/; on a Mac, `swift test`. See swift-app/README.md, "Tests".
+.PHONY: test-swift
+test-swift:
+	@if [ "$$(uname)" = Darwin ]; then cd swift-app && swift test; \
+	else swift-app/scripts/linux-swift.sh test && swift-app/scripts/typecheck-engine.sh; fi

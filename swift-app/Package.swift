@@ -5,9 +5,10 @@
 import PackageDescription
 
 // Apple's StableDiffusion package (and Core ML under it) exists only on Apple platforms. On Linux the
-// package builds without it: PocketSDKit then holds only its platform-independent core (manifest, presets,
-// options, report, timing, sketch cleaning), which is what `swift test` checks there. The manifest is
-// compiled for the machine that builds, so `#if os(Linux)` here is a property of the build host.
+// package builds without it: PocketSDKit then holds only its platform-independent core (the diffusion loop,
+// schedulers, random numbers, manifest and memory plan, request, report, sketch cleaning), which is what
+// `swift test` checks there. The manifest is compiled for the machine that builds, so `#if os(Linux)` here is a
+// property of the build host. From Apple's package the engine uses `ManagedMLModel` and `BPETokenizer`.
 #if os(Linux)
 let engineDependencies: [Package.Dependency] = []
 let engineProducts: [Target.Dependency] = []
@@ -23,8 +24,8 @@ let engineProducts: [Target.Dependency] = [
 let package = Package(
     name: "PocketSDKit",
     platforms: [
-        // StableDiffusionXLPipeline needs iOS 17 / macOS 14; multifunction UNets (LoRA styles) need 18 / 15
-        // and are checked at run time.
+        // The engine needs iOS 17 / macOS 14; multifunction UNets (LoRA styles) need 18 / 15 and compute plans
+        // 17.4 / 14.4, both checked at run time.
         .macOS(.v14),
         .iOS(.v17),
     ],
@@ -49,7 +50,9 @@ let package = Package(
         ),
         .testTarget(
             name: "PocketSDKitTests",
-            dependencies: ["PocketSDKit"]
+            dependencies: ["PocketSDKit"],
+            // Numbers from the Python side (scripts/make_fixtures.py), read by path: not bundle resources.
+            exclude: ["Fixtures"]
         ),
     ]
 )

@@ -9,6 +9,7 @@
 set -euo pipefail
 ROOT=${POCKETSD_SWIFT_CHROOT:-/opt/pocketsd-swift-trixie}
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
+[ "$(id -u)" = 0 ] || { echo "$0 needs root (chroot and a bind mount): run it with sudo" >&2; exit 2; }
 [ -L "$ROOT/usr/bin/swift" ] || [ -e "$ROOT/usr/bin/swift" ] || { echo "run scripts/linux-swift.sh first" >&2; exit 2; }
 mountpoint -q "$ROOT/proc" || mount -t proc proc "$ROOT/proc"
 mkdir -p "$ROOT/repo"
