@@ -215,3 +215,34 @@ final class ModelDeliveryTests: XCTestCase {
         XCTAssertEqual(pending, ["/Unet.mlpackage/Data/com.apple.CoreML/weights/weight.bin", "/merges.txt"])
     }
 }
+
+/// The format 1 bundle the repository keeps as a fixture (tests/fixtures/bundle_v1, written by pocketsd 0.1.0):
+/// what users already have on disk must still be read.
+final class FormatOneFixtureTests: XCTestCase {
+    let root = DomainPresetsTests.repoRoot.appendingPathComponent("tests/fixtures/bundle_v1")
+
+    func testTheRepositorysFormatOneBundleIsRead() throws {
+        guard FileManager.default.fileExists(atPath: root.appendingPathComponent("pocketsd.json").path) else {
+            throw XCTSkip("tests/fixtures/bundle_v1 is not in this checkout")
+        }
+        let resources = root.appendingPathComponent("Resources")
+        let m = try BundleManifest.load(resources: resources)
+        XCTAssertEqual(m.formatVersion, 1)
+        XCTAssertEqual(m.family, "sdxl")
+        XCTAssertEqual(m.imageSize.width, 128)
+        XCTAssertEqual(m.latentSize.height, 16)
+        XCTAssertEqual(m.unetBatch, 2)
+        XCTAssertEqual(m.memoryPlan.source, .diskSizes, "format 1 has no plan: package sizes on disk stand in")
+        XCTAssertEqual(m.memoryPlan.stages.map(\.name), ["denoise"])
+        let geometry = LoopGeometry(manifest: m, unetComponents: ["Unet"])
+        XCTAssertEqual(geometry.latentShape, [1, 4, 16, 16])
+        XCTAssertTrue(geometry.hiddenStatesChannelsFirst)
+        XCTAssertEqual(m.component("Unet")?.input("text_embeds")?.shape, [2, 64])
+        let cache = CompiledModelCache(root: URL(fileURLWithPath: "/c"))
+        XCTAssertEqual(cache.compiledURL(component: "Unet", package: resources.appendingPathComponent("Unet.mlpackage"), manifest: m).lastPathComponent,
+                       "Unet-1205bc9d5f42db76.mlmodelc", "the manifest's sha256 names the compiled model")
+        // Only the UNet was converted (`--only Unet`): the app says what is missing.
+        let text = try TextSummaries.describeBundle(at: root)
+        XCTAssertTrue(text.contains("ready to run: no — the bundle has no TextEncoder"), text)
+    }
+}

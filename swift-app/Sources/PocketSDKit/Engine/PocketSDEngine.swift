@@ -52,6 +52,7 @@ public final class PocketSDEngine {
     private var compiled: [String: URL] = [:]
     private var loop: DiffusionLoop?
     private var loaded: LoadSettings?
+    private var lastSettings: LoadSettings?
     private var computePlans: [String: ComputePlanSummary]?
     private var computePlanNote: String?
     private var computePlanSettings: LoadSettings?
@@ -126,6 +127,11 @@ public final class PocketSDEngine {
     public func prepare(_ settings: LoadSettings, timer: RunTimer? = nil, shouldContinue: () -> Bool = { true }) throws -> Double {
         if let loaded, loaded == settings, loop != nil { return 0 }
         if let function = settings.unetFunction { try manifest.checkFunction(function) }
+        if let previous = loaded ?? lastSettings, previous.computeUnits != settings.computeUnits || previous.unetFunction != settings.unetFunction {
+            // The OS compiles a model for each set of compute units (and each function): the next load is a first one.
+            for name in residency.firstLoadSeconds.keys { residency.forgetFirstLoad(name) }
+        }
+        lastSettings = settings
         loop?.unloadAll()
         loop = nil
         loaded = nil
