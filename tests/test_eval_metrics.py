@@ -253,7 +253,8 @@ def test_clip_missing_weights_skip_in_one_line(no_weights, tmp_path):
     with pytest.raises(WeightsMissing) as err:
         ClipScorer.load()
     message = str(err.value)
-    assert message.startswith("skipped clip_score: CLIP weights not found openai/clip-vit-large-patch14")
+    assert message.startswith("skipped clip_score: CLIP weights not found for openai/clip-vit-large-patch14 in the "
+                              "Hugging Face cache")
     assert "hf download openai/clip-vit-large-patch14" in message and "\n" not in message
     with pytest.raises(WeightsMissing, match="CLIP model folder not found"):
         ClipScorer.load(tmp_path / "nope")
@@ -443,8 +444,13 @@ def test_image_reward_missing_weights_skip_in_one_line(no_weights, tiny_imagerew
     assert result.skipped.startswith("skipped image_reward: ImageReward.pt not found at ")
     assert "hf download THUDM/ImageReward ImageReward.pt med_config.json" in result.skipped
     folder, _ = tiny_imagereward
-    with pytest.raises(WeightsMissing, match="BERT tokenizer not found at bert-base-uncased.*hf download"):
+    with pytest.raises(WeightsMissing, match="BERT tokenizer not found for bert-base-uncased in the Hugging Face "
+                                             "cache; download with `hf download bert-base-uncased"):
         ImageRewardScorer.load(folder)
+    (no_weights / "med_config.json").write_text("{}")
+    torch.save({"blip.text_encoder.x": torch.zeros(1)}, no_weights / "ImageReward.pt")
+    with pytest.raises(WeightsMissing, match="is not an ImageReward checkpoint"):
+        ImageRewardScorer.load(no_weights / "ImageReward.pt")
 
 
 # --- statistics ----------------------------------------------------------------------------------------------

@@ -68,10 +68,14 @@ class ClipScorer:
             clip = CLIPModel.from_pretrained(ref, local_files_only=True, use_safetensors=True)
             processor = CLIPProcessor.from_pretrained(ref, local_files_only=True)
         except (OSError, ValueError) as exc:
-            where = f"in {ref}" if is_folder else f"{ref} in the Hugging Face cache"
-            first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
-            raise WeightsMissing(cls.name, f"CLIP weights not found {where} ({first}); download with "
-                                           f"`{download}`") from None
+            if is_folder:
+                first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+                where = f"in {ref} ({first})"
+            else:  # transformers' own message talks of connecting; nothing here ever connects
+                from huggingface_hub.constants import HF_HUB_CACHE
+
+                where = f"for {ref} in the Hugging Face cache {HF_HUB_CACHE}"
+            raise WeightsMissing(cls.name, f"CLIP weights not found {where}; download with `{download}`") from None
         return cls(clip, processor, real_weights, ref, device)
 
     def scores(self, images, texts: list[str]) -> list[float]:

@@ -180,11 +180,15 @@ def load_tokenizer(given: str | Path | None = None):
     from transformers import AutoTokenizer
 
     ref = str(given or os.environ.get(ENV_IMAGEREWARD_TOKENIZER) or BERT_DEFAULT)
+    folder = Path(ref).expanduser()
+    if not folder.is_dir() and (folder.is_absolute() or ref.startswith((".", "~"))):
+        raise WeightsMissing("image_reward", f"BERT tokenizer folder not found at {folder}; download with "
+                                             f"`{bert_download()}` (or set {ENV_IMAGEREWARD_TOKENIZER})")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(ref, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
-        raise WeightsMissing("image_reward", f"BERT tokenizer not found at {ref} ({first}); download with "
+        tokenizer = AutoTokenizer.from_pretrained(str(folder) if folder.is_dir() else ref, local_files_only=True)
+    except (OSError, ValueError):
+        where = f"in {folder}" if folder.is_dir() else f"for {ref} in the Hugging Face cache"
+        raise WeightsMissing("image_reward", f"BERT tokenizer not found {where}; download with "
                                              f"`{bert_download()}` (or set {ENV_IMAGEREWARD_TOKENIZER})") from None
     tokenizer.add_special_tokens({"bos_token": "[DEC]"})
     tokenizer.add_tokens(["[ENC]"], special_tokens=True)
@@ -220,10 +224,16 @@ class ImageRewardScorer:
             raise WeightsMissing(cls.name, f"{med_path} is not valid JSON ({exc}); re-download with "
                                            f"`{download}`") from None
         state = load_state_dict(cls.name, pt, download)
-        tok = load_tokenizer(tokenizer)
         if "blip.visual_encoder.cls_token" not in state:
             raise WeightsMissing(cls.name, f"{pt} is not an ImageReward checkpoint (no blip.visual_encoder "
                                            f"weights); download with `{download}`")
+        needed = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                  "max_position_embeddings")
+        lacking = [k for k in needed if not isinstance(med_config.get(k), int)]
+        if lacking:
+            raise WeightsMissing(cls.name, f"{med_path} lacks {', '.join(lacking)} (BLIP's med_config.json); "
+                                           f"re-download with `{download}`")
+        tok = load_tokenizer(tokenizer)
         vision_config, text_config = configs_from_checkpoint(state, med_config)
         model = ImageRewardModel(vision_config, text_config)
         own = model.state_dict()
