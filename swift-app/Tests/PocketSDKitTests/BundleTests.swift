@@ -86,7 +86,7 @@ final class BundleLayoutTests: XCTestCase {
         XCTAssertFalse(manifest.assumptions.isEmpty)
         let description = try TextSummaries.describeBundle(at: root)
         XCTAssertTrue(description.contains("ready to run: yes (single UNet"), description)
-        XCTAssertTrue(description.contains("memory plan (weights resident per stage, from package sizes on disk)"), description)
+        XCTAssertTrue(description.contains("memory plan (model weights resident, from package sizes on disk)"), description)
         XCTAssertTrue(description.contains("no pocketsd.json"), description)
     }
 }

@@ -140,26 +140,36 @@ public struct MemoryPlan: Equatable, Sendable {
         weightBytes.filter { !$0.key.hasPrefix("controlnet/") }.max { $0.value < $1.value }.map { ($0.key, $0.value) }
     }
 
-    /// Lines for `pocketsd-swift info` and the app: the resident weights per stage under both schedules, for a
-    /// text → image run (the figures `pocketsd info --memory` prints), plus what an image input adds.
-    public func describe(imageInput: Bool = false) -> [String] {
+    /// Lines for `pocketsd-swift info` and the app: the weights resident at each stage under both schedules, and
+    /// whether the manifest's own figures (`pocketsd info BUNDLE --memory`) agree. The manifest counts the VAE
+    /// encoder in (its stages include image → image), so it is compared with the image → image schedule.
+    public func describe() -> [String] {
         guard source != .none else { return ["memory plan: unknown (no manifest plan and no package sizes)"] }
-        var lines = ["memory plan (weights resident per stage, from \(source == .manifest ? "the manifest" : "package sizes on disk")):"]
-        for lowMemory in [false, true] {
-            let options = Options(lowMemory: lowMemory, imageInput: imageInput)
-            let label = lowMemory ? "low memory" : "default"
-            let rows = schedule(options).map { "\($0.stage) \(Self.megabytes($0.bytes)) [\($0.packages.joined(separator: "+"))]" }
-            lines.append("  \(label): " + rows.joined(separator: ", "))
-            if let peak = largest(options) {
-                var line = "  \(label) peak: \(Self.megabytes(peak.bytes)) " + (lowMemory ? "at \(peak.stage)" : "(everything loaded)")
-                if let declared = declaredLargest[lowMemory ? "low_memory" : "default"], declared != peak.bytes {
-                    line += " (the manifest's own plan says \(Self.megabytes(declared)))"
-                }
-                lines.append(line)
+        var lines = ["memory plan (model weights resident, from \(source == .manifest ? "the manifest" : "package sizes on disk")):"]
+        let low = Options(lowMemory: true)
+        let rows = schedule(low).map { "\($0.stage) \(Self.megabytes($0.bytes)) [\($0.packages.joined(separator: "+"))]" }
+        var lowLine = "  low memory: " + rows.joined(separator: ", ")
+        let encoder = stage("vae_encode")?.packages ?? []
+        if !encoder.isEmpty { lowLine += "; image → image adds vae_encode \(Self.megabytes(bytes(of: encoder))) [\(encoder.joined(separator: "+"))]" }
+        lines.append(lowLine)
+        if let peak = largest(low) { lines.append("  low memory peak: \(Self.megabytes(peak.bytes)) at \(peak.stage) [\(peak.packages.joined(separator: "+"))]") }
+        if let all = largest(Options(lowMemory: false)) {
+            var line = "  default (loaded before the first run, kept): \(Self.megabytes(all.bytes)) [\(all.packages.joined(separator: "+"))]"
+            if !encoder.isEmpty, let withImage = largest(Options(lowMemory: false, imageInput: true)) {
+                line += "; \(Self.megabytes(withImage.bytes)) once an image → image run added \(encoder.joined(separator: "+"))"
             }
+            lines.append(line)
         }
-        if !imageInput, let encoder = stage("vae_encode"), !encoder.packages.isEmpty {
-            lines.append("  image → image adds \(encoder.packages.joined(separator: "+")) (\(Self.megabytes(bytes(of: encoder.packages)))) as its own stage")
+        if !declaredLargest.isEmpty {
+            let ours = ["default": largest(Options(lowMemory: false, imageInput: true))?.bytes,
+                        "low_memory": largest(Options(lowMemory: true, imageInput: true))?.bytes]
+            let differing = declaredLargest.keys.sorted().filter { ours[$0] != nil && ours[$0]! != declaredLargest[$0] }
+            if differing.isEmpty {
+                lines.append("  (the same peaks as the manifest's own plan)")
+            } else {
+                lines.append("  the manifest's own plan says " + differing.map { "\($0) \(Self.megabytes(declaredLargest[$0]!))" }.joined(separator: ", ")
+                             + "; the app loads as above")
+            }
         }
         return lines
     }
