@@ -57,7 +57,7 @@ struct ContentView: View {
                 }
             }
             Button("Choose bundle folder…") { choosingBundle = true }
-            if model.bundle?.uncompiled.isEmpty == false || model.bundle != nil {
+            if model.bundle != nil {
                 Button("Remove compiled models", role: .destructive) { model.removeCompiledModels() }
                     .font(.caption)
             }

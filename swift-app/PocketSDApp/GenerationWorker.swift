@@ -88,11 +88,8 @@ final class GenerationWorker: @unchecked Sendable {
         if case .tooLarge(let message) = engine.preflight(settings, imageInput: inputs.start != nil, controlNet: resolved.controlNet) {
             throw PocketSDError.badInput(message)
         }
-        let (plans, _) = await engine.measureComputePlans(settings)
-        if plans == nil { onProgress(.status("no compute plan on this OS version (iOS 17.4 needed); continuing")) }
-
         let request = resolved
-        return try await onQueue { [self] in
+        let run = try await onQueue { [self] () -> (GenerationWorker.RunResult, Data) in
             let timer = RunTimer()
             engine.onModelEvent = { onProgress(.model($0)) }
             onProgress(.status("loading models (a model's first load compiles it for this device: minutes for SDXL)…"))
@@ -106,10 +103,15 @@ final class GenerationWorker: @unchecked Sendable {
                                                  case .model: break
                                                  }
                                              }, shouldContinue: { !cancel.isCancelled }, timer: timer)
-            try ReportFiles.write(png: output.png, report: output.report, to: files)
             _ = self
-            return RunResult(pixels: output.pixels, report: output.report, files: files)
+            return (RunResult(pixels: output.pixels, report: output.report, files: files), output.png)
         }
+        // Where each model runs (MLComputePlan), measured once per settings, after the image is there.
+        var report = run.0.report
+        onProgress(.status("reading where each model runs (Core ML's compute plan)…"))
+        await engine.attachComputePlans(to: &report, settings: settings)
+        try await onQueue { try ReportFiles.write(png: run.1, report: report, to: run.0.files) }
+        return RunResult(pixels: run.0.pixels, report: report, files: run.0.files)
     }
 
     static func stageLine(_ stage: String) -> String {

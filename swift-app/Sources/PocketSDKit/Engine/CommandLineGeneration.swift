@@ -45,7 +45,6 @@ public enum CommandLineGeneration {
         if case .tooLarge(let message) = engine.preflight(settings, imageInput: inputs.start != nil, controlNet: request.controlNet) {
             throw PocketSDError.badInput(message)
         }
-        _ = waitFor { await engine.measureComputePlans(settings) }
 
         var outcomes: [Outcome] = []
         for index in 0..<options.count {
@@ -65,9 +64,11 @@ public enum CommandLineGeneration {
                     say("step \(progress.step)/\(progress.stepCount)  \(TextSummaries.seconds(progress.seconds))")
                 }
             }, timer: timer)
-            try ReportFiles.write(png: output.png, report: output.report,
+            var report = output.report
+            waitFor { await engine.attachComputePlans(to: &report, settings: settings) }
+            try ReportFiles.write(png: output.png, report: report,
                                   to: ReportFiles.Pair(png: URL(fileURLWithPath: imagePath), json: URL(fileURLWithPath: reportPath)))
-            outcomes.append(Outcome(report: output.report, imagePath: imagePath, reportPath: reportPath))
+            outcomes.append(Outcome(report: report, imagePath: imagePath, reportPath: reportPath))
         }
         return outcomes
     }

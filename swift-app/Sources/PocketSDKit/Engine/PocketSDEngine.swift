@@ -222,6 +222,14 @@ public final class PocketSDEngine {
         return (computePlans, note)
     }
 
+    /// Adds the compute plans for `settings` to a run's report, measuring them first if this engine has not yet
+    /// (after the run, so the first image does not wait for them; the PNG's text does not carry them).
+    public func attachComputePlans(to report: inout GenerationReport, settings: LoadSettings) async {
+        let (plans, note) = await measureComputePlans(settings)
+        report.backendDetails.computePlan = plans
+        report.backendDetails.computePlanNote = note
+    }
+
     // MARK: a run
 
     /// One image. `prepare` first. `observe` sees stages, loads and steps; returning false from `shouldContinue`
@@ -287,7 +295,7 @@ public final class PocketSDEngine {
             computeUnits: request.computeUnits.rawValue, unetFunction: request.unetFunction,
             firstLoadSeconds: residency.firstLoadSeconds, compileSeconds: compileSeconds,
             computePlan: computePlanSettings == loaded ? computePlans : nil,
-            computePlanNote: computePlanSettings == loaded ? computePlanNote : "not measured for these settings",
+            computePlanNote: computePlanSettings == loaded ? computePlanNote : nil,
             plannedPeakStage: plannedPeak?.stage, plannedPeakMB: plannedPeak.map { MemorySampler.megabytes(UInt64($0.bytes)) })
         var report = GenerationReport(
             request: request, size: [size.width, size.height],
