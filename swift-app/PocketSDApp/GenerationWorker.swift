@@ -72,6 +72,10 @@ final class GenerationWorker: @unchecked Sendable {
         try await ICloudDownload.fetch(engine.resources) { missing in
             if missing > 0 { onProgress(.status("downloading \(missing) file(s) of the bundle from iCloud…")) }
         }
+        // Compiling a large package takes memory too: a kill here must be reported at the next launch.
+        let journal = AppPaths.journal
+        try journal.begin(.init(started: Date(), prompt: "", seed: 0, bundle: engine.resources.path, lowMemory: true, stage: "compiling"))
+        defer { journal.end() }
         try await engine.compileIfNeeded { event in onProgress(.compile(event)) }
         return try await onQueue { [self] in facts(engine) }
     }
@@ -93,9 +97,14 @@ final class GenerationWorker: @unchecked Sendable {
             let timer = RunTimer()
             engine.onModelEvent = { onProgress(.model($0)) }
             onProgress(.status("loading models (a model's first load compiles it for this device: minutes for SDXL)…"))
+            // The journal covers the loading too (engine.generate rewrites it with the run's stages).
+            let journal = AppPaths.journal
+            try journal.begin(.init(started: Date(), prompt: request.prompt, seed: request.seed, bundle: engine.resources.path,
+                                    lowMemory: request.lowMemory, stage: "loading"))
+            defer { journal.end() }
             try engine.prepare(settings, timer: timer, shouldContinue: { !cancel.isCancelled })
             let files = ReportFiles.names(in: AppPaths.reports, date: Date(), seed: request.seed)
-            let output = try engine.generate(request, inputs: inputs, outputPath: files.png.lastPathComponent, journal: AppPaths.journal,
+            let output = try engine.generate(request, inputs: inputs, outputPath: files.png.lastPathComponent, journal: journal,
                                              observe: { event in
                                                  switch event {
                                                  case .stage(let stage): onProgress(.status(Self.stageLine(stage)))

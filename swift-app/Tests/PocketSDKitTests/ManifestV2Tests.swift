@@ -250,3 +250,12 @@ final class FormatOneFixtureTests: XCTestCase {
         XCTAssertTrue(text.contains("ready to run: no — the bundle has no TextEncoder"), text)
     }
 }
+
+final class RunJournalCompileTests: XCTestCase {
+    func testAKillWhileCompilingIsNamed() {
+        let entry = RunJournal.Entry(started: Date(), prompt: "", seed: 0, bundle: "/b", lowMemory: true, stage: "compiling")
+        let notice = RunJournal.notice(for: entry)
+        XCTAssertTrue(notice.hasPrefix("The app stopped while compiling the bundle's models without finishing"), notice)
+        XCTAssertTrue(notice.contains("smaller bundle"), notice)
+    }
+}

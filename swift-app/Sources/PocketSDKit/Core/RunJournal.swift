@@ -99,7 +99,8 @@ public struct RunJournal: Sendable {
     public static func notice(for entry: Entry) -> String {
         var where_ = "while \(stageWords(entry.stage))"
         if let step = entry.step, entry.stage == "denoise" { where_ += " (step \(step))" }
-        var sentence = "The last run (seed \(entry.seed)) stopped \(where_) without finishing"
+        var sentence = entry.stage == "compiling" ? "The app stopped \(where_) without finishing"
+            : "The last run (seed \(entry.seed)) stopped \(where_) without finishing"
         if let footprint = entry.footprintMB { sentence += ", using \(Int(footprint.rounded())) MB" }
         sentence += ": iOS most likely closed the app for using too much memory (a crash or closing the app from the app switcher look the same)."
         if !entry.lowMemory {
@@ -113,6 +114,7 @@ public struct RunJournal: Sendable {
     static func stageWords(_ stage: String) -> String {
         switch stage {
         case "loading": return "loading the models"
+        case "compiling": return "compiling the bundle's models"
         case "text_encode": return "encoding the prompt"
         case "vae_encode": return "encoding the starting image"
         case "denoise": return "denoising"
