@@ -93,8 +93,9 @@ public struct SchedulerConfig: Equatable, Sendable {
 /// A diffusers scheduler, driven by the index of the step in its full schedule (image → image starts past 0).
 ///
 /// PocketSD writes its own three (`euler`, `dpmpp2m`, `ddim`, the contract's names) rather than using Apple's,
-/// because Apple's package has no Euler or DDIM, and its DPM-Solver++ spaces "leading" timesteps from 999 instead
-/// of 1000 (other timesteps whenever steps + 1 divides 1000, e.g. 9 or 19 steps) and ends on σ(t=0) instead of 0.
+/// because Apple's package has no Euler or DDIM, and its DPM-Solver++ spaces "leading" timesteps by 999 ÷ (steps + 1)
+/// where diffusers uses 1000 ÷ (steps + 1) (other timesteps whenever steps + 1 divides 1000, e.g. 9 or 19 steps) and
+/// ends on σ(t=0) instead of 0.
 /// Each is checked against diffusers itself on the same inputs (Tests/…/Fixtures/schedulers.json).
 public protocol DiffusionScheduler: AnyObject {
     /// Every timestep of the schedule, first (noisiest) first.
