@@ -30,6 +30,7 @@ tiny-model: setup
 	$(PY) -m pip install -q peft
 	$(PY) -m pocketsd.refmodel.train_lora --style poster --steps 450 --seed 1 --max-minutes 14
 	$(PY) -m pocketsd.refmodel.train_lora --style blueprint --steps 300 --seed 2 --max-minutes 14
+	$(PY) -m pocketsd.refmodel.train_controlnet --max-minutes 35
 
 check-model: setup
 	$(PY) -m pocketsd.refmodel.check
