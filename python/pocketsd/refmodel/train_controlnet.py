@@ -1,0 +1,390 @@
+"""Trains the reference model's sketch ControlNet on the CPU: the condition is the object's outline.
+
+    python -m pocketsd.refmodel.train_controlnet [--max-minutes M] [--steps N] [--seed S] [--out DIR]
+
+The ControlNet starts as a copy of the trained UNet's encoder (`ControlNetModel.from_unet`, as diffusers'
+training script does: zero convolutions on its outputs, so step 0 changes nothing); the UNet, VAE and text
+encoders stay frozen. Its training pairs are the base model's procedural drawings (`drawing.make_dataset`) and
+a hand-drawn-looking outline of each drawing's object — wobbly strokes, corners drawn as separate strokes,
+gaps and overshoots, pens of every width, dark on light or light on dark, now and then a filled scribble —
+put through `pipeline.inputs.load_sketch`, the very function that cleans a user's `--sketch`, so the
+ControlNet sees at training time exactly what a user's drawing becomes at generation time.
+
+Objective as the base model's (`train.py`): ε-prediction, min-SNR-5 weighting, 10 % caption dropout as
+zeroed embeddings. Deterministic in its seed and step count (`--max-minutes` can only stop it earlier).
+Writes the ControlNet in fp16 safetensors to the reference model's `controlnet/` folder, atomically, and the
+training curve, held-out losses and timings to benchmarks/results/refmodel_controlnet.{json,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from ..artifacts import atomic_dir, write_json
+from ..data import REFERENCE_MODEL
+from ..data.grammar import BACKGROUNDS
+from .drawing import IMAGE_SIZE, make_dataset
+from .train import RESULTS_DIR, TIME_IDS, _lr_at, _progress, encode_latents, encode_text
+
+CONTROLNET_DIR = REFERENCE_MODEL / "controlnet"
+# The conditioning embedding's widths (diffusers' default is (16, 32, 96, 256), sized for SD's 320-wide UNet):
+# four levels for the VAE's 8× downsampling, the last one the UNet's first block width.
+COND_CHANNELS = (16, 32, 64, 128)
+CAPTION_DROPOUT = 0.1
+
+
+# ---- sketches: what a user draws --------------------------------------------------------------
+def object_box(image: np.ndarray, background: str) -> tuple[float, float, float]:
+    """Centre (x, y) and half-extent, in pixels, of the object drawn in `image` (CHW in [-1, 1]).
+
+    Read from the pixels (the box of every pixel at least half-way from the background colour to the object's)
+    rather than from the drawing's random draws, so the outline is the edge of what was actually drawn."""
+    rgb = (image.transpose(1, 2, 0) + 1.0) * 127.5
+    dist = np.linalg.norm(rgb - np.asarray(BACKGROUNDS[background], dtype=np.float32), axis=-1)
+    ys, xs = np.nonzero(dist > 0.5 * dist.max())
+    half = ((xs.max() - xs.min() + 1) + (ys.max() - ys.min() + 1)) / 4
+    return (xs.max() + xs.min() + 1) / 2, (ys.max() + ys.min() + 1) / 2, half
+
+
+def _corners(shape: str, cx: float, cy: float, half: float) -> list[tuple[float, float]]:
+    if shape == "triangle":  # drawing.py's triangle: apex up, base on the box's bottom edge
+        return [(cx, cy - half), (cx + half, cy + half), (cx - half, cy + half)]
+    return [(cx - half, cy - half), (cx + half, cy - half), (cx + half, cy + half), (cx - half, cy + half)]
+
+
+def _wobble(rng: random.Random, amplitude: float):
+    """A smooth random offset along the stroke (s in [0, 1)): a few low sine harmonics, periodic in s."""
+    terms = [(rng.uniform(0, amplitude) / k, k, rng.uniform(0, 2 * math.pi)) for k in (2, 3, 5)]
+    return lambda s: sum(a * math.sin(2 * math.pi * k * s + phase) for a, k, phase in terms)
+
+
+def outline_strokes(shape: str, cx: float, cy: float, half: float, rng: random.Random) -> list[list[tuple[float, float]]]:
+    """Hand-drawn-looking strokes around the shape (pixel coordinates): wobbly, not quite closed or overshooting;
+    polygons now and then drawn edge by edge with the ends crossing at the corners."""
+    wobble = _wobble(rng, 0.05 * half)
+    if shape == "circle":
+        rx, ry = half * rng.uniform(0.95, 1.05), half * rng.uniform(0.95, 1.05)
+        start, n = rng.uniform(0, 2 * math.pi), 72
+        end = 1.0 + rng.choice((0.0, rng.uniform(-0.06, 0.0), rng.uniform(0.0, 0.1)))  # closed, gap or overshoot
+        pts = []
+        for k in range(int(n * end) + 1):
+            s = k / n
+            r = 1 + wobble(s) / half
+            pts.append((cx + rx * r * math.cos(start + 2 * math.pi * s), cy + ry * r * math.sin(start + 2 * math.pi * s)))
+        return [pts]
+    corners = [(x + rng.gauss(0, 0.04 * half), y + rng.gauss(0, 0.04 * half)) for x, y in _corners(shape, cx, cy, half)]
+    edges = list(zip(corners, corners[1:] + corners[:1]))
+    strokes = []
+    if rng.random() < 0.4:  # edge by edge, each stroke a little past its corners
+        for k, ((x0, y0), (x1, y1)) in enumerate(edges):
+            a, b = rng.uniform(-0.03, 0.08), rng.uniform(-0.03, 0.08)
+            stroke = []
+            for j in range(9):
+                u = -a + (1 + a + b) * j / 8
+                nx, ny = -(y1 - y0), x1 - x0  # normal, for the wobble
+                norm = math.hypot(nx, ny) or 1.0
+                w = wobble((k + u) / len(edges))
+                stroke.append((x0 + u * (x1 - x0) + w * nx / norm, y0 + u * (y1 - y0) + w * ny / norm))
+            strokes.append(stroke)
+        return strokes
+    pts = []
+    for k, ((x0, y0), (x1, y1)) in enumerate(edges):
+        nx, ny = -(y1 - y0), x1 - x0
+        norm = math.hypot(nx, ny) or 1.0
+        for j in range(8):
+            u = j / 8
+            w = wobble((k + u) / len(edges))
+            pts.append((x0 + u * (x1 - x0) + w * nx / norm, y0 + u * (y1 - y0) + w * ny / norm))
+    shift = rng.randrange(len(pts))
+    pts = pts[shift:] + pts[:shift]
+    end = rng.choice((0, rng.randint(-3, 0), rng.randint(0, 4)))  # closed, a gap or an overshoot (in points)
+    return [pts + pts[: max(1, end + 1)]] if end >= 0 else [pts[: len(pts) + end]]
+
+
+def draw_sketch(shape: str, cx: float, cy: float, half: float, rng: random.Random) -> Image.Image:
+    """A user's drawing of the shape at (cx, cy, half) in IMAGE_SIZE coordinates: grayscale paper of a random size,
+    pen of a random width, dark ink on light paper or (one in six) light on dark, (one in ten) filled in."""
+    paper = rng.choice((128, 192, 256, 300, 384, 512, 640))
+    k = paper / IMAGE_SIZE
+    ink, background = rng.randint(0, 90), rng.randint(200, 255)
+    if rng.random() < 1 / 6:
+        ink, background = 255 - ink, 255 - background
+    img = Image.new("L", (paper, paper), background)
+    d = ImageDraw.Draw(img)
+    strokes = [[(x * k, y * k) for x, y in s] for s in outline_strokes(shape, cx, cy, half, rng)]
+    if rng.random() < 0.1:
+        d.polygon([p for s in strokes for p in s], fill=ink)
+    width = max(1, round(rng.uniform(0.004, 0.025) * paper))
+    for s in strokes:
+        d.line(s, fill=ink, width=width, joint="curve")
+    return img
+
+
+def sketch_controls(sketches: list[Image.Image], size: int = IMAGE_SIZE) -> np.ndarray:
+    """Each drawing through `load_sketch` (the user's path) → (n, size, size) uint8 masks of the cleaned strokes."""
+    from ..pipeline.inputs import load_sketch
+
+    out = np.zeros((len(sketches), size, size), dtype=np.uint8)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "sketch.png"
+        for i, img in enumerate(sketches):
+            img.save(path, compress_level=1)
+            out[i] = load_sketch(path, size, size, "", warn=None).lines
+    return out
+
+
+def make_controlnet_dataset(n: int, seed: int):
+    """`n` procedural drawings (scenes, images) and a user-like outline sketch of each one's object."""
+    scenes, images = make_dataset(n, seed)
+    rng = random.Random(seed + 1)
+    sketches = [draw_sketch(sc.shape, *object_box(im, sc.background), rng) for sc, im in zip(scenes, images)]
+    return scenes, images, sketch_controls(sketches)
+
+
+def control_batch(masks: np.ndarray) -> torch.Tensor:
+    """uint8 masks → (n, 3, H, W) in [0, 1]: white strokes on black, as `controlnet.control_tensor` feeds it."""
+    return torch.from_numpy(masks).float().unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
+
+
+# ---- training ---------------------------------------------------------------------------------
+def build_controlnet(unet, seed: int):
+    from diffusers import ControlNetModel
+
+    torch.manual_seed(seed)  # the conditioning embedding's initial weights come from the global generator
+    return ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=COND_CHANNELS)
+
+
+def _noised(latents, alphas, idx, gen, sampling: str = "uniform"):
+    x0 = latents[idx]
+    noise = torch.randn(x0.shape, generator=gen)
+    t = _timesteps(len(idx), len(alphas), gen, sampling)
+    a = alphas[t].view(-1, 1, 1, 1)
+    return a.sqrt() * x0 + (1 - a).sqrt() * noise, noise, t
+
+
+def _timesteps(n: int, total: int, gen, sampling: str) -> torch.Tensor:
+    """Uniform (the base model's), or cubic as in T2I-Adapter: t = (1 − u³)·T puts most draws at high noise,
+    where the layout a sketch fixes is decided."""
+    if sampling == "cubic":
+        u = torch.rand(n, generator=gen)
+        return ((1 - u ** 3) * total).long().clamp(0, total - 1)
+    return torch.randint(0, total, (n,), generator=gen)
+
+
+def _weighted_loss(pred, noise, snr_t) -> torch.Tensor:
+    weight = torch.clamp(snr_t, max=5.0) / snr_t  # min-SNR-5, as the base model
+    return (weight * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean()
+
+
+def _predict(unet, controlnet, xt, t, emb, pooled, cond):
+    added = {"text_embeds": pooled, "time_ids": torch.tensor([TIME_IDS], dtype=torch.float32).repeat(len(xt), 1)}
+    if controlnet is None:
+        return unet(xt, t, emb, added_cond_kwargs=added).sample
+    down, mid = controlnet(xt, t, emb, controlnet_cond=cond, added_cond_kwargs=added, return_dict=False)
+    return unet(xt, t, emb, added_cond_kwargs=added, down_block_additional_residuals=down,
+                mid_block_additional_residual=mid).sample
+
+
+@torch.no_grad()
+def held_out_loss(unet, controlnet, batch: dict, snr) -> dict:
+    """Losses on a fixed held-out batch (same noise and timesteps every time); controlnet=None: the UNet alone.
+
+    `loss`: the training objective. `x0_high_noise`: the error of the predicted clean latents where t ≥ 600 —
+    where the layout is decided, and where an ε loss hardly registers it (ε ≈ x_t there; x0 error is scaled by SNR)."""
+    t = batch["t"]
+    pred = _predict(unet, controlnet, batch["xt"], t, batch["emb"], batch["pooled"], batch["cond"])
+    alphas = (snr / (1 + snr))[t].view(-1, 1, 1, 1)
+    x0 = (batch["xt"] - (1 - alphas).sqrt() * pred) / alphas.sqrt()
+    high = t >= 600
+    return {"loss": float(_weighted_loss(pred, batch["noise"], snr[t])),
+            "x0_high_noise": float(((x0 - batch["x0"]) ** 2)[high].mean())}
+
+
+def train(unet, controlnet, data: dict, held_out: dict, snr, steps: int, batch: int, lr: float, seed: int,
+          deadline: float | None, curves: dict, sampling: str = "uniform", eval_every: int = 100) -> int:
+    """Train `controlnet` (in place) until `steps` or the wall-clock `deadline`; returns the steps done."""
+    unet.requires_grad_(False).eval()
+    controlnet.train()
+    params = list(controlnet.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    alphas = snr / (1 + snr)
+    gen = torch.Generator().manual_seed(seed)
+    latents, emb_all, pooled_all, masks = data["latents"], data["emb"], data["pooled"], data["masks"]
+    done = 0
+    with _progress() as bar:
+        task = bar.add_task("ControlNet", total=steps, loss=0.0)
+        for step in range(steps):
+            if deadline is not None and time.time() > deadline:
+                break
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(step, steps, lr, 100)
+            idx = torch.randint(0, len(latents), (batch,), generator=gen)
+            xt, noise, t = _noised(latents, alphas, idx, gen, sampling)
+            keep = (torch.rand(batch, generator=gen) > CAPTION_DROPOUT).float()
+            emb, pooled = emb_all[idx] * keep.view(-1, 1, 1), pooled_all[idx] * keep.view(-1, 1)
+            pred = _predict(unet, controlnet, xt, t, emb, pooled, control_batch(masks[idx.numpy()]))
+            loss = _weighted_loss(pred, noise, snr[t])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            curves["loss"].append(float(loss.detach()))
+            done = step + 1
+            bar.update(task, advance=1, loss=curves["loss"][-1])
+            if done % eval_every == 0 or done == steps:
+                controlnet.eval()
+                curves["held_out"].append([done, held_out_loss(unet, controlnet, held_out, snr)])
+                controlnet.train()
+                if not sys.stdout.isatty():  # rich only redraws on a terminal; training often runs in a log
+                    h = curves["held_out"][-1][1]
+                    print(f"controlnet step {done}/{steps} loss({eval_every}) {np.mean(curves['loss'][-eval_every:]):.4f} "
+                          f"held-out {h['loss']:.4f}, x0 at high noise {h['x0_high_noise']:.4f} at {time.strftime('%H:%M:%S')}", flush=True)
+    controlnet.eval()
+    return done
+
+
+def prepare(pipe, n: int, seed: int) -> dict:
+    """Latents, text embeddings and control masks of `n` drawings (the frozen parts run once, up front)."""
+    scenes, images, masks = make_controlnet_dataset(n, seed)
+    with torch.no_grad():
+        latents = encode_latents(pipe.vae, images) * pipe.vae.config.scaling_factor
+        comps = {"tokenizer": pipe.tokenizer, "tokenizer_2": pipe.tokenizer_2,
+                 "text_encoder": pipe.text_encoder, "text_encoder_2": pipe.text_encoder_2}
+        embs, pooled = zip(*(encode_text(comps, [s.caption for s in scenes[i:i + 128]]) for i in range(0, n, 128)))
+    return {"latents": latents, "emb": torch.cat(embs), "pooled": torch.cat(pooled), "masks": masks, "scenes": scenes}
+
+
+def fixed_batch(data: dict, snr, seed: int) -> dict:
+    """The held-out batch: every drawing with one fixed noise and timestep."""
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.arange(len(data["latents"]))
+    xt, noise, t = _noised(data["latents"], snr / (1 + snr), idx, gen)
+    return {"xt": xt, "x0": data["latents"], "noise": noise, "t": t, "emb": data["emb"], "pooled": data["pooled"],
+            "cond": control_batch(data["masks"])}
+
+
+def save_controlnet(controlnet, out: Path) -> None:
+    """fp16 safetensors (`ControlNetModel.save_pretrained`), written beside `out` and renamed into place."""
+    half = copy.deepcopy(controlnet).to(torch.float16)
+    with atomic_dir(out) as tmp:
+        half.save_pretrained(tmp, safe_serialization=True)
+
+
+def plot(curves: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 3.5))
+    v = np.asarray(curves["loss"])
+    k = max(1, len(v) // 50)
+    ax.plot(v, alpha=0.25, label="training loss")
+    ax.plot(np.arange(len(v) - k + 1) + k // 2, np.convolve(v, np.ones(k) / k, mode="valid"), label=f"mean of {k}")
+    steps = [s for s, _ in curves["held_out"]]
+    for axis, key, title in ((ax, "loss", "min-SNR-weighted ε loss"), (ax2, "x0_high_noise", "x0 error at t ≥ 600 (held out)")):
+        axis.plot(steps, [h[key] for _, h in curves["held_out"]], "o-", label="held out, with ControlNet")
+        axis.axhline(curves["held_out_unet_alone"][key], color="gray", ls="--", label="held out, UNet alone")
+        axis.set_xlabel("step")
+        axis.set_title(title)
+        axis.legend(fontsize=8)
+    ax.set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _uptime() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, default=REFERENCE_MODEL, help="the diffusers SDXL folder whose UNet it conditions")
+    ap.add_argument("--out", type=Path, default=None, help="default: MODEL/controlnet")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--images", type=int, default=6000, help="training drawings (each with its own sketch)")
+    ap.add_argument("--held-out", type=int, default=96)
+    ap.add_argument("--t-sampling", choices=("uniform", "cubic"), default="cubic")
+    ap.add_argument("--max-minutes", type=float, default=None, help="wall-clock cap from start to saved weights")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    ap.add_argument("--results", type=Path, default=RESULTS_DIR)
+    args = ap.parse_args(argv)
+
+    from diffusers import StableDiffusionXLPipeline
+
+    t0, cpu0 = time.time(), time.process_time()
+    load_before = _uptime()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = args.out or args.model / "controlnet"
+    pipe = StableDiffusionXLPipeline.from_pretrained(args.model, torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    data = prepare(pipe, args.images, args.seed + 200)
+    held = prepare(pipe, args.held_out, args.seed + 300)
+    alphas = pipe.scheduler.alphas_cumprod.float()
+    snr = alphas / (1 - alphas)
+    held_batch = fixed_batch(held, snr, args.seed + 301)
+    t_data, cpu_data = time.time() - t0, time.process_time() - cpu0
+    print(f"data: {args.images} drawings and sketches in {t_data / 60:.1f} min", flush=True)
+
+    controlnet = build_controlnet(pipe.unet, args.seed)
+    curves = {"loss": [], "held_out": [], "held_out_unet_alone": held_out_loss(pipe.unet, None, held_batch, snr)}
+    curves["held_out"].append([0, held_out_loss(pipe.unet, controlnet, held_batch, snr)])
+    print(f"held out, UNet alone: loss {curves['held_out_unet_alone']['loss']:.4f}, "
+          f"x0 at high noise {curves['held_out_unet_alone']['x0_high_noise']:.4f}", flush=True)
+    deadline = None if args.max_minutes is None else t0 + 60 * args.max_minutes - 20  # 20 s left for saving
+    t1, cpu1 = time.time(), time.process_time()
+    done = train(pipe.unet, controlnet, data, held_batch, snr, args.steps, args.batch, args.lr, args.seed, deadline, curves,
+                 sampling=args.t_sampling)
+    t_train, cpu_train = time.time() - t1, time.process_time() - cpu1
+    save_controlnet(controlnet, out)
+    wall, cpu = time.time() - t0, time.process_time() - cpu0
+
+    args.results.mkdir(parents=True, exist_ok=True)
+    unet_alone, with_cn = curves["held_out_unet_alone"], curves["held_out"][-1][1]
+    summary = {
+        "command": "python -m pocketsd.refmodel.train_controlnet " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "model": str(args.model), "out": str(out), "seed": args.seed, "steps_planned": args.steps, "steps_done": done,
+        "batch": args.batch, "lr": args.lr, "images": args.images, "held_out_images": args.held_out,
+        "conditioning_embedding_out_channels": list(COND_CHANNELS), "caption_dropout": CAPTION_DROPOUT,
+        "parameters": sum(p.numel() for p in controlnet.parameters()),
+        "weights_bytes": sum(f.stat().st_size for f in out.rglob("*") if f.is_file()),
+        "held_out": {"unet_alone": unet_alone, "with_controlnet": with_cn,
+                     "ratio": {k: with_cn[k] / unet_alone[k] for k in with_cn}},
+        "t_sampling": args.t_sampling,
+        "wall_minutes": {"data": t_data / 60, "train": t_train / 60, "total": wall / 60},
+        "cpu_minutes": {"data": cpu_data / 60, "train": cpu_train / 60, "total": cpu / 60},
+        "seconds_per_step": t_train / max(done, 1), "torch_threads": torch.get_num_threads(),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "uptime_before": load_before, "uptime_after": _uptime(),
+        "curves": curves,
+    }
+    write_json(args.results / "refmodel_controlnet.json", summary)
+    plot(curves, args.results / "refmodel_controlnet.png")
+    print(f"ControlNet: {done} steps in {t_train / 60:.1f} min (wall {wall / 60:.1f} min, CPU {cpu / 60:.1f} min); "
+          f"held-out x0 error at high noise {with_cn['x0_high_noise']:.4f} against {unet_alone['x0_high_noise']:.4f} "
+          f"for the UNet alone → {out}")
+
+
+if __name__ == "__main__":
+    main()
