@@ -1,8 +1,8 @@
 """The methods compared by benchmarks/compression.py: each builds a UNet to evaluate plus its size accounting.
 
 Every method quantizes the same layers (`recipes.compressible_layers`: the rest stays fp16 for all of them) and is
-sized by the same `format.accounting` (codes, tables, scales, low-rank factors, smoothing, biases, fp16 leftovers,
-safetensors header), so bits per parameter are comparable. Baselines are evaluated with their dequantized weights
+sized by the same `artifacts.compressed.accounting` (codes, tables, scales, low-rank factors, smoothing, biases, fp16
+leftovers, safetensors header), so bits per parameter are comparable. Baselines are evaluated with their dequantized weights
 in dense modules — exactly what their Core ML constexpr ops would decode to.
 
 - rtn_int4_per_channel: symmetric round-to-nearest, one scale per output channel (`quantizers.rtn_per_channel`).
@@ -16,7 +16,7 @@ in dense modules — exactly what their Core ML constexpr ops would decode to.
   threshold; the highest threshold whose whole-UNet effective bits fit 4.5 wins. (Tables per group of 16 output
   channels like the k-means baseline; k-means by `quantizers.kmeans_1d`, as coremltools at 5 bit widths × every
   layer would take too long on 2 cores.)
-- ours_*: `compress.compress_unet` with the given recipe and calibration, loaded by `artifact.build_unet` (dense).
+- ours_*: `palettize.compress.compress_network` with the given recipe and calibration, run dense.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pocketsd.palettize.format import INT, PALETTE, CompressedLayer, CompressedUNet, accounting
+from pocketsd.artifacts.compressed import INT, PALETTE, LayerRecord, accounting
+from pocketsd.palettize.packing import pack_codes
 
 MBP_BITS = (1, 2, 4, 6, 8)
 MBP_BUDGET = 4.5
@@ -68,17 +69,45 @@ def _leftover(unet, modules) -> dict[str, torch.Tensor]:
     return {k: v.detach().to(torch.float16) for k, v in unet.state_dict().items() if k not in skip}
 
 
-def _layer(name, m, codes, bits, quantizer, lut=None, scales=None, group=None, block=None) -> CompressedLayer:
-    return CompressedLayer(name=name, kind="conv" if isinstance(m, torch.nn.Conv2d) else "linear",
-                           shape=tuple(m.weight.shape), quantizer=quantizer, bits=bits, codes=codes,
-                           group_size=group, block_size=block, lut=lut, scales=scales,
-                           bias=None if m.bias is None else m.bias.detach().to(torch.float16))
+@dataclass
+class StoredLayer:
+    """One baseline layer as the format would store it: its record and tensors (codes unpacked)."""
+
+    record: LayerRecord
+    codes: torch.Tensor
+    lut: torch.Tensor | None = None
+    scales: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+
+    @property
+    def shape(self):
+        return self.record.shape
+
+    @property
+    def group_size(self):
+        return self.record.group_size
+
+
+def _layer(name, m, codes, bits, quantizer, lut=None, scales=None, group=None, block=None) -> StoredLayer:
+    record = LayerRecord(name, "conv" if isinstance(m, torch.nn.Conv2d) else "linear", tuple(m.weight.shape),
+                         quantizer, bits, group, block, has_bias=m.bias is not None)
+    return StoredLayer(record, codes, lut, scales, None if m.bias is None else m.bias.detach().to(torch.float16))
+
+
+def _accounting(layers: dict[str, StoredLayer], leftover: dict) -> dict:
+    """The format's accounting of these layers' tensors plus the fp16 leftovers (header estimated)."""
+    state = dict(leftover)
+    for name, layer in layers.items():
+        state[f"{name}.codes"] = pack_codes(layer.codes, layer.record.bits)
+        for key in ("lut", "scales", "bias"):
+            if getattr(layer, key) is not None:
+                state[f"{name}.{key}"] = getattr(layer, key)
+    return accounting(state, [layer.record for layer in layers.values()])
 
 
 def _finish(fp16_unet, modules, layers: dict, dense: dict, extra: dict | None = None):
     """(evaluation UNet with the dequantized weights, size info) for a method without a low-rank branch."""
-    cunet = CompressedUNet(layers=layers, leftover=_leftover(fp16_unet, modules), unet_config={})
-    acc = accounting(cunet)
+    acc = _accounting(layers, _leftover(fp16_unet, modules))
     unet = copy.deepcopy(fp16_unet)
     mods = dict(unet.named_modules())
     with torch.no_grad():
@@ -230,7 +259,7 @@ def mbp(ctx, fp16_unet, budget: float = MBP_BUDGET):
     best = None
     for thr in thresholds:  # ascending: more bits as the threshold rises; keep the last that fits
         choice = recipe_at(thr)
-        acc = accounting(CompressedUNet(layers=layers_for(choice), leftover=leftover, unet_config={}))
+        acc = _accounting(layers_for(choice), leftover)
         if acc["bits_per_param"] <= budget:
             best = (thr, choice)
     if best is None:  # even the lowest threshold overshoots: everything at the fewest bits
@@ -248,20 +277,22 @@ def mbp(ctx, fp16_unet, budget: float = MBP_BUDGET):
 # ---- ours -----------------------------------------------------------------------------------------
 def _ours(recipe_kwargs: dict, timesteps: str = "all"):
     def build(ctx, fp16_unet):
-        from pocketsd.palettize.artifact import build_unet
-        from pocketsd.palettize.compress import compress_unet
+        from pocketsd.palettize.compress import compress_network
+        from pocketsd.palettize.layer import compressed_layers, compressed_state_dict, set_mode
         from pocketsd.palettize.recipes import make_recipe
 
         recipe = make_recipe(**recipe_kwargs)
         calib = ctx.calibration(timesteps)
-        cunet = compress_unet(fp16_unet, recipe, calib)
-        acc = accounting(cunet)
-        ranks = [l.rank for l in cunet.layers.values()]
-        bits = [l.bits for l in cunet.layers.values()]
-        return build_unet(cunet, "dense"), {
+        unet = copy.deepcopy(fp16_unet)  # compress_network replaces layers in place
+        compress_network(unet, recipe, calib)
+        layers = compressed_layers(unet)
+        acc = accounting(compressed_state_dict(unet), [l.record() for l in layers.values()])
+        ranks = [l.rank for l in layers.values()]
+        bits = [l.bits for l in layers.values()]
+        return set_mode(unet, "dense").eval(), {
             "bits_per_param": acc["bits_per_param"], "unet_bytes": acc["total_bytes"], "ours": True,
             "low_rank": any(r > 0 for r in ranks),
-            "layers_quantized": len(cunet.layers), "recipe": recipe.name, "calib_timesteps": timesteps,
+            "layers_quantized": len(layers), "recipe": recipe.name, "calib_timesteps": timesteps,
             "smoothing": recipe.smoothing, "mean_rank": float(np.mean(ranks)) if ranks else 0.0,
             "bits_histogram": {str(b): bits.count(b) for b in sorted(set(bits))},
             "lowrank_bytes": acc["bytes_by_category"]["lowrank"],

@@ -1,4 +1,4 @@
-"""`pocketsd bench`: the same fixed generation set on every model kind present, side by side in one run.
+"""`pocketsd bench` (this file is its harness): the same fixed generation set on every model kind present, side by side in one run.
 
 Kinds on the torch backend: the fp16 model folder, its compressed UNet run dense (4-bit codes dequantized once at
 load) and packed (4-bit codes kept in memory, dequantized per layer call). Each kind runs in a fresh subprocess so
@@ -19,7 +19,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from statistics import mean
 
-from ..errors import BadInput
+import sys as _sys
+
+_sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))  # a checkout without `pip install -e`
+
+from pocketsd.errors import BadInput  # noqa: E402
 
 PROMPTS = (
     "a red circle on a white background",
@@ -44,12 +48,12 @@ def run_worker(config: Config, prompts: list[str], seeds: list[int], steps: int,
     import psutil
     import torch
 
-    from ..eval.classify import classify
-    from ..loading import resolve_model
-    from .generate import GenerationRequest, generate
-    from .report import PeakMemory, RunTimer
-    from .run import model_facts
-    from .torch_backend import open_backend
+    from pocketsd.eval.classify import classify
+    from pocketsd.models import resolve_model
+    from pocketsd.pipeline.generate import GenerationRequest, generate
+    from pocketsd.pipeline.report import PeakMemory, RunTimer
+    from pocketsd.pipeline.session import model_facts
+    from pocketsd.pipeline.torch_backend import open_backend
 
     torch.set_num_threads(threads)
     memory = PeakMemory()
@@ -94,7 +98,7 @@ def _run_config(config: Config, prompts, seeds, steps, threads) -> dict:
                           "threads": threads})
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), TRANSFORMERS_VERBOSITY="error", DIFFUSERS_VERBOSITY="error",
                HF_HUB_DISABLE_PROGRESS_BARS="1")
-    proc = subprocess.run([sys.executable, "-m", "pocketsd.pipeline.bench", "--worker", payload],
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", payload],
                           capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -169,7 +173,7 @@ def _plot(doc: dict, path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    from ..artifacts import atomic_write_path
+    from pocketsd.artifacts import atomic_write_path
 
     rs = doc["results"]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
@@ -191,8 +195,8 @@ def _plot(doc: dict, path: Path) -> bool:
 def run_bench(model: str | None = None, compressed: str | None = None, out_dir: Path = DEFAULT_OUT, *,
               steps: int = 20, prompts=PROMPTS, seeds=SEEDS, threads: int | None = None, keep_compressed: Path | None = None,
               kinds: tuple[str, ...] = ("fp16", "compressed-dense", "compressed-packed"), progress=None) -> dict:
-    from ..artifacts import write_json
-    from ..loading import resolve_model
+    from pocketsd.artifacts import write_json
+    from pocketsd.models import resolve_model
 
     threads = threads or max(1, min(2, os.cpu_count() or 1))
     out_dir = Path(out_dir)
@@ -255,7 +259,7 @@ def run_bench(model: str | None = None, compressed: str | None = None, out_dir: 
            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
            "wall_s": round(time.time() - started, 1), "results": results, "skipped": skipped}
     write_json(out_dir / "generate.json", doc)
-    from ..artifacts import atomic_file
+    from pocketsd.artifacts import atomic_file
 
     with atomic_file(out_dir / "generate.md", "w") as fh:
         fh.write(markdown(doc))

@@ -1,8 +1,9 @@
 """Test support for the conversion tests: a compressed model folder made in seconds.
 
 Not the project's compressor (palettize.compress calibrates for minutes): a plain round-to-nearest
-quantizer that writes a valid compressed folder through palettize.format, mixing both quantizers,
-low-rank branches and smoothing, so the conversion's exactness checks are exercised on every case.
+quantizer that builds `palettize.layer.CompressedLayer`s and writes a valid compressed folder through
+`artifacts.compressed`, mixing both quantizers, low-rank branches and smoothing, so the conversion's exactness
+checks are exercised on every case.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from pocketsd.palettize.format import CompressedLayer, CompressedUNet, save_compressed
+from pocketsd.artifacts.compressed import ComponentPayload, LayerRecord, write_compressed_model
+from pocketsd.palettize.layer import CompressedLayer, compressed_state_dict, set_submodule
 
 
 def _palette(w2d: torch.Tensor, group: int):
@@ -39,7 +41,7 @@ def compress_quickly(model_path: Path, out: Path, rank: int = 4, min_numel: int 
     from diffusers import UNet2DConditionModel
 
     unet = UNet2DConditionModel.from_pretrained(Path(model_path) / "unet", torch_dtype=torch.float32)
-    layers, owned = {}, set()
+    records = []
     g = torch.Generator().manual_seed(0)
     candidates = [(n, m) for n, m in unet.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))
                   and m.weight.numel() >= min_numel]
@@ -55,21 +57,25 @@ def compress_quickly(model_path: Path, out: Path, rank: int = 4, min_numel: int 
         use_palette = i % 2 == 0 and shape[0] % 16 == 0
         if use_palette:
             codes, lut = _palette(resid.reshape(shape[0], -1), 16)
-            extra = dict(quantizer="palette", group_size=16, lut=lut, codes=codes.reshape(shape))
+            quant = dict(quantizer="palette", group_size=16)
+            tensors = dict(lut=lut)
+            codes = codes.reshape(shape)
         elif shape[1] % 32 == 0:
             codes, scales = _int4(resid, 32)
-            extra = dict(quantizer="int4", block_size=32, scales=scales, codes=codes)
+            quant = dict(quantizer="int4", block_size=32)
+            tensors = dict(scales=scales)
         else:
             continue
-        bias = module.bias.detach().half() if module.bias is not None else None
-        layers[name] = CompressedLayer(name=name, kind="linear" if w.ndim == 2 else "conv", shape=shape, bits=4,
-                                       lowrank_up=up, lowrank_down=down, smooth=smooth, bias=bias,
-                                       alpha=0.5 if smooth is not None else 0.0, **extra)
-        owned.update({f"{name}.weight", f"{name}.bias"})
-    leftover = {k: v.detach().half() for k, v in unet.state_dict().items() if k not in owned}
-    cunet = CompressedUNet(layers=layers, leftover=leftover, unet_config=dict(unet.config),
-                           recipe={"name": "test-rtn", "fp16_layers_rule": f"numel < {min_numel}"})
-    save_compressed(cunet, Path(model_path), Path(out), source={"path": str(model_path)})
+        record = LayerRecord(name, "linear" if w.ndim == 2 else "conv", shape, bits=4, rank=rank,
+                             alpha=0.5 if smooth is not None else 0.0, smoothed=smooth is not None,
+                             has_bias=module.bias is not None, **quant)
+        layer = CompressedLayer.from_parts(record, module, codes, lowrank_up=up, lowrank_down=down, smooth=smooth,
+                                           bias=module.bias, **tensors)
+        set_submodule(unet, name, layer)
+        records.append(record)
+    payload = ComponentPayload(compressed_state_dict(unet), dict(unet.config), records,
+                               recipe={"name": "test-rtn", "fp16_layers_rule": f"numel < {min_numel}"})
+    write_compressed_model(Path(out), Path(model_path), {"unet": payload}, source={"path": str(model_path)})
     return Path(out)
 
 
@@ -92,3 +98,20 @@ def tiny_unet_pipeline(model_path: Path, out: Path) -> Path:
     torch.manual_seed(0)
     UNet2DConditionModel(**cfg).save_pretrained(out / "unet")
     return out
+
+
+def compressed_unet_layers(folder: Path, mode: str = "packed") -> dict:
+    """name → CompressedLayer of a compressed folder's UNet (its stored tensors, read back through the format)."""
+    from pocketsd.artifacts.compressed import read_compressed_model
+    from pocketsd.models.components import load_compressed_component
+    from pocketsd.palettize.layer import compressed_layers
+
+    return compressed_layers(load_compressed_component(read_compressed_model(folder), "unet", mode))
+
+
+def compressed_unet(folder: Path, mode: str = "dense"):
+    """A compressed folder's UNet as a diffusers module (its compressed layers in `mode`)."""
+    from pocketsd.artifacts.compressed import read_compressed_model
+    from pocketsd.models.components import load_compressed_component
+
+    return load_compressed_component(read_compressed_model(folder), "unet", mode)

@@ -11,10 +11,18 @@ import pytest
 import torch
 from torch import nn
 
+from pocketsd.artifacts import MANIFEST
+from pocketsd.artifacts.compressed import read_compressed_model, weights_path
 from pocketsd.cli import main as cli
-from pocketsd.palettize.artifact import describe, load_compressed_unet
-from pocketsd.palettize.format import (MANIFEST, UNET_WEIGHTS, dequantize_residual, read_compressed,
-                                       smoothed_weight)
+from pocketsd.info import describe_compressed as describe
+from pocketsd.models.components import load_compressed_component
+from pocketsd.palettize.layer import compressed_layers
+
+UNET_WEIGHTS = weights_path("unet")
+
+
+def load_compressed_unet(folder, mode):
+    return load_compressed_component(read_compressed_model(folder), "unet", mode)
 
 
 @pytest.fixture(scope="session")
@@ -32,12 +40,13 @@ def test_folder_is_complete_and_self_describing(compressed, ref_model_path):
         assert (compressed / part).exists(), part
     assert not (compressed / "unet" / "diffusion_pytorch_model.safetensors").exists()
     m = json.loads((compressed / MANIFEST).read_text())
-    assert m["kind"] == "compressed" and m["recipe"]["name"] == "w4r16"
+    unet = m["components"]["unet"]
+    assert m["kind"] == "compressed" and unet["recipe"]["name"] == "w4r16"
     assert m["source_model"]["path"] == str(ref_model_path)
-    assert m["calibration"]["prompts"] == 4 and m["calibration"]["steps"] == 2
+    assert unet["calibration"]["prompts"] == 4 and unet["calibration"]["steps"] == 2
     assert {"torch", "diffusers", "pocketsd"} <= set(m["versions"])
-    assert "conv_in" in m["fp16_layers"] and "conv_out" in m["fp16_layers"]
-    rows = m["layers"]
+    assert "conv_in" in unet["fp16_layers"] and "conv_out" in unet["fp16_layers"]
+    rows = unet["layers"]
     assert len(rows) > 100
     for r in rows:
         assert r["quantizer"] == "palette" and r["bits"] == 4 and r["group_size"] == 16
@@ -48,36 +57,37 @@ def test_folder_is_complete_and_self_describing(compressed, ref_model_path):
 
 def test_accounting_matches_bytes_on_disk(compressed):
     m = json.loads((compressed / MANIFEST).read_text())
-    acc = m["accounting"]
+    acc = m["components"]["unet"]["accounting"]
     on_disk = (compressed / UNET_WEIGHTS).stat().st_size
     assert abs(on_disk - acc["total_bytes"]) <= 0.02 * on_disk
     assert acc["payload_bytes"] == sum(acc["bytes_by_category"].values())
-    assert abs(acc["bits_per_param"] - 8 * acc["total_bytes"] / acc["unet_params"]) < 1e-9
+    assert abs(acc["bits_per_param"] - 8 * acc["total_bytes"] / acc["params"]) < 1e-9
     ref_params = sum(p.numel() for p in load_compressed_unet(compressed, "packed").parameters())
-    assert acc["unet_params"] >= ref_params  # every parameter of the source UNet is accounted for
+    assert acc["params"] >= ref_params  # every parameter of the source UNet is accounted for
     text = describe(compressed)
     assert "effective bits per parameter" in text and rows_named(m, text)
 
 
 def rows_named(manifest, text) -> bool:
-    return all(r["name"][-64:] in text for r in manifest["layers"][:5])
+    return all(r["name"][-64:] in text for r in manifest["components"]["unet"]["layers"][:5])
 
 
 def test_read_api_reconstructs_the_smoothed_weights(compressed, ref_pipeline):
-    cunet = read_compressed(compressed)
+    layers = compressed_layers(load_compressed_unet(compressed, "packed"))
     unet = ref_pipeline.unet
     snrs = []
-    for name, layer in cunet.layers.items():
+    for name, layer in layers.items():
         w = unet.get_submodule(name).weight.detach().float()
-        r = dequantize_residual(layer)
+        r = layer.residual()
         assert r.dtype == torch.float16 and tuple(r.shape) == tuple(w.shape)
-        assert layer.codes.dtype == torch.uint8 and int(layer.codes.max()) < 16
+        codes = layer.unpacked_codes()
+        assert codes.dtype == torch.uint8 and int(codes.max()) < 16
         assert layer.lut.shape == (w.shape[0] // 16, 16)
         assert layer.lowrank_up.shape == (w.shape[0], layer.rank)
         assert layer.lowrank_down.shape == (layer.rank, w[0].numel())
         s = torch.ones(w.shape[1]) if layer.smooth is None else layer.smooth.float()
         target = w * s.view(1, -1, *([1] * (w.dim() - 2)))
-        err = smoothed_weight(layer) - target
+        err = layer.smoothed_weight() - target
         snrs.append(float(10 * torch.log10(target.pow(2).sum() / err.pow(2).sum())))
     assert min(snrs) > 8 and sum(snrs) / len(snrs) > 15
 
@@ -124,22 +134,29 @@ class _Tiny(nn.Module):
 
 @pytest.mark.parametrize("budget", [4.5, 6.0])
 def test_budget_allocation_stays_within_budget(budget):
-    from pocketsd.palettize.compress import compress_unet
+    from pocketsd.artifacts.compressed import accounting
+    from pocketsd.palettize.compress import compress_network
+    from pocketsd.palettize.layer import compressed_state_dict
     from pocketsd.palettize.recipes import make_recipe
 
     tiny = _Tiny()
-    cunet = compress_unet(tiny, make_recipe(bits_budget=budget))
-    acc = cunet.accounting()
-    assert set(cunet.layers) == {"a", "b", "c"} and "conv_in.weight" in cunet.leftover
+    params = sum(p.numel() for p in tiny.parameters())
+    compress_network(tiny, make_recipe(bits_budget=budget))
+    layers = compressed_layers(tiny)
+    state = compressed_state_dict(tiny)
+    acc = accounting(state, [layer.record() for layer in layers.values()])
+    assert set(layers) == {"a", "b", "c"} and "conv_in.weight" in state
     assert acc["bits_per_param"] <= budget
-    assert acc["unet_params"] == sum(p.numel() for p in tiny.parameters())
+    assert acc["params"] == params
     if budget >= 6.0:  # room to spend: something got more bits or a rank
-        assert any(l.bits > 4 or l.rank > 0 for l in cunet.layers.values())
+        assert any(l.bits > 4 or l.rank > 0 for l in layers.values())
 
 
 # ---- bad input ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("args,needle", [
-    (["--bits-budget", "3.5"], "below 4"),
+    (["--bits-budget", "0.5"], "is below the"),
+    (["--bits-budget", "nan"], "must be a number"),
+    (["--bits-budget", "100"], "must be a number"),
     (["--recipe", "w3r99"], "unknown recipe"),
     (["--recipe", "w6r0", "--quantizer", "int4"], "cannot store"),
     (["--calib-prompts", "/nonexistent/prompts.txt"], "does not exist"),
@@ -168,12 +185,13 @@ def test_compressing_a_compressed_folder_is_bad_input(compressed, tmp_path, caps
 
 def test_end_to_end_probe_measures_sensitivity_and_restores_weights(ref_pipeline):
     from pocketsd.palettize.allocate import EndToEndProbe
-    from pocketsd.palettize.calibrate import calibrate, default_prompts
+    from pocketsd.data.grammar import calibration_prompts
+    from pocketsd.palettize.calibrate import calibrate
     from pocketsd.palettize.recipes import compressible_layers
 
     unet = ref_pipeline.unet
     modules, _ = compressible_layers(unet)
-    calib = calibrate(ref_pipeline, {}, default_prompts(2), steps=2, unet_calls=2, unet_call_rows=2)
+    calib = calibrate(ref_pipeline, {}, calibration_prompts(2), steps=2, unet_calls=2, unet_call_rows=2)
     assert len(calib.unet_inputs) == 2 and calib.unet_inputs[0]["sample"].shape[0] == 2
     probe = EndToEndProbe(unet, calib.unet_inputs)
     name = next(n for n in modules if "attn2.to_k" in n)
@@ -198,3 +216,19 @@ def test_calibration_conv_rows_are_exact_unfolded_patches(stride, kernel):
     cols = cols.transpose(1, 2).reshape(-1, rows.shape[1])
     assert rows.shape == (40, 8 * kernel * kernel) and torch.equal(amax, x.abs().amax(dim=(0, 2, 3)))
     assert float((rows[:, None] - cols[None]).abs().amax(-1).min(1).values.max()) == 0.0
+
+
+def test_calibration_prompts_fit_the_model(ref_model_path, tmp_path):
+    """The reference model calibrates on its grammar; any other model on the shipped prompt set; a file wins."""
+    from pocketsd.compress.prompts import calibration_prompts
+    from pocketsd.data.grammar import calibration_prompts as grammar
+    from pocketsd.data.prompt_sets import load_prompt_set
+    from pocketsd.palettize.calibrate import CalibrationSettings
+
+    settings = CalibrationSettings(count=16)
+    assert calibration_prompts(ref_model_path, settings) == grammar(16, 0)
+    other = calibration_prompts(tmp_path / "some-sdxl", settings)
+    shipped = set(load_prompt_set("pocketsd").texts)
+    assert len(other) == 16 and set(other) <= shipped and not set(other) & set(grammar(64, 0))
+    (tmp_path / "mine.txt").write_text("# mine\na cat\n\na dog\n")
+    assert calibration_prompts(ref_model_path, settings, tmp_path / "mine.txt") == ["a cat", "a dog"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from convert_support import compress_quickly, tiny_unet_pipeline
+from convert_support import compress_quickly, compressed_unet_layers, tiny_unet_pipeline
 from pocketsd.cli import main
 from pocketsd.convert.bundle import ConvertOptions, package_sha256
 from pocketsd.convert.run import convert_bundle
@@ -34,9 +34,7 @@ def style_lora(compressed_model, tmp_path_factory) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    from pocketsd.palettize.format import read_compressed
-
-    layers = read_compressed(compressed_model).layers
+    layers = compressed_unet_layers(compressed_model)
     g = torch.Generator().manual_seed(0)
     sd = {}
     for name, layer in list(layers.items())[:6]:
@@ -109,7 +107,7 @@ def test_chunks_interface_matches_and_weights_add_up(bundle, compressed_model):
     assert set(outs1) <= set(ins2)
     # Every compressed layer is in exactly one chunk, and both chunks hold about half the weight bytes.
     v1, v2 = c1["verify"], c2["verify"]
-    n_layers = len(json.loads((compressed_model / "pocketsd.json").read_text())["layers"])
+    n_layers = len(json.loads((compressed_model / "pocketsd.json").read_text())["components"]["unet"]["layers"])
     assert v1["layers_matched"] + v2["layers_matched"] == n_layers
     b1, b2 = c1["census"]["weight_blob_bytes"], c2["census"]["weight_blob_bytes"]
     assert 0.25 < b1 / (b1 + b2) < 0.75
@@ -117,12 +115,10 @@ def test_chunks_interface_matches_and_weights_add_up(bundle, compressed_model):
 
 def test_compressed_weights_round_trip_bit_exact(bundle, compressed_model):
     """Decompress every constexpr weight of the saved packages; each equals our dequantized residual."""
-    from pocketsd.convert.lowrank import fp16_key
-    from pocketsd.convert.mil_weights import decompressed_weights, load_program
-    from pocketsd.palettize.format import dequantize_residual, read_compressed
+    from pocketsd.convert.mil_weights import decompressed_weights, fp16_key, load_program
 
-    layers = read_compressed(compressed_model).layers
-    expected = {fp16_key(dequantize_residual(l)): n for n, l in layers.items()}
+    layers = compressed_unet_layers(compressed_model)
+    expected = {fp16_key(l.residual()): n for n, l in layers.items()}
     found = {}
     for chunk in ("UnetChunk1", "UnetChunk2"):
         program = load_program(bundle / "Resources" / f"{chunk}.mlpackage")
@@ -139,7 +135,7 @@ def test_compressed_weights_round_trip_bit_exact(bundle, compressed_model):
 
 def test_bundle_bytes_close_to_accounting(bundle, compressed_model):
     m = _manifest(bundle)
-    acc = json.loads((compressed_model / "pocketsd.json").read_text())["accounting"]
+    acc = json.loads((compressed_model / "pocketsd.json").read_text())["components"]["unet"]["accounting"]
     blob = sum(m["components"][c]["census"]["weight_blob_bytes"] for c in ("UnetChunk1", "UnetChunk2"))
     # The blob stores the same codes/tables/scales/factors; fp16 leftovers are the same bytes. Per-blob
     # headers and 64-byte alignment of hundreds of small tensors make up the difference on a tiny model.
@@ -192,9 +188,8 @@ def test_interrupt_leaves_no_half_package(tiny_model, tmp_path, monkeypatch):
 def test_multifunction_lora_unet_shares_weights(bundle, compressed_model):
     """--lora-functions: functions differ only in low-rank branches; the 4-bit weights are stored once."""
     from pocketsd.convert.mil_weights import load_program
-    from pocketsd.palettize.format import read_compressed
 
-    n_layers = len(read_compressed(compressed_model).layers)
+    n_layers = len(compressed_unet_layers(compressed_model))
     matched = 0
     for chunk in ("UnetChunk1", "UnetChunk2"):
         entry = _manifest(bundle)["components"][chunk]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from convert_support import compress_quickly
+from convert_support import compress_quickly, compressed_unet_layers
 
 
 @pytest.fixture(scope="session")
@@ -78,20 +78,25 @@ def test_split_einsum_really_rewrites(dense_unet):
 def test_compressed_export_matches_dequantized_model(quick_compressed, attention):
     from diffusers import UNet2DConditionModel
 
-    from pocketsd.convert.lowrank import build_compressed_unet
+    from pocketsd.artifacts.compressed import read_compressed_model
     from pocketsd.convert.unet_graph import UnetSteps
-    from pocketsd.palettize.format import effective_weight, read_compressed
+    from pocketsd.palettize.layer import compressed_layers
 
-    cunet = read_compressed(quick_compressed)
-    dense = UNet2DConditionModel.from_config({k: v for k, v in cunet.unet_config.items() if not k.startswith("_")})
-    sd = {k: v.float() for k, v in cunet.leftover.items()}
-    for name, layer in cunet.layers.items():
-        sd[f"{name}.weight"] = effective_weight(layer)
+    compressed = read_compressed_model(quick_compressed)
+    stored = compressed_unet_layers(quick_compressed)
+    dense = UNet2DConditionModel.from_config({k: v for k, v in compressed.config("unet").items() if not k.startswith("_")})
+    names = set(stored)
+    sd = {k: v.float() for k, v in compressed.state_dict("unet").items() if k.rpartition(".")[0] not in names}
+    for name, layer in stored.items():
+        sd[f"{name}.weight"] = layer.effective_weight()
         if layer.bias is not None:
             sd[f"{name}.bias"] = layer.bias.float()
     dense.load_state_dict(sd)
-    unet, layers = build_compressed_unet(quick_compressed)
-    assert set(layers) == set(cunet.layers) and {l.quantizer for l in cunet.layers.values()} == {"palette", "int4"}
+    from pocketsd.models.components import load_compressed_component
+
+    unet = load_compressed_component(compressed, "unet", "export")
+    layers = compressed_layers(unet)
+    assert set(layers) == names and {l.quantizer for l in stored.values()} == {"palette", "int4"}
     args = _inputs(dense.eval())
     # Residual + separate low-rank branch + multiply by 1/s vs one dense weight: fp32 rounding only.
     assert _rel(UnetSteps(unet, attention)(*args), _diffusers(dense, *args)) < 1e-4
@@ -116,20 +121,20 @@ def test_chunks_compose_to_the_whole_and_balance(dense_unet):
 
 @torch.no_grad()
 def test_lora_appended_to_lowrank_branch_equals_dense_delta(quick_compressed):
-    from pocketsd.convert.lowrank import build_compressed_unet
-    unet, layers = build_compressed_unet(quick_compressed)
-    name, layer = next((n, l) for n, l in layers.items() if l.kind == "linear" and l.inv_smooth is not None)
-    out_f, in_f = layer.weight_shape
+    layers = compressed_unet_layers(quick_compressed, "export")
+    name, layer = next((n, l) for n, l in layers.items() if l.kind == "linear" and l.smooth is not None)
+    rank_before = layer.rank
+    out_f, in_f = layer.shape
     g = torch.Generator().manual_seed(1)
     b, a = torch.randn(out_f, 3, generator=g) * 0.1, torch.randn(3, in_f, generator=g) * 0.1
     x = torch.randn(5, in_f, generator=g)
     before = layer(x)
-    residual_before = layer.residual.clone()
+    residual_before = layer.export_residual.clone()
     layer.append_lowrank(b, a)
-    assert torch.equal(layer.residual, residual_before)  # the 4-bit part is untouched
+    assert torch.equal(layer.export_residual, residual_before)  # the 4-bit part is untouched
     expected = before + x @ (b.half().float() @ a.float()).T
     assert torch.allclose(layer(x), expected, atol=2e-3, rtol=1e-3)
-    assert layer.rank == layers[name].layer.rank + 3
+    assert layer.rank == rank_before + 3
 
 
 @pytest.mark.parametrize("attention", ["split-einsum", "original"])

@@ -101,10 +101,18 @@ def _write_bundle(folder, pipe, model_path, chunked=False, functions=None):
         comps[name] = {"file": f"Resources/{name}.mlpackage", "inputs": _io(inp), "outputs": _io(out)}
         if functions and name.startswith("Unet"):
             comps[name]["functions"] = functions
-    # The keys `pocketsd convert` writes (convert/run.py); scheduler and tokenizer settings are read from the
-    # source model folder, as for a real bundle.
-    manifest = {"kind": "coreml", "model_type": "sdxl", "source_model": {"spec": "reference", "path": str(model_path)},
-                "vae_scaling_factor": pipe.vae.config.scaling_factor, "components": comps}
+    # The keys `pocketsd convert` writes (format 2, pocketsd.artifacts.bundle): the pipeline settings are recorded
+    # in the manifest, as for a real bundle.
+    size = pipe.unet.config.sample_size
+    manifest = {"kind": "coreml", "format_version": 2, "model_type": "sdxl",
+                "source_model": {"spec": "reference", "path": str(model_path)},
+                "image_size": [size * 8, size * 8], "latent_size": [size, size],
+                "vae_scaling_factor": pipe.vae.config.scaling_factor, "vae_shift_factor": None,
+                "scheduler_config": json.loads((model_path / "scheduler" / "scheduler_config.json").read_text()),
+                "force_zeros_for_empty_prompt": True,
+                "tokenizers": [{"pad_token": json.loads((model_path / t / "tokenizer_config.json").read_text()).get(
+                    "pad_token", "<|endoftext|>"), "model_max_length": 77} for t in ("tokenizer", "tokenizer_2")],
+                "components": comps}
     (folder / "pocketsd.json").write_text(json.dumps(manifest, default=list))
     return models
 

@@ -488,7 +488,7 @@ class _TinyFeatures(nn.Module):
 
 
 def test_score_images_random_weights_end_to_end(no_weights, scenes_images):
-    from pocketsd.eval.prompt_sets import Prompt
+    from pocketsd.data.prompt_sets import Prompt
 
     prompts = [Prompt(f"p{i}", s.caption, None, s) for i, s in enumerate(SCENES)]
     scorers = load_scorers(random_weights=True)
@@ -509,7 +509,7 @@ def test_score_images_random_weights_end_to_end(no_weights, scenes_images):
 
 
 def test_partial_evaluations_merge_to_the_one_shot_result(no_weights, scenes_images):
-    from pocketsd.eval.prompt_sets import Prompt
+    from pocketsd.data.prompt_sets import Prompt
     from pocketsd.eval.scoring import Evaluation
 
     metrics = ("psnr", "ssim", "lpips", "fid", "adherence")

@@ -32,7 +32,7 @@ def backend(model_dir):
 
 @pytest.fixture(scope="session")
 def diffusers_pipe(model_dir):
-    from pocketsd.loading import load_pipeline
+    from pocketsd.models import load_pipeline
 
     return load_pipeline(str(model_dir))
 
@@ -161,7 +161,7 @@ def test_cli_writes_png_report_and_metadata(tmp_path, model_dir):
 
 
 def test_cli_wires_domain_sketch_and_lora(tmp_path, model_dir, monkeypatch):
-    """generate hands --domain to presets, --sketch to inputs and --lora to palettize.lora.apply_loras."""
+    """generate hands --domain to presets, --sketch to inputs and --lora to palettize.lora.apply_lora_files."""
     import pocketsd.palettize.lora as lora_mod
     from PIL import Image, ImageDraw
 
@@ -174,7 +174,7 @@ def test_cli_wires_domain_sketch_and_lora(tmp_path, model_dir, monkeypatch):
         calls.append(list(specs))
         return [{"path": str(p), "scale": s, "fake": True} for p, s in specs]
 
-    monkeypatch.setattr(lora_mod, "apply_loras", fake_apply)
+    monkeypatch.setattr(lora_mod, "apply_lora_files", fake_apply)
     lora = tmp_path / "style.safetensors"
     lora.write_bytes(b"not read by the fake")
     sketch = tmp_path / "sketch.png"

@@ -202,7 +202,8 @@ def test_sketch_of_a_square_generates_a_square(tmp_path, ref_model_path):
     from scipy import ndimage
 
     from pocketsd.eval.classify import object_mask
-    from pocketsd.pipeline.run import RunOptions, run
+    from pocketsd.pipeline.options import GenerateOptions as RunOptions
+    from pocketsd.pipeline.run import run
 
     img = Image.new("L", (300, 300), 250)
     ImageDraw.Draw(img).rectangle((30, 30, 140, 140), outline=10, width=2)  # a square, thin lines, top-left

@@ -1,5 +1,5 @@
-"""Model resolution and loading (pocketsd/loading.py): families, hub cache, single-file and pickle gating,
-compressed folders, `describe`."""
+"""Model resolution and loading (pocketsd/models/): families, hub cache, single-file and pickle gating,
+compressed folders, `describe` (pocketsd/info.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from pocketsd.errors import BadInput
-from pocketsd.loading import (ModelComponents, describe, detect_family, load_pipeline, resolve_model,
-                              safetensors_stats)
+from pocketsd.artifacts.model_folder import detect_family, safetensors_stats
+from pocketsd.info import describe
+from pocketsd.models import ModelComponents, load_pipeline, resolve_model
 
 
 @pytest.fixture(scope="session")
@@ -105,18 +106,20 @@ def test_pickle_needs_allow_pickle(tmp_path):
 
 
 def test_compressed_folder_takes_its_unet_from_palettize(tmp_path, model_dir, monkeypatch):
-    import pocketsd.palettize.artifact as artifact
+    import pocketsd.models.components as components
     from diffusers import UNet2DConditionModel
 
     folder = _copy_configs(model_dir, tmp_path / "compressed")
-    (folder / "pocketsd.json").write_text(json.dumps({"kind": "compressed"}))
+    (folder / "pocketsd.json").write_text(json.dumps({
+        "kind": "compressed", "format_version": 2,
+        "components": {"unet": {"weights": "unet/pocketsd_unet.safetensors", "config": "unet/config.json"}}}))
     calls = []
 
-    def fake_load(path, mode="dense", dtype=torch.float32):
-        calls.append((Path(path), mode, dtype))
+    def fake_load(compressed, name, mode="dense", dtype=torch.float32, **kw):
+        calls.append((Path(compressed.folder), mode, dtype))
         return UNet2DConditionModel.from_pretrained(model_dir / "unet", torch_dtype=dtype)
 
-    monkeypatch.setattr(artifact, "load_compressed_unet", fake_load)
+    monkeypatch.setattr(components, "load_compressed_component", fake_load)
     comps = ModelComponents(resolve_model(str(folder)), unet_mode="packed")
     assert comps.source.kind == "compressed"
     comps.get("unet")

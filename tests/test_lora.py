@@ -32,18 +32,19 @@ def shipped_loras() -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def compressed_folder(tmp_path_factory, ref_model_path) -> Path:
     """The reference model compressed at w4r32 with a small calibration (smoothing on, so merges must mind s)."""
-    from pocketsd.palettize.compress import compress_model
+    from pocketsd.compress.run import CompressOptions, compress_model
+    from pocketsd.palettize.calibrate import CalibrationSettings
     from pocketsd.palettize.recipes import make_recipe
 
     out = tmp_path_factory.mktemp("lora") / "compressed"
-    compress_model(str(ref_model_path), out, make_recipe("w4r32"), calib_count=4, calib_steps=3,
-                   rows_per_layer=64, show_progress=False)
+    compress_model(CompressOptions(out, str(ref_model_path), make_recipe("w4r32"),
+                                   CalibrationSettings(count=4, steps=3, rows_per_layer=64)))
     return out
 
 
 @pytest.fixture(scope="session")
 def unet_shapes(ref_pipeline) -> dict:
-    return L.dense_weight_shapes(ref_pipeline.unet)
+    return L.weight_shapes(ref_pipeline.unet)
 
 
 def _random_lora(unet, names, rank=4, seed=0, conv_name=None) -> dict[str, torch.Tensor]:
@@ -141,22 +142,26 @@ def test_lora_arg_and_file_errors(tmp_path):
 
 # ---- compressed models -----------------------------------------------------------------------------
 def test_concatenation_is_exact_and_residual_untouched(tmp_path, compressed_folder, ref_pipeline):
-    from pocketsd.palettize.format import effective_weight, read_compressed
+    from convert_support import compressed_unet_layers
+
+    from pocketsd.artifacts.compressed import read_compressed_model
 
     sd = _random_lora(ref_pipeline.unet, [ATTN, FF], rank=4, conv_name=CONV)
     sd[f"unet.{'time_embedding.linear_1'}.lora_A.weight"] = torch.randn(4, 32) * 0.05  # a layer kept in fp16
     sd[f"unet.{'time_embedding.linear_1'}.lora_B.weight"] = torch.randn(128, 4) * 0.05
     save_file(sd, tmp_path / "l.safetensors")
-    before = read_compressed(compressed_folder)
-    assert "time_embedding.linear_1" not in before.layers
+    before = compressed_unet_layers(compressed_folder)
+    before_leftover = read_compressed_model(compressed_folder).state_dict("unet")
+    assert "time_embedding.linear_1" not in before
     out = tmp_path / "merged"
     assert cli(["lora", "merge", "--model", str(compressed_folder), "--lora", f"{tmp_path / 'l.safetensors'}:0.7",
                 "--out", str(out)]) == 0
-    after = read_compressed(out)
-    assert [r["file"] for r in after.manifest["loras"]] == ["l.safetensors"]
+    after_model = read_compressed_model(out)
+    after, after_leftover = compressed_unet_layers(out), after_model.state_dict("unet")
+    assert [r["file"] for r in after_model.manifest["loras"]] == ["l.safetensors"]
     lora = L.read_lora(tmp_path / "l.safetensors")
     for name in (ATTN, FF, CONV):
-        b0, a0 = before.layers[name], after.layers[name]
+        b0, a0 = before[name], after[name]
         r0 = b0.rank
         # the old branch is kept bit for bit, the new columns are exactly scale·B and A·diag(s̃) in fp16
         assert torch.equal(a0.lowrank_up[:, :r0], b0.lowrank_up) and torch.equal(a0.lowrank_down[:r0], b0.lowrank_down)
@@ -164,11 +169,11 @@ def test_concatenation_is_exact_and_residual_untouched(tmp_path, compressed_fold
         s = torch.ones(a.shape[1]) if b0.smooth is None else b0.smooth.float().repeat_interleave(a.shape[1] // b0.smooth.numel())
         assert torch.equal(a0.lowrank_up[:, r0:], b.half()) and torch.equal(a0.lowrank_down[r0:], (a * s).half())
         # and the layer's effective weight moved by ΔW (up to the fp16 rounding of the new factors)
-        delta = effective_weight(a0) - effective_weight(b0)
+        delta = a0.effective_weight() - b0.effective_weight()
         torch.testing.assert_close(delta, lora.layers[name].delta(b0.shape, 0.7), rtol=2e-2, atol=2e-4)
     # the fp16-kept layer got ΔW densely
     key = "time_embedding.linear_1.weight"
-    torch.testing.assert_close(after.leftover[key].float() - before.leftover[key].float(),
+    torch.testing.assert_close(after_leftover[key].float() - before_leftover[key].float(),
                                lora.layers["time_embedding.linear_1"].delta((128, 32), 0.7), rtol=2e-2, atol=2e-3)
     # residual tensors: byte for byte identical in the two files
     with safe_open(str(compressed_folder / "unet/pocketsd_unet.safetensors"), "pt") as f0, \
@@ -203,18 +208,20 @@ def _first_latents(pipe, unet, steps=4):
 
 def test_merged_lora_tracks_fp16_with_fused_lora(compressed_folder, ref_pipeline, shipped_loras):
     """compressed+LoRA (concatenated) vs fp16+LoRA (fused dense) ≈ compressed vs fp16, in latent PSNR."""
+    from convert_support import compressed_unet as load_compressed_unet
+
     from pocketsd.eval.metrics import latent_psnr
-    from pocketsd.palettize.artifact import load_compressed_unet
 
     pipe = copy.copy(ref_pipeline)
     pipe.set_progress_bar_config(disable=True)
     spec = [(shipped_loras["poster"], 1.0)]
     fp16 = ref_pipeline.unet
     fp16_lora = copy.deepcopy(fp16)
-    rec = L.apply_loras(fp16_lora, spec)[0]
+    rec = L.apply_loras(fp16_lora, L.load_loras(spec))[0]
     assert rec["dense_fused"] == rec["layers"] > 0
     comp = load_compressed_unet(compressed_folder)
-    comp_lora, records = L.load_compressed_with_loras(compressed_folder, spec)
+    comp_lora = load_compressed_unet(compressed_folder)
+    records = L.apply_loras(comp_lora, L.load_loras(spec))
     assert records[0]["lowrank_concat"] > 0
     ref, ref_l = _first_latents(pipe, fp16), _first_latents(pipe, fp16_lora)
     base_db = latent_psnr(ref, _first_latents(pipe, comp))
@@ -226,5 +233,5 @@ def test_merged_lora_tracks_fp16_with_fused_lora(compressed_folder, ref_pipeline
     assert lora_db > base_db - 5, (lora_db, base_db)
     # packed runtime modules concatenate in place and agree with the merge-before-build path
     packed = load_compressed_unet(compressed_folder, mode="packed")
-    L.apply_loras(packed, spec)
+    L.apply_loras(packed, L.load_loras(spec))
     assert latent_psnr(_first_latents(pipe, comp_lora), _first_latents(pipe, packed)) > 40

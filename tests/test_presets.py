@@ -114,7 +114,8 @@ LORA_PRESETS = ("poster-style", "blueprint")
 def test_preset_through_generate_run(name, tmp_path, ref_model_path):
     """`generate --domain NAME` end to end (torch backend): the report keeps prompt and expanded prompt; the LoRA
     presets apply their shipped LoRA file."""
-    from pocketsd.pipeline.run import RunOptions, run
+    from pocketsd.pipeline.options import GenerateOptions as RunOptions
+    from pocketsd.pipeline.run import run
 
     preset = get_preset(name)
     if preset.lora is not None and not preset.lora.path.is_file():

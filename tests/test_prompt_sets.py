@@ -12,7 +12,7 @@ import pytest
 from pocketsd.data import DOMAINS_FILE
 from pocketsd.data.grammar import adherence_scenes, all_scenes
 from pocketsd.errors import BadInput
-from pocketsd.eval.prompt_sets import load_prompt_set, prompt_seed, scenes_of, subsample
+from pocketsd.data.prompt_sets import load_prompt_set, prompt_seed, scenes_of, subsample
 
 
 def test_own_set_covers_the_domains_and_everyday_subjects():
@@ -187,7 +187,7 @@ def test_missing_file_count_and_binary(tmp_path):
 
 SHARD_SCRIPT = """
 import json, sys
-from pocketsd.eval.prompt_sets import load_prompt_set, prompt_seed
+from pocketsd.data.prompt_sets import load_prompt_set, prompt_seed
 from pocketsd.eval.sharding import map_sharded, process_state, shard
 
 state = process_state()

@@ -10,8 +10,37 @@ import torch
 from torch import nn
 
 from pocketsd.palettize.allocate import Candidate, ResponseCurve, allocate, layer_bytes
-from pocketsd.palettize.format import CompressedLayer, dequantize_residual, effective_weight
-from pocketsd.palettize.layers import LowRankQuantConv2d, LowRankQuantLinear
+from pocketsd.artifacts.compressed import LayerRecord
+from pocketsd.palettize.layer import CompressedLayer
+
+
+def _layer(name, kind, shape, quantizer, bits, codes, **tensors):
+    """A compressed layer holding exactly these codes and tables/scales (no branch, no smoothing)."""
+    like = nn.Linear(shape[1], shape[0], bias=False) if kind == "linear" else \
+        nn.Conv2d(shape[1], shape[0], shape[2:], bias=False)
+    sizes = {k: tensors.pop(k) for k in ("group_size", "block_size") if k in tensors}
+    record = LayerRecord(name, kind, shape, quantizer, bits, **sizes)
+    return CompressedLayer.from_parts(record, like, codes, **tensors)
+
+
+def dequantize_residual(layer):
+    return layer.residual()
+
+
+def effective_weight(layer):
+    return layer.effective_weight()
+
+
+def LowRankQuantLinear(layer, mode):  # noqa: N802  (the dense/packed modes of the one layer type)
+    import copy
+
+    return copy.deepcopy(layer).set_mode(mode)
+
+
+def LowRankQuantConv2d(layer, conv, mode):  # noqa: N802
+    import copy
+
+    return copy.deepcopy(layer).set_mode(mode)
 from pocketsd.palettize.lowrank import compress_layer, lowrank_decompose, svd_factors
 from pocketsd.palettize.packing import pack_codes, packed_nbytes, unpack_codes
 from pocketsd.palettize.quantizers import (QuantSpec, quantize, quantize_int_blockwise, quantize_palette,
@@ -64,8 +93,8 @@ def test_palette_dequantization_matches_constexpr_lut_to_dense(coreml_ops, shape
     lut_op, _ = coreml_ops
     w = _heavy_tailed(*shape)
     q = quantize_palette(w, bits=bits, group_size=16)
-    layer = CompressedLayer("l", "linear" if len(shape) == 2 else "conv", shape, "palette", bits, q.codes,
-                            group_size=16, lut=q.lut)
+    layer = _layer("l", "linear" if len(shape) == 2 else "conv", shape, "palette", bits, q.codes,
+                   group_size=16, lut=q.lut)
     ours = dequantize_residual(layer)
     assert ours.dtype == torch.float16 and torch.equal(ours, q.dequantized)
     # Core ML: indices with the weight's shape, lut (out/G, 1[, 1, 1], 2^b, 1)
@@ -84,7 +113,7 @@ def test_int_dequantization_matches_constexpr_blockwise_shift_scale(coreml_ops, 
     qmax = (1 << (bits - 1)) - 1
     assert q.codes.dtype == torch.int8 and int(q.codes.abs().max()) <= qmax
     assert q.scales.shape == (shape[0], shape[1] // 32) + tuple(shape[2:])
-    layer = CompressedLayer("l", "conv", shape, "int4", bits, q.codes, block_size=32, scales=q.scales)
+    layer = _layer("l", "conv", shape, "int4", bits, q.codes, block_size=32, scales=q.scales)
     ours = dequantize_residual(layer)
     assert torch.equal(ours, q.dequantized)
     theirs = bss_op.decompress(q.codes.numpy(), q.scales.numpy(), None)
@@ -229,7 +258,7 @@ def _layer_from(module, quantizer, bits, rank, x):
         nn.functional.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride).transpose(1, 2).reshape(-1, w[0].numel())
     amax = x.abs().amax(0) if isinstance(module, nn.Linear) else x.abs().amax((0, 2, 3))
     d = lowrank_decompose(w, rank, QuantSpec(quantizer, bits), rows, amax, alpha=0.5, iters=1)
-    return d.to_layer("m", "linear" if isinstance(module, nn.Linear) else "conv", module.bias)
+    return d.to_layer("m", module)
 
 
 @pytest.mark.parametrize("quantizer,bits", [("palette", 4), ("int4", 4), ("palette", 6), ("int4", 8)])
@@ -243,7 +272,7 @@ def test_dense_and_packed_layers_agree_and_approximate_the_original(quantizer, b
         yd, yp, y = dense(x), packed(x), lin(x)
     assert torch.allclose(yd, yp, atol=1e-5, rtol=1e-4)
     assert float((yd - y).norm() / y.norm()) < (0.15 if bits == 4 else 0.05)
-    assert torch.allclose(dense.weight, effective_weight(layer))
+    assert torch.allclose(dense.dense_weight, effective_weight(layer))
 
     conv = nn.Conv2d(32, 48, 3, padding=1, stride=2)
     xc = torch.randn(2, 32, 8, 8)
@@ -254,5 +283,6 @@ def test_dense_and_packed_layers_agree_and_approximate_the_original(quantizer, b
     assert yd.shape == y.shape and torch.allclose(yd, yp, atol=1e-5, rtol=1e-4)
     assert float((yd - y).norm() / y.norm()) < (0.15 if bits == 4 else 0.05)
     # packed mode keeps the codes packed: b bits per weight, not a dense copy
-    assert packed.packed_codes.numel() == packed_nbytes(conv.weight.numel(), bits)
+    assert packed.codes.numel() == packed_nbytes(conv.weight.numel(), bits)
     assert not hasattr(packed, "weight") or packed.weight is None
+    assert "dense_weight" not in dict(packed.named_buffers())

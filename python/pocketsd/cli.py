@@ -50,18 +50,16 @@ def _add_generate(sub) -> None:
     p.add_argument("--allow-pickle", action="store_true", help="allow .ckpt/.bin/.pt checkpoints (can run code)")
     p.add_argument("--unet-mode", default="dense", choices=["dense", "packed"],
                    help="compressed models: dense (dequantize once, fast) or packed (4-bit in memory)")
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"],
+                   help="torch device (default cpu; auto: CUDA, then Apple MPS, then CPU)")
+    p.add_argument("--no-verify", action="store_true", help="skip checking the model's recorded sha256 digests")
     p.add_argument("--quiet", action="store_true", help="no progress bar or table (the report is still written)")
     p.set_defaults(func=_run_generate)
 
 
 def _parse_lora(text: str):
-    from pathlib import Path
+    from .palettize.lora import parse_lora_arg
 
-    try:
-        from .palettize.lora import parse_lora_arg
-    except ImportError:
-        path, _, scale = text.rpartition(":") if text.rpartition(":")[2].replace(".", "", 1).lstrip("-").isdigit() else (text, "", "1")
-        return Path(path), float(scale)
     return parse_lora_arg(text)
 
 
@@ -85,9 +83,10 @@ def _run_generate(args) -> int:
     _quiet_libraries()
     from rich.console import Console
 
-    from .pipeline.run import RunOptions, parse_size, run
+    from .pipeline.options import GenerateOptions, parse_size
+    from .pipeline.run import run
 
-    opts = RunOptions(
+    opts = GenerateOptions(
         prompt=args.prompt, model=args.model, backend=args.backend, compute_units=args.compute_units,
         steps=args.steps, guidance=args.guidance, seed=args.seed, size=parse_size(args.size) if args.size else None,
         negative=args.negative, scheduler=args.scheduler, domain=args.domain,
@@ -95,7 +94,8 @@ def _run_generate(args) -> int:
         strength=args.strength, sketch=Path(args.sketch) if args.sketch else None,
         controlnet=Path(args.controlnet) if args.controlnet else None, count=args.count,
         out=Path(args.out) if args.out else None, report=Path(args.report) if args.report else None,
-        low_memory=args.low_memory, allow_pickle=args.allow_pickle, unet_mode=args.unet_mode)
+        low_memory=args.low_memory, allow_pickle=args.allow_pickle, unet_mode=args.unet_mode, device=args.device,
+        verify=not args.no_verify)
     console = None if args.quiet else Console(stderr=False)
     reports = run(opts, progress=not args.quiet, console=console)
     for rep in reports:
@@ -105,24 +105,34 @@ def _run_generate(args) -> int:
 
 # ---- compress / info of compressed folders (owner: palettize) --------------------------------
 def _add_compress(sub) -> None:
+    from .palettize.calibrate import CalibrationSettings as C
+    from .palettize.recipes import DEFAULT_BUDGET, FIXED, MAX_BUDGET, Recipe as R
+
     p = sub.add_parser("compress", help="4-bit + low-rank compression of a model's UNet")
     p.add_argument("--model", default=None, help="diffusers folder or cached hub id (default: the reference model)")
     p.add_argument("--out", required=True, help="compressed model folder to write (replaced atomically)")
     how = p.add_mutually_exclusive_group()
-    how.add_argument("--recipe", default=None, help="fixed recipe: w4r32, w4r16, w4r64, w4r0, w6r0, w8r0 (default: the budget)")
+    how.add_argument("--recipe", default=None, help=f"fixed recipe: {', '.join(FIXED)} (default: the budget)")
     how.add_argument("--bits-budget", type=float, default=None,
-                     help="effective bits per UNet parameter to allocate ranks and bit widths under (default 4.5, min 4)")
-    p.add_argument("--quantizer", default="palette", choices=["palette", "int4", "int"],
+                     help=f"effective bits per parameter to allocate ranks and bit widths under (default {DEFAULT_BUDGET:g}, "
+                          f"at most {MAX_BUDGET:g})")
+    p.add_argument("--quantizer", default=R.quantizer, choices=["palette", "int4", "int"],
                    help="palette: k-means LUT per group of output channels; int4: symmetric ints, scale per input block")
-    p.add_argument("--group-size", type=int, default=16, help="palette: output channels sharing a table (default 16)")
-    p.add_argument("--block-size", type=int, default=32, help="int4: input channels sharing a scale (default 32)")
+    p.add_argument("--group-size", type=int, default=R.group_size,
+                   help=f"palette: output channels sharing a table (default {R.group_size})")
+    p.add_argument("--block-size", type=int, default=R.block_size,
+                   help=f"int4: input channels sharing a scale (default {R.block_size})")
     p.add_argument("--no-smoothing", action="store_true", help="disable activation smoothing (alpha = 0)")
-    p.add_argument("--refine-iters", type=int, default=3, help="low-rank refinement rounds (default 3)")
+    p.add_argument("--refine-iters", type=int, default=R.refine_iters,
+                   help=f"low-rank refinement rounds (default {R.refine_iters})")
     p.add_argument("--calib-prompts", default=None, help="file with one calibration prompt per line")
-    p.add_argument("--calib-count", type=int, default=64, help="default calibration prompts to draw (default 64)")
-    p.add_argument("--calib-steps", type=int, default=8, help="sampling steps per calibration prompt (default 8)")
-    p.add_argument("--calib-timesteps", default="all", choices=["all", "first25", "last25"],
+    p.add_argument("--calib-count", type=int, default=C.count,
+                   help=f"default calibration prompts to draw (default {C.count})")
+    p.add_argument("--calib-steps", type=int, default=C.steps,
+                   help=f"sampling steps per calibration prompt (default {C.steps})")
+    p.add_argument("--calib-timesteps", default=C.timesteps, choices=["all", "first25", "last25"],
                    help="record layer inputs over all timesteps or only the first/last quarter of sampling")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_compress)
 
 
@@ -130,13 +140,19 @@ def _run_compress(args) -> int:
     from pathlib import Path
 
     _quiet_libraries()
-    from .palettize.compress import compress_model, summary_line
+    from .compress.run import CompressOptions, compress_model, summary_line
+    from .palettize.calibrate import CalibrationSettings
     from .palettize.recipes import make_recipe
+    from .ui import task_progress
 
     recipe = make_recipe(args.recipe, args.bits_budget, args.quantizer, args.group_size, args.block_size,
                          smoothing=not args.no_smoothing, refine_iters=args.refine_iters)
-    manifest = compress_model(args.model, Path(args.out), recipe, Path(args.calib_prompts) if args.calib_prompts else None,
-                              args.calib_count, args.calib_steps, args.calib_timesteps)
+    opts = CompressOptions(out=Path(args.out), model=args.model, recipe=recipe,
+                           calibration=CalibrationSettings(count=args.calib_count, steps=args.calib_steps,
+                                                           timesteps=args.calib_timesteps),
+                           calib_prompts=Path(args.calib_prompts) if args.calib_prompts else None)
+    with task_progress(not args.quiet) as on_progress:
+        manifest = compress_model(opts, on_progress)
     print(summary_line(manifest))
     print(f"wrote {args.out} (took {sum(manifest['timings_s'].values()):.0f} s); inspect it with `pocketsd info {args.out}`")
     return 0
@@ -155,20 +171,17 @@ def _add_lora(sub) -> None:
 
 def _run_lora_merge(args) -> int:
     import time
+    from pathlib import Path
 
-    from .loading import resolve_model
-    from .palettize.lora import merge_into_compressed, parse_lora_arg
+    _quiet_libraries()
+    from .compress.lora_merge import merge_loras
 
-    source = resolve_model(args.model)
-    if source.kind != "compressed":
-        raise BadInput(f"{args.model} is a {source.kind} model; `lora merge` needs a compressed folder "
-                       "(run `pocketsd compress` first, or pass --lora to `pocketsd generate`)")
     start = time.time()
-    manifest = merge_into_compressed(source.path, [parse_lora_arg(x) for x in args.lora], args.out)
+    manifest = merge_loras(args.model, [_parse_lora(x) for x in args.lora], Path(args.out))
     for rec in manifest["loras"][-len(args.lora):]:
         print(f"merged {rec['file']} ×{rec['scale']:g}: {rec['lowrank_concat']} low-rank branches widened by "
               f"rank {rec['rank']}, {rec['dense_fused']} fp16 layers fused")
-    acc = manifest["accounting"]
+    acc = manifest["components"]["unet"]["accounting"]
     print(f"wrote {args.out} in {time.time() - start:.1f} s (UNet {acc['total_bytes'] / 1e6:.2f} MB, "
           f"{acc['bits_per_param']:.2f} bits/param)")
     return 0
@@ -204,7 +217,7 @@ def _run_convert(args) -> int:
 
     _quiet_libraries()
     from .convert.bundle import ConvertOptions
-    from .convert.progress import convert_with_progress
+    from .ui import convert_with_progress
 
     size = None
     if args.size:
@@ -264,7 +277,8 @@ def _run_bench(args) -> int:
 
     from rich.console import Console
 
-    from .pipeline.bench import PROMPTS, markdown, run_bench
+    harness = _bench_harness()
+    PROMPTS, markdown, run_bench = harness.PROMPTS, harness.markdown, harness.run_bench
 
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
     known = ("fp16", "compressed-dense", "compressed-packed")
@@ -286,34 +300,44 @@ def _run_bench(args) -> int:
 
 
 # ---- info (shared: dispatches on the kind of path) --------------------------------------------
+def _bench_harness():
+    """benchmarks/generate.py of the source checkout: the harness lives with the benchmarks, not in the package."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "generate.py"
+    if not path.is_file():
+        raise BadInput("`pocketsd bench` runs benchmarks/generate.py from a source checkout of PocketSD, which this "
+                       "install does not have; clone the repository and `pip install -e .` it")
+    spec = importlib.util.spec_from_file_location("pocketsd_bench_harness", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def _add_info(sub) -> None:
     p = sub.add_parser("info", help="describe a model folder, compressed folder or Core ML bundle")
     p.add_argument("path")
+    p.add_argument("--memory", action="store_true", help="Core ML bundle: resident model bytes per stage "
+                   "for the default and low-memory schedules")
+    p.add_argument("--budget-mb", type=float, help="with --memory: say whether each stage fits this many MB")
+    p.add_argument("--no-verify", action="store_true", help="skip checking recorded sha256 digests")
     p.set_defaults(func=_run_info)
 
 
 def _run_info(args) -> int:
-    from .loading import resolve_model
+    import math
 
     _quiet_libraries()
-    source = resolve_model(args.path)
-    if source.kind in ("diffusers", "hub"):
-        from .loading import describe
-    elif source.kind == "compressed":
-        from .palettize.artifact import describe
-    elif source.kind == "coreml":
-        try:
-            from .convert.bundle import describe
-        except ImportError:
-            raise BadInput(f"{args.path} is a Core ML bundle, but this build cannot describe bundles yet") from None
-    else:
-        raise BadInput(f"{args.path} is a single-file checkpoint; `pocketsd info` describes folders and bundles")
-    print(describe(source.path if source.path is not None else source.spec))
+    from .info import describe
+
+    if args.budget_mb is not None and (not math.isfinite(args.budget_mb) or args.budget_mb <= 0):
+        raise BadInput(f"--budget-mb must be a positive number, got {args.budget_mb}")
+    if args.budget_mb is not None and not args.memory:
+        raise BadInput("--budget-mb goes with --memory")
+    print(describe(args.path, memory=args.memory, budget_mb=args.budget_mb, verify=not args.no_verify))
     return 0
-
-
-def _not_yet(args) -> int:
-    raise BadInput(f"`pocketsd {args.command}` is not available in this build")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,21 +1,42 @@
-"""The command's face: a rich progress bar over components, then the bundle's sizes."""
+"""The commands' face (top floor): rich progress bars fed by the stages' progress callbacks, and closing tables.
+
+Stages never draw anything themselves; they call back with (task, advance, total, detail) or a package name.
+"""
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .bundle import ConvertOptions
+
+@contextlib.contextmanager
+def task_progress(enabled: bool = True) -> Iterator:
+    """A callback(task, advance, total, detail) drawing one bar per task name; a no-op when disabled."""
+    if not enabled:
+        yield lambda task, n, total, detail="": None
+        return
+    with Progress(TextColumn("[bold]{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TextColumn("{task.fields[detail]}"), console=Console(stderr=True)) as bar:
+        tasks: dict[str, int] = {}
+
+        def advance(task: str, n: int, total: int, detail: str = "") -> None:
+            if task not in tasks:
+                tasks[task] = bar.add_task(task, total=total, detail="")
+            bar.update(tasks[task], advance=n, detail=detail[-48:])
+
+        yield advance
 
 
-def convert_with_progress(opts: ConvertOptions, quiet: bool = False) -> dict:
-    from .run import convert_bundle
+def convert_with_progress(opts, quiet: bool = False) -> dict:
+    """`pocketsd convert` with a bar over packages, then the bundle's sizes."""
+    from .convert.run import convert_bundle
 
     console = Console(stderr=True, quiet=quiet)
-    n_unet = 2 if opts.chunk_unet else 1
     total = 4 + 1  # text encoders, VAE decoder/encoder, then the UNet (one step, chunks or not)
-    del n_unet
     with Progress(TextColumn("[bold]convert"), BarColumn(), TextColumn("{task.completed}/{task.total} {task.description}"),
                   TimeElapsedColumn(), console=console, transient=True, disable=quiet) as bar:
         task = bar.add_task("", total=total)

@@ -23,13 +23,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import BadInput
-from .lowrank import ExportLowRankLayer
+from ..palettize.layer import CompressedConv2d, CompressedLinear
 
 
 def as_conv1x1(linear: nn.Module) -> nn.Module:
     """A Linear (plain or compressed) as a 1×1 conv acting on (B, C, 1, S); weights shared, not copied."""
-    if isinstance(linear, ExportLowRankLayer):
-        return linear.to_channels_first()
+    if isinstance(linear, CompressedLinear):  # same tensors, acting on (B, C, 1, S): R keeps its bytes
+        linear.channels_first = True
+        return linear
+    if isinstance(linear, CompressedConv2d) and linear.shape[2:] == (1, 1):
+        return linear  # SD 1.x/2.x project with 1×1 convs, which already act on (B, C, H, W)
     if isinstance(linear, nn.Linear):
         conv = nn.Conv2d(linear.in_features, linear.out_features, 1, bias=linear.bias is not None, device="meta")
         conv.weight = nn.Parameter(linear.weight.data[:, :, None, None], requires_grad=False)

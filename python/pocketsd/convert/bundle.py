@@ -1,18 +1,13 @@
-"""The Core ML bundle: layout, manifest, resume, compile on macOS.
+"""Writing a Core ML bundle during conversion: packages saved atomically, tokenizer files, resume, compile.
 
-    <out>/pocketsd.json                      manifest (kind "coreml")
-    <out>/Resources/TextEncoder.mlpackage    … TextEncoder2, Unet | UnetChunk1 + UnetChunk2, VAEDecoder, VAEEncoder
-    <out>/Resources/vocab.json, merges.txt   CLIP BPE files for Swift's BPETokenizer
-    <out>/Resources/*.mlmodelc               compiled, on macOS only
-
-Every package is written into a temp folder and renamed into place when complete, and the manifest is
-rewritten after each component, so a killed run leaves only finished packages; a re-run skips a
-component whose files still hash to the manifest's sha256 under the same options (unless --force).
+The bundle's layout, names and manifest are `pocketsd.artifacts.bundle`'s. Every package is written into a
+temp folder and renamed into place when complete, and the manifest is rewritten after each component, so a
+killed run leaves only finished packages; a re-run skips a component whose files still hash to the manifest's
+sha256 under the same options (unless --force).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import shutil
@@ -22,12 +17,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..artifacts import atomic_dir, atomic_file, folder_bytes, read_json, write_json
+from ..artifacts import atomic_dir, atomic_file, folder_bytes
+from ..artifacts.bundle import MERGES, RESOURCES, VOCAB, stage_of
+from ..artifacts.integrity import tree_sha256
 from ..errors import BadInput
-
-MANIFEST = "pocketsd.json"
-RESOURCES = "Resources"
-FORMAT_VERSION = 1
 
 
 @dataclass
@@ -48,15 +41,7 @@ class ConvertOptions:
 
 def package_sha256(path: Path) -> str:
     """One digest over a package folder (relative paths and contents, in a fixed order) or a file."""
-    path = Path(path)
-    h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for f in files:
-        h.update(str(f.relative_to(path) if f != path else f.name).encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
+    return tree_sha256(path)
 
 
 class PeakRSS:
@@ -101,8 +86,8 @@ def write_tokenizer_files(tokenizer_dir: Path, resources: Path) -> dict:
     tokenizer_dir = Path(tokenizer_dir)
     vocab, merges = tokenizer_dir / "vocab.json", tokenizer_dir / "merges.txt"
     if vocab.is_file() and merges.is_file():
-        shutil.copy2(vocab, resources / "vocab.json")
-        shutil.copy2(merges, resources / "merges.txt")
+        shutil.copy2(vocab, resources / VOCAB)
+        shutil.copy2(merges, resources / MERGES)
         return {"source": "vocab.json/merges.txt"}
     fast = tokenizer_dir / "tokenizer.json"
     if not fast.is_file():
@@ -111,22 +96,11 @@ def write_tokenizer_files(tokenizer_dir: Path, resources: Path) -> dict:
     if model.get("type") != "BPE":
         raise BadInput(f"{fast} is a {model.get('type')} tokenizer; Apple's Swift pipeline needs CLIP's BPE")
     lines = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
-    with atomic_file(resources / "vocab.json", "w") as fh:
+    with atomic_file(resources / VOCAB, "w") as fh:
         json.dump(model["vocab"], fh, ensure_ascii=False)
-    with atomic_file(resources / "merges.txt", "w") as fh:
+    with atomic_file(resources / MERGES, "w") as fh:
         fh.write("#version: 0.2\n" + "\n".join(lines) + "\n")
     return {"source": "tokenizer.json", "vocab_size": len(model["vocab"]), "merges": len(lines)}
-
-
-def read_manifest(out: Path) -> dict:
-    path = Path(out) / MANIFEST
-    if not path.is_file():
-        return {}
-    try:
-        manifest = read_json(path)
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return manifest if manifest.get("kind") == "coreml" else {}
 
 
 def component_done(out: Path, manifest: dict, name: str, fingerprint: dict) -> bool:
@@ -138,6 +112,22 @@ def component_done(out: Path, manifest: dict, name: str, fingerprint: dict) -> b
         if not path.exists() or package_sha256(path) != digest:
             return False
     return bool(entry.get("sha256"))
+
+
+def record_package(out: Path, manifest: dict, name: str, package: Path, *, inputs: list, outputs: list,
+                   precision: str, seconds: float, peak_mb: float, fingerprint: dict, extra: dict | None = None) -> None:
+    """The manifest entry of a written package: its I/O, stage, sizes, digest, census and how it was made."""
+    from .census import census
+
+    info = census(package)
+    rel = str(package.relative_to(out))
+    manifest["components"][name] = {
+        "file": rel, "stage": stage_of(name), "inputs": [s.record() for s in inputs],
+        "outputs": [s.record() for s in outputs], "compute_precision": precision,
+        "weight_bytes": info["weight_blob_bytes"], "bytes": folder_bytes(package), "convert_seconds": round(seconds, 2),
+        "peak_rss_mb": peak_mb, "sha256": {rel: package_sha256(package)}, "fingerprint": fingerprint,
+        "census": info, **(extra or {}),
+    }
 
 
 def can_compile() -> bool:
@@ -173,7 +163,7 @@ def base_manifest(source: dict, opts: ConvertOptions) -> dict:
     from .. import __version__
 
     return {
-        "kind": "coreml", "format_version": FORMAT_VERSION, "pocketsd_version": __version__,
+        "pocketsd_version": __version__,
         "versions": {"pocketsd": __version__, "coremltools": coremltools.__version__, "torch": torch.__version__,
                      "diffusers": diffusers.__version__, "python": platform.python_version()},
         "source_model": source, "resources": RESOURCES,
@@ -182,17 +172,3 @@ def base_manifest(source: dict, opts: ConvertOptions) -> dict:
                     "loras": [[str(p), s] for p, s in opts.loras], "lora_functions": [str(p) for p in opts.lora_functions]},
         "components": {},
     }
-
-
-def update_manifest(out: Path, manifest: dict) -> None:
-    manifest["updated_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    manifest["total_bytes"] = sum(folder_bytes(Path(out) / rel) for c in manifest["components"].values()
-                                  for rel in c.get("sha256", {}) if (Path(out) / rel).exists())
-    write_json(Path(out) / MANIFEST, manifest)
-
-
-def describe(path: Path) -> str:
-    """`pocketsd info` on a bundle (the census lives in convert/inspect.py)."""
-    from .inspect import describe as _describe
-
-    return _describe(path)

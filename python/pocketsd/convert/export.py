@@ -1,7 +1,8 @@
 """torch.export → ct.convert, one component at a time, with Apple's input/output names.
 
 Names and shapes follow apple/ml-stable-diffusion's Swift package (TextEncoderXL.swift, Unet.swift,
-Decoder.swift, Encoder.swift) so its `StableDiffusionXLPipeline(resourcesAt:)` can load the bundle:
+Decoder.swift, Encoder.swift) so its `StableDiffusionXLPipeline(resourcesAt:)` can load the bundle (the names
+are spelled once, in `pocketsd.artifacts.bundle`):
   TextEncoder / TextEncoder2: input_ids float32 (1, 77) → hidden_embeds (1, 77, C), pooled_outputs (1, P)
       (SD 1.x/2.x: last_hidden_state instead of hidden_embeds). SDXL reads the penultimate layer.
   Unet: sample (B, 4, h, w), timestep (B,), encoder_hidden_states (B, C, 1, 77)
@@ -13,23 +14,15 @@ torch.jit.trace is not used: with numpy 2.3 it trips coremltools; torch.export w
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from torch import nn
 
+from ..artifacts import bundle as names
+from ..artifacts.bundle import TensorSpec
 from . import DEFAULT_TARGET, TARGETS  # noqa: F401 (re-exported)
+
 SEQ_LEN = 77
-
-
-@dataclass
-class TensorSpec:
-    name: str
-    shape: tuple[int, ...]
-
-    def record(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "dtype": "float32"}
 
 
 # ---- torch wrappers with Apple's signatures ------------------------------------------------------
@@ -119,11 +112,11 @@ def convert_module(module: nn.Module, inputs: list[TensorSpec], outputs: list[st
 
 def _example(spec: TensorSpec) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
-    if spec.name == "input_ids":
+    if spec.name == names.INPUT_IDS:
         return torch.randint(0, 100, spec.shape, generator=g).float()
-    if spec.name == "timestep":
+    if spec.name == names.TIMESTEP:
         return torch.full(spec.shape, 999.0)
-    if spec.name == "time_ids":
+    if spec.name == names.TIME_IDS:
         return torch.tensor([1024.0, 1024.0, 0.0, 0.0, 1024.0, 1024.0]).expand(spec.shape).clone()
     return torch.randn(spec.shape, generator=g)
 
@@ -132,25 +125,27 @@ def text_encoder_specs(encoder: nn.Module, xl: bool) -> tuple[list[TensorSpec], 
     cfg = encoder.config
     pooled = getattr(cfg, "projection_dim", None) if hasattr(encoder, "text_projection") else cfg.hidden_size
     seq = min(SEQ_LEN, cfg.max_position_embeddings)
-    outs = [TensorSpec("hidden_embeds" if xl else "last_hidden_state", (1, seq, cfg.hidden_size)),
-            TensorSpec("pooled_outputs", (1, pooled))]
-    return [TensorSpec("input_ids", (1, seq))], outs
+    outs = [TensorSpec(names.HIDDEN_XL if xl else names.HIDDEN_SD, (1, seq, cfg.hidden_size)),
+            TensorSpec(names.POOLED, (1, pooled))]
+    return [TensorSpec(names.INPUT_IDS, (1, seq))], outs
 
 
 def unet_specs(config, latent_hw: tuple[int, int], batch: int, text_len: int, pooled_dim: int | None):
     h, w = latent_hw
-    ins = [TensorSpec("sample", (batch, config.in_channels, h, w)), TensorSpec("timestep", (batch,)),
-           TensorSpec("encoder_hidden_states", (batch, config.cross_attention_dim, 1, text_len))]
+    ins = [TensorSpec(names.SAMPLE, (batch, config.in_channels, h, w)), TensorSpec(names.TIMESTEP, (batch,)),
+           TensorSpec(names.ENCODER_HIDDEN_STATES, (batch, config.cross_attention_dim, 1, text_len))]
     if config.addition_embed_type == "text_time":
         n_ids = (config.projection_class_embeddings_input_dim - pooled_dim) // config.addition_time_embed_dim
-        ins += [TensorSpec("text_embeds", (batch, pooled_dim)), TensorSpec("time_ids", (batch, n_ids))]
-    return ins, [TensorSpec("noise_pred", (batch, config.out_channels, h, w))]
+        ins += [TensorSpec(names.TEXT_EMBEDS, (batch, pooled_dim)), TensorSpec(names.TIME_IDS, (batch, n_ids))]
+    return ins, [TensorSpec(names.NOISE_PRED, (batch, config.out_channels, h, w))]
 
 
 def vae_specs(vae: nn.Module, image_hw: tuple[int, int]):
     cfg = vae.config
     factor = 2 ** (len(cfg.block_out_channels) - 1)
     h, w = image_hw[0] // factor, image_hw[1] // factor
-    dec = ([TensorSpec("z", (1, cfg.latent_channels, h, w))], [TensorSpec("image", (1, cfg.out_channels, *image_hw))])
-    enc = ([TensorSpec("x", (1, cfg.in_channels, *image_hw))], [TensorSpec("latent", (1, 2 * cfg.latent_channels, h, w))])
+    dec = ([TensorSpec(names.DECODER_IN, (1, cfg.latent_channels, h, w))],
+           [TensorSpec(names.DECODER_OUT, (1, cfg.out_channels, *image_hw))])
+    enc = ([TensorSpec(names.ENCODER_IN, (1, cfg.in_channels, *image_hw))],
+           [TensorSpec(names.ENCODER_OUT, (1, 2 * cfg.latent_channels, h, w))])
     return dec, enc

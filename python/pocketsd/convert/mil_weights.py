@@ -1,7 +1,7 @@
 """Our codes, tables and scales → Core ML iOS18 constexpr ops, inside ct.convert.
 
-How (what works in coremltools 9.0): the torch module carries each compressed layer's residual R as a
-dense weight whose values are exactly the fp16 dequantized residual. After the default MIL pipeline
+How (what works in coremltools 9.0): each compressed layer, in its "export" mode (palettize/layer.py), carries
+its residual R as a dense fp32 tensor whose values are exactly the fp16 dequantized residual. After the default MIL pipeline
 (including the fp16 cast) that weight is an fp16 `const` bit-identical to R. A graph pass appended to
 the pipeline finds those consts by their fp16 bytes and swaps each for
   - `constexpr_lut_to_dense(indices=our codes as uint{b}, lut=our tables)`     (palette), or
@@ -18,14 +18,22 @@ tables/scales from the weight values instead of taking ours.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from .lowrank import fp16_key
+from ..palettize.layer import CompressedLayer
 
 PASS_NAME = "pocketsd::use_compressed_codes"
+
+
+def fp16_key(values) -> str:
+    """Identity of a weight by its fp16 bytes (shape-agnostic: (o,i) and (o,i,1,1) share a key)."""
+    if hasattr(values, "detach"):  # a torch tensor
+        values = values.detach().cpu().numpy()
+    return hashlib.sha1(np.ascontiguousarray(values.astype(np.float16)).tobytes()).hexdigest()
 
 
 def _register():
@@ -68,13 +76,13 @@ def _replace_in_block(block, table: "CompressedWeights") -> None:
         table.placed[layer.name] += 1
 
 
-def constexpr_for(layer, shape: tuple[int, ...], before_op=None, name: str | None = None):
+def constexpr_for(layer: CompressedLayer, shape: tuple[int, ...], before_op=None, name: str | None = None):
     """The iOS18 constexpr op for one compressed layer, shaped as the const it replaces."""
     from coremltools.converters.mil.mil import Builder as mb
     from coremltools.converters.mil.mil import types
 
     shape = tuple(int(x) for x in shape)
-    codes = layer.codes.numpy().reshape(shape)
+    codes = layer.unpacked_codes().numpy().reshape(shape)
     kwargs = {"before_op": before_op} if before_op is not None else {}
     if name:
         kwargs["name"] = name
@@ -92,9 +100,9 @@ def constexpr_for(layer, shape: tuple[int, ...], before_op=None, name: str | Non
 class CompressedWeights:
     """The compressed layers of one conversion, looked up by the fp16 bytes of their residual."""
 
-    def __init__(self, export_layers: dict):
-        self.layers = {name: m.layer for name, m in export_layers.items()}
-        self.by_key = {m.key: m.layer for m in export_layers.values()}
+    def __init__(self, layers: dict[str, CompressedLayer]):
+        self.layers = dict(layers)
+        self.by_key = {fp16_key(m.residual()): m for m in layers.values()}
         self.placed: Counter = Counter()
 
     @contextlib.contextmanager
@@ -152,14 +160,12 @@ def decompressed_weights(program) -> dict[str, np.ndarray]:
     return out
 
 
-def verify_package(package: Path, layers: dict) -> dict:
+def verify_package(package: Path, layers: dict[str, CompressedLayer]) -> dict:
     """Decompress every constexpr weight of `package` and match it bit for bit against our R.
 
     `layers` maps layer name → CompressedLayer. Returns counts; raises AssertionError on any mismatch.
     """
-    from ..palettize.format import dequantize_residual
-
-    expected = {fp16_key(dequantize_residual(l)): name for name, l in layers.items()}
+    expected = {fp16_key(layer.residual()): name for name, layer in layers.items()}
     dense = decompressed_weights(load_program(package))
     matched, foreign = Counter(), []
     for op_name, value in dense.items():

@@ -46,13 +46,13 @@ def _module_bytes(module: nn.Module | None) -> int:
     """Bytes the module's weights take in the bundle (compressed layers at their stored size)."""
     if module is None:
         return 0
-    from .lowrank import ExportLowRankLayer
+    from ..palettize.layer import CompressedLayer
 
     total, seen = 0, set()
     for sub in module.modules():
-        if isinstance(sub, ExportLowRankLayer):
+        if isinstance(sub, CompressedLayer):
             total += sub.stored_bytes()
-            seen.update(id(p) for p in sub.parameters())
+            seen.update(id(b) for b in sub.buffers())
     for p in module.parameters():
         if id(p) not in seen:
             seen.add(id(p))

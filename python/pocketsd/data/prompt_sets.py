@@ -40,8 +40,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable
 
-from ..data import PROMPTS_DIR
-from ..data.grammar import Scene, adherence_scenes, all_scenes
+from . import PROMPTS_DIR
+from .grammar import Scene, adherence_scenes, all_scenes
 from ..errors import BadInput
 
 OWN_FORMAT = "pocketsd-prompts"

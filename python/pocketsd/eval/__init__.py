@@ -1,6 +1,7 @@
 """Evaluation: prompt sets, metrics and the pieces `pocketsd eval` is built from.
 
-- `prompt_sets`: `load_prompt_set(name_or_path, count=None, seed=0, categories=None)` → `PromptSet` of `Prompt`
+- prompt sets live on the ground floor (`pocketsd.data.prompt_sets`, shared with calibration):
+  `load_prompt_set(name_or_path, count=None, seed=0, categories=None)` → `PromptSet` of `Prompt`
   (id, text, category, scene); the project's own set (`pocketsd`, default for every model but the reference
   model), the reference grammar (`reference`, `reference-all`), MJHQ-30K, sDCI, COCO, PartiPrompts, plain text;
   `prompt_seed(id, base)` for per-prompt generation seeds.

@@ -1,5 +1,4 @@
-"""4-bit + low-rank compression of the UNet (SVDQuant-style), its on-disk format and runtime layers.
-
-Public entry points: `format.read_compressed`, `format.dequantize_residual`, `artifact.load_compressed_unet`,
-`compress.compress_unet`, `format.save_compressed`. Submodules are imported lazily by their users.
-"""
+"""The core: tensors in, tensors out. Quantizers (`quantizers`, `packing`), the low-rank decomposition
+(`lowrank`), calibration statistics (`calibrate`), the budget allocator (`allocate`), recipes (`recipes`),
+one compressed-layer type whose state dict is the on-disk format (`layer`), compressing a network
+(`compress`) and LoRAs (`lora`). Nothing here reads or writes files but LoRA files, or draws anything."""

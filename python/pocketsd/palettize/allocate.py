@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .format import PALETTE, effective_weight
+from ..artifacts.compressed import PALETTE, header_bytes_estimate
 from .lowrank import lowrank_decompose, smoothed_matrix, svd_factors
-from .quantizers import QuantSpec
-from .recipes import BITS, RANKS, Recipe
+from .quantizers import BITS, QuantSpec
+from .recipes import RANKS, Recipe
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,17 @@ def layer_bytes(shape: tuple[int, ...], spec: QuantSpec, rank: int, smoothed: bo
         b += (numel // spec.block_size) * 2
     b += rank * (out + numel // out) * 2
     return b + (cin * 2 if smoothed else 0) + (out * 2 if has_bias else 0)
+
+
+def stored_tensors(rank: int, smoothed: bool, has_bias: bool) -> int:
+    """How many tensors a compressed layer stores (codes, table or scales, factors, smoothing, bias)."""
+    return 2 + (2 if rank else 0) + int(smoothed) + int(has_bias)
+
+
+def candidate_bytes(shape: tuple[int, ...], spec: QuantSpec, rank: int, smoothed: bool, has_bias: bool) -> int:
+    """What a candidate costs in the file: its tensors plus their share of the safetensors header."""
+    return (layer_bytes(shape, spec, rank, smoothed, has_bias)
+            + header_bytes_estimate(stored_tensors(rank, smoothed, has_bias)) - header_bytes_estimate(0))
 
 
 def rank_cap(shape: tuple[int, ...]) -> int:
@@ -71,10 +82,10 @@ def measure_candidates(W: torch.Tensor, has_bias: bool, recipe: Recipe, rows=Non
         spec = QuantSpec(recipe.quantizer, bits, recipe.group_size, recipe.block_size)
         for rank in ranks:
             d = lowrank_decompose(W, rank, spec, rows, act_max, alpha, iters=0, probe=True, init_factors=factors)
-            nbytes = layer_bytes(shape, spec, rank, d.smooth is not None, has_bias)
+            nbytes = candidate_bytes(shape, spec, rank, d.smooth is not None, has_bias)
             out.append(Candidate(rank, bits, nbytes, d.error / max(d.signal, 1e-30)))
             if rank == 0:
-                rank0[bits] = (out[-1].rel_error, effective_weight(d.to_layer("probe", "linear", None)))
+                rank0[bits] = (out[-1].rel_error, d.effective_weight())
     return out, alpha, rank0
 
 
@@ -89,12 +100,14 @@ class EndToEndProbe:
 
     def __init__(self, unet, calls: list[dict]):
         self.unet = unet
+        self.calls = 0  # network evaluations made, the baseline included
         self.inputs = _batch_calls(calls)
         with torch.no_grad():
             self.base = self._run()
         self.norm = max(float(self.base.pow(2).sum()), 1e-30)
 
     def _run(self) -> torch.Tensor:
+        self.calls += 1
         return self.unet(**self.inputs, return_dict=False)[0]
 
     def response(self, module, probe_weight: torch.Tensor) -> float:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -50,21 +49,26 @@ class Calibration:
         return None if st is None else st.act_max
 
 
-def read_prompts(path: Path) -> list[str]:
-    """One prompt per non-empty line (lines starting with # are comments)."""
-    path = Path(path)
-    if not path.is_file():
-        raise BadInput(f"calibration prompt file {path} does not exist")
-    prompts = [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
-    if not prompts:
-        raise BadInput(f"calibration prompt file {path} has no prompts (one per line)")
-    return prompts
+@dataclass(frozen=True)
+class CalibrationSettings:
+    """How calibration samples: its defaults live here once (the CLI reads them)."""
 
+    count: int = 64  # prompts drawn from the default set
+    steps: int = 8  # sampling steps per prompt
+    timesteps: str = "all"  # "all" | "first25" | "last25"
+    rows_per_layer: int = 512
+    batch_size: int = 8
+    guidance: float = 5.0
+    seed: int = 0
 
-def default_prompts(n: int = 64) -> list[str]:
-    from ..data.grammar import calibration_prompts
-
-    return calibration_prompts(n)
+    def check(self) -> "CalibrationSettings":
+        if self.timesteps not in TIMESTEP_RANGES:
+            raise BadInput(f"--calib-timesteps must be one of {', '.join(TIMESTEP_RANGES)}, got {self.timesteps!r}")
+        if not 1 <= self.steps <= 1000:
+            raise BadInput(f"--calib-steps must be in 1..1000, got {self.steps}")
+        if not 1 <= self.count <= 100_000:
+            raise BadInput(f"--calib-count must be in 1..100000, got {self.count}")
+        return self
 
 
 def _in_range(t: float, num_train: int, timesteps: str) -> bool:

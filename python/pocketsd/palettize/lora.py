@@ -7,6 +7,7 @@ A LoRA adds ΔW = scale · (alpha / r) · B·A to a layer's weight. On a compres
 
 so the 4-bit residual is never touched. Conv LoRAs are matrices over (in·k·k), like the compressed convs.
 Layers the compressed model kept in fp16, and every layer of a plain diffusers UNet, get ΔW added densely.
+The rule itself is `CompressedLayer.append_lowrank`; `apply_loras` is the one place that applies LoRAs.
 
 Key formats: diffusers/PEFT (`unet.<module>.lora_A.weight`), the older diffusers ones (`.lora.down`,
 `attn1.processor.to_q_lora.down`), bare PEFT (`base_model.model.<module>…`) and kohya's (`lora_unet_…`, also with
@@ -25,8 +26,8 @@ from typing import Iterable, Mapping, Sequence
 
 import torch
 
-from ..artifacts import atomic_dir
 from ..errors import BadInput
+from .layer import CompressedLayer
 
 _SHOW = 3  # how many mismatches a BadInput lists
 
@@ -57,10 +58,6 @@ class LoraLayer:
 class Lora:
     path: Path
     layers: dict[str, LoraLayer]  # UNet module name → factors
-
-    @property
-    def n_params(self) -> int:
-        return sum(l.down.numel() + l.up.numel() for l in self.layers.values())
 
 
 def parse_lora_arg(text: str) -> tuple[Path, float]:
@@ -195,136 +192,46 @@ def check_fits(lora: Lora, weight_shapes: Mapping[str, Sequence[int]]) -> None:
         raise BadInput(f"LoRA {lora.path.name} does not fit this UNet: {'; '.join(problems[:_SHOW])}{more}")
 
 
-def dense_weight_shapes(unet: torch.nn.Module) -> dict[str, tuple[int, ...]]:
-    return {n: tuple(m.weight.shape) for n, m in unet.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
-
-
-@torch.no_grad()
-def fuse_dense(module: torch.nn.Module, layer: LoraLayer, scale: float) -> None:
-    """W += ΔW in the weight's own dtype (the delta is computed in float32)."""
-    w = module.weight
-    w.add_(layer.delta(w.shape, scale).to(w.dtype))
+def weight_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    """Weight shapes of every Linear/Conv2d of a model, compressed layers included (what a LoRA may target)."""
+    shapes = {}
+    for name, module in model.named_modules():
+        if isinstance(module, CompressedLayer):
+            shapes[name] = tuple(module.shape)
+        elif isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+            shapes[name] = tuple(module.weight.shape)
+    return shapes
 
 
 def load_loras(specs: Iterable[tuple[Path | str, float]], unet_config=None) -> list[tuple[Lora, float]]:
     return [(read_lora(p, unet_config), float(s)) for p, s in specs]
 
 
-def _is_compressed(module: torch.nn.Module) -> bool:
-    # layers.LowRankQuantLinear/Conv2d, duck-typed so this module need not import the runtime layers.
-    return type(module).__name__.startswith("LowRankQuant") and hasattr(module, "mode")
-
-
 @torch.no_grad()
-def _apply_to_runtime_module(module: torch.nn.Module, layer: LoraLayer, scale: float) -> str:
-    """A loaded LowRankQuant module: dense mode holds one folded weight (add ΔW to it); packed mode keeps the
-    factors (concatenate, the new A seeing x/s like the rest of the branch)."""
-    b, a = layer.factors(scale)
-    if module.mode == "dense":
-        module.weight.add_((b @ a).reshape(module.weight.shape).to(module.weight.dtype))
-        return "dense_fused"
-    if module.inv_smooth is not None:
-        k = a.shape[1] // module.inv_smooth.numel()
-        a = a / module.inv_smooth.float().repeat_interleave(k)[None, :]
-    b16, a16 = b.to(torch.float16), a.to(torch.float16)
-    if module.lowrank_up is None:
-        module.lowrank_up, module.lowrank_down = b16, a16
-    else:
-        module.lowrank_up = torch.cat([module.lowrank_up, b16], dim=1)
-        module.lowrank_down = torch.cat([module.lowrank_down, a16], dim=0)
-    module.rank = int(module.lowrank_up.shape[1])
-    return "lowrank_concat"
+def apply_loras(model: torch.nn.Module, loaded: Sequence[tuple[Lora, float]]) -> list[dict]:
+    """Apply read LoRAs in place, to any model: a compressed layer widens its low-rank branch
+    (`CompressedLayer.append_lowrank`, the 4-bit residual untouched); a plain Linear/Conv2d (a layer kept in
+    fp16, or any layer of an uncompressed model) gets ΔW added to its weight.
 
-
-def apply_loras(unet: torch.nn.Module, specs: Iterable[tuple[Path | str, float]]) -> list[dict]:
-    """Apply LoRAs in place to a loaded UNet: a plain diffusers one (dense ΔW) or one built from a compressed
-    folder (low-rank concatenation in packed mode; its fp16 layers get ΔW densely).
-
-    For a compressed folder prefer `load_compressed_with_loras`, which merges before the modules are built
-    (exactly what `pocketsd lora merge` writes). Returns one record per LoRA for the generation report.
-    Every LoRA is checked before any is applied, so a bad one leaves the UNet untouched.
+    Every LoRA is checked before any is applied, so a bad one leaves the model untouched. Returns one record
+    per LoRA (for the generation report and the compressed folder's manifest).
     """
-    shapes = {}
-    for name, module in unet.named_modules():
-        if _is_compressed(module):
-            shapes[name] = tuple(module.shape)
-        elif isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
-            shapes[name] = tuple(module.weight.shape)
-    loaded = load_loras(specs, getattr(unet, "config", None))
+    shapes = weight_shapes(model)
     for lora, _ in loaded:
         check_fits(lora, shapes)
-    modules = dict(unet.named_modules())
-    records = []
-    for lora, scale in loaded:
-        counts = {"lowrank_concat": 0, "dense_fused": 0}
-        for name, layer in lora.layers.items():
-            module = modules[name]
-            if _is_compressed(module):
-                counts[_apply_to_runtime_module(module, layer, scale)] += 1
-            else:
-                fuse_dense(module, layer, scale)
-                counts["dense_fused"] += 1
-        records.append({"path": str(lora.path), "file": lora.path.name, "scale": scale, "layers": len(lora.layers),
-                        "rank": max((l.rank for l in lora.layers.values()), default=0), **counts})
-    return records
-
-
-def load_compressed_with_loras(folder: Path | str, specs: Sequence[tuple[Path | str, float]], mode: str = "dense",
-                               dtype: torch.dtype = torch.float32):
-    """A compressed folder's UNet with LoRAs merged into its low-rank branches before the modules are built.
-
-    Returns (unet, records)."""
-    from .artifact import build_unet
-    from .format import read_compressed
-
-    cunet = read_compressed(Path(folder))
-    records = merge_into_cunet(cunet, load_loras(specs, cunet.unet_config))
-    return build_unet(cunet, mode, dtype), records
-
-
-# ---- compressed models: concatenate onto the low-rank branches ------------------------------------
-def compressed_weight_shapes(cunet) -> dict[str, tuple[int, ...]]:
-    """Weight shapes of every Linear/Conv2d of a `format.CompressedUNet`: compressed layers and fp16 leftovers."""
-    shapes = {name: tuple(layer.shape) for name, layer in cunet.layers.items()}
-    for key, t in cunet.leftover.items():
-        if key.endswith(".weight") and t.ndim in (2, 4):  # Linear / Conv2d weights kept in fp16
-            shapes[key[: -len(".weight")]] = tuple(t.shape)
-    return shapes
-
-
-def concat_lowrank(layer, b: torch.Tensor, a: torch.Tensor) -> None:
-    """L1 ← [L1, B], L2 ← [L2; A·diag(s̃)] on a `format.CompressedLayer`; codes/lut/scales untouched.
-
-    The existing factors are kept bit for bit (concatenation of the stored fp16 tensors); the new columns
-    are rounded to fp16 once, like every stored factor.
-    """
-    if layer.smooth is not None:
-        k = a.shape[1] // layer.smooth.numel()  # kernel taps: s̃[i·k + t] = s[i]
-        a = a * layer.smooth.float().repeat_interleave(k)[None, :]
-    b16, a16 = b.to(torch.float16), a.to(torch.float16)
-    if layer.lowrank_up is None:
-        layer.lowrank_up, layer.lowrank_down = b16.contiguous(), a16.contiguous()
-    else:
-        layer.lowrank_up = torch.cat([layer.lowrank_up, b16], dim=1).contiguous()
-        layer.lowrank_down = torch.cat([layer.lowrank_down, a16], dim=0).contiguous()
-
-
-def merge_into_cunet(cunet, loaded: Sequence[tuple[Lora, float]]) -> list[dict]:
-    """Merge already-read LoRAs into a `format.CompressedUNet` in memory (all checked before any is applied)."""
-    shapes = compressed_weight_shapes(cunet)
-    for lora, _ in loaded:
-        check_fits(lora, shapes)
+    modules = dict(model.named_modules())
     records = []
     for lora, scale in loaded:
         concat = dense = 0
         for name, layer in lora.layers.items():
-            b, a = layer.factors(scale)
-            if name in cunet.layers:
-                concat_lowrank(cunet.layers[name], b, a)
+            module = modules[name]
+            up, down = layer.factors(scale)
+            if isinstance(module, CompressedLayer):
+                module.append_lowrank(up, down)
                 concat += 1
-            else:  # a layer the compressed model kept in fp16: fuse ΔW into it
-                w = cunet.leftover[f"{name}.weight"]
-                cunet.leftover[f"{name}.weight"] = (w.float() + (b @ a).reshape(w.shape)).to(w.dtype)
+            else:
+                w = module.weight
+                w.add_((up @ down).reshape(w.shape).to(w.dtype))
                 dense += 1
         records.append({"path": str(lora.path), "file": lora.path.name, "scale": scale, "layers": len(lora.layers),
                         "rank": max((l.rank for l in lora.layers.values()), default=0),
@@ -332,29 +239,6 @@ def merge_into_cunet(cunet, loaded: Sequence[tuple[Lora, float]]) -> list[dict]:
     return records
 
 
-def merge_into_compressed(compressed, specs: Sequence[tuple[Path | str, float]], out: Path | None = None):
-    """Add LoRAs to a compressed model (a folder or a `format.CompressedUNet`) without re-quantizing.
-
-    With a folder and `out`, writes a new compressed folder atomically whose pocketsd.json lists the LoRAs
-    (after any it already had) and returns its manifest. With a `CompressedUNet`, merges in place and returns
-    the per-LoRA records.
-    """
-    from . import format as fmt
-
-    if not isinstance(compressed, (str, Path)):
-        return merge_into_cunet(compressed, load_loras(specs, compressed.unet_config))
-    if not specs:
-        raise BadInput("give at least one --lora FILE[:SCALE]")
-    folder = Path(compressed)
-    cunet = fmt.read_compressed(folder)
-    records = merge_into_cunet(cunet, load_loras(specs, cunet.unet_config))
-    if out is None:
-        return records
-    out = Path(out)
-    if out.resolve() == folder.resolve():
-        raise BadInput("--out must differ from --model (the source folder is read while the new one is written)")
-    history = list(cunet.manifest.get("loras", [])) + records
-    with atomic_dir(out) as tmp:
-        fmt.copy_components(folder, tmp)
-        manifest = fmt.write_unet(cunet, tmp, source=cunet.manifest.get("source_model"), extra={"loras": history})
-    return manifest
+def apply_lora_files(model: torch.nn.Module, specs: Iterable[tuple[Path | str, float]]) -> list[dict]:
+    """Read LoRA files (`FILE`, scale pairs) against `model`'s config and apply them (`apply_loras`)."""
+    return apply_loras(model, load_loras(specs, getattr(model, "config", None)))

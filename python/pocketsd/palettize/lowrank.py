@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .format import CompressedLayer
+from ..artifacts.compressed import PALETTE, LayerRecord
+from .layer import CompressedLayer
 from .quantizers import QuantSpec, Quantized, quantize
 
 ALPHA_GRID = (0.0, 0.25, 0.5, 0.75)
@@ -38,15 +39,29 @@ class Decomposition:
     def snr_db(self) -> float:
         return 10 * math.log10(self.signal / max(self.error, 1e-30))
 
-    def to_layer(self, name: str, kind: str, bias: torch.Tensor | None) -> CompressedLayer:
+    def effective_weight(self) -> torch.Tensor:
+        """The dense weight this decomposition applies to x, (R + L1·L2)/s̃ in the weight's shape (fp32) — what
+        the compressed layer computes, without building one (the allocator's end-to-end probes swap it in)."""
+        shape = tuple(self.quant.codes.shape)
+        w = self.quant.dequantized.float().reshape(shape[0], -1)
+        if self.lowrank_up is not None:
+            w = w + self.lowrank_up.float() @ self.lowrank_down.float()
+        if self.smooth is not None:
+            w = w / _expand(self.smooth, w.shape[1] // self.smooth.numel())
+        return w.reshape(shape)
+
+    def to_layer(self, name: str, like: torch.nn.Module) -> CompressedLayer:
+        """The compressed layer replacing `like` (the float Linear/Conv2d this decomposes), its bias kept."""
         spec = self.quant.spec
-        return CompressedLayer(
-            name=name, kind=kind, shape=tuple(self.quant.codes.shape), quantizer=spec.quantizer, bits=spec.bits,
-            codes=self.quant.codes, group_size=spec.group_size if spec.quantizer == "palette" else None,
-            block_size=spec.block_size if spec.quantizer != "palette" else None, lut=self.quant.lut,
-            scales=self.quant.scales, lowrank_up=self.lowrank_up, lowrank_down=self.lowrank_down,
-            smooth=self.smooth, bias=None if bias is None else bias.detach().to(torch.float16), alpha=self.alpha,
-            snr_db=self.snr_db)
+        bias = like.bias
+        record = LayerRecord(name, "conv" if isinstance(like, torch.nn.Conv2d) else "linear", tuple(self.quant.codes.shape),
+                             spec.quantizer, spec.bits, spec.group_size if spec.quantizer == PALETTE else None,
+                             spec.block_size if spec.quantizer != PALETTE else None,
+                             0 if self.lowrank_up is None else int(self.lowrank_up.shape[1]), self.alpha,
+                             self.smooth is not None, bias is not None, self.snr_db)
+        return CompressedLayer.from_parts(record, like, self.quant.codes, lut=self.quant.lut, scales=self.quant.scales,
+                                          lowrank_up=self.lowrank_up, lowrank_down=self.lowrank_down,
+                                          smooth=self.smooth, bias=None if bias is None else bias.detach())
 
 
 def smoothing_scales(act_max: torch.Tensor, W: torch.Tensor, alpha: float) -> torch.Tensor | None:

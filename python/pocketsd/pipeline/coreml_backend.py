@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 
+from ..artifacts import bundle as names
 from ..errors import BadInput, PlatformUnsupported
 from .coreml_bundle import BundleInfo, TensorSpec, read_bundle
 
@@ -65,12 +66,6 @@ class CoreMLPredictor:
         # The first load of a model compiles it for the device (the Neural Engine compile can take minutes);
         # later loads hit the OS cache. The backend reports this time apart from the rest of "load".
         self.load_seconds = time.perf_counter() - t0
-        if specs is None:
-            if not hasattr(self.model, "get_spec"):  # a compiled .mlmodelc carries no readable spec
-                raise BadInput(f"{path.name}: the bundle manifest lists no inputs/outputs for it; re-run `pocketsd convert`")
-            from .coreml_bundle import specs_from_model_spec
-
-            specs = specs_from_model_spec(self.model.get_spec(), function_name)
         self.inputs, self.outputs = specs
 
     def predict(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -117,27 +112,18 @@ def run_batched(chunks: list[Predictor], feeds: dict[str, np.ndarray]) -> dict[s
     return {name: np.concatenate(parts) for name, parts in results.items()}
 
 
-def _pick(outputs: Mapping[str, np.ndarray], preferred: tuple[str, ...], rank: int | None = None) -> np.ndarray | None:
-    for name in preferred:
-        if name in outputs:
-            return outputs[name]
-    if rank is not None:
-        candidates = [v for v in outputs.values() if v.ndim == rank]
-        if len(candidates) == 1:
-            return candidates[0]
-    return None
-
-
 class CoreMLBackend:
     """`Backend` (see backend.py) over a Core ML bundle."""
 
     name = "coreml"
 
     def __init__(self, bundle: str | Path, *, compute_units: str = "all", function_name: str | None = None,
-                 predictor_factory: PredictorFactory | None = None):
+                 predictor_factory: PredictorFactory | None = None, verify: bool = True):
         if compute_units not in COMPUTE_UNITS:
             raise BadInput(f"--compute-units {compute_units!r} is not one of {', '.join(COMPUTE_UNITS)}")
         self.info: BundleInfo = read_bundle(bundle)
+        if verify:  # every package against the sha256 the converter recorded, before Core ML reads any
+            self.info.bundle.verify()
         if predictor_factory is None and sys.platform != "darwin":
             raise PlatformUnsupported(coreml_unavailable_message(bundle, self.info.source_model))
         self.factory = predictor_factory or CoreMLPredictor
@@ -150,12 +136,13 @@ class CoreMLBackend:
         info = self.info
         self.family = info.family
         self.tokenizers = info.tokenizers()
+        self.hidden_name = names.HIDDEN_XL if info.family == "sdxl" else names.HIDDEN_SD
         self.scheduler_config = info.scheduler_config
         self.vae_scale_factor = info.vae_scale_factor
         self.scaling_factor = info.scaling_factor
         self.shift_factor = info.shift_factor
         self.force_zeros_for_empty_prompt = info.force_zeros_for_empty_prompt
-        sample = info.unet_input("sample")
+        sample = info.unet_input(names.SAMPLE)
         self.latent_channels = int(sample.shape[1])
         self.default_size = (int(sample.shape[2]) * self.vae_scale_factor, int(sample.shape[3]) * self.vae_scale_factor)
         self._loaded: dict[str, list[Predictor]] = {}
@@ -173,7 +160,7 @@ class CoreMLBackend:
         for model in names:
             function = self.function_name if model.startswith("Unet") else None
             predictors.append(self.factory(self.info.model_path(model), self.compute_units, function,
-                                           self.info.specs(model, function)))
+                                           self.info.specs(model)))
         self._loaded[component] = predictors
         self.first_load_s.setdefault(component, time.perf_counter() - t0)
 
@@ -190,48 +177,32 @@ class CoreMLBackend:
         predictors = self._models("text_encoder")
         if index >= len(predictors):
             raise BadInput(f"the bundle has {len(predictors)} text encoder(s) but the pipeline asked for number {index + 1}")
-        model = predictors[index]
-        name = next(iter(model.inputs))
-        out = run_batched([model], {name: _to_numpy(input_ids)})
-        hidden = _pick(out, ("hidden_embeds", "last_hidden_state", "hidden_states"), rank=3)
-        pooled = _pick(out, ("pooled_outputs", "text_embeds", "pooled_output"), rank=2)
-        if hidden is None:
-            raise BadInput(f"text encoder {index + 1} of the bundle has no hidden-state output (outputs: {list(out)})")
+        out = run_batched([predictors[index]], {names.INPUT_IDS: _to_numpy(input_ids)})
         # SDXL: only the encoder with a projection (TextEncoder2) supplies the pooled text embedding.
         keep_pooled = self.family == "sdxl" and index == len(predictors) - 1
-        return hidden, (pooled if keep_pooled else None)
+        return out[self.hidden_name], (out[names.POOLED] if keep_pooled else None)
 
     def unet(self, latents, timestep, encoder_hidden_states, added_cond=None, **extra):
         if extra:
             raise BadInput("the Core ML backend cannot take ControlNet residuals; use --backend torch with --controlnet")
         chunks = self._models("unet")
         hidden = _to_numpy(encoder_hidden_states)
-        spec = self.info.unet_input("encoder_hidden_states")
-        if len(spec.shape) == 4:  # Apple's ANE layout: (B, D, 1, 77) instead of (B, 77, D)
+        if len(self.info.unet_input(names.ENCODER_HIDDEN_STATES).shape) == 4:  # Apple's (B, D, 1, 77) layout
             hidden = hidden.transpose(0, 2, 1)[:, :, None, :]
-        feeds = {"sample": _to_numpy(latents), "timestep": _to_numpy(timestep), "encoder_hidden_states": hidden}
+        feeds = {names.SAMPLE: _to_numpy(latents), names.TIMESTEP: _to_numpy(timestep),
+                 names.ENCODER_HIDDEN_STATES: hidden}
         if added_cond:
-            feeds["text_embeds"] = _to_numpy(added_cond["text_embeds"])
-            feeds["time_ids"] = _to_numpy(added_cond["time_ids"])
-        out = run_batched(chunks, feeds)
-        noise = _pick(out, ("noise_pred",), rank=4)
-        if noise is None:
-            raise BadInput(f"the bundle's last UNet chunk has no noise_pred output (outputs: {list(out)})")
-        return noise
+            feeds[names.TEXT_EMBEDS] = _to_numpy(added_cond["text_embeds"])
+            feeds[names.TIME_IDS] = _to_numpy(added_cond["time_ids"])
+        return run_batched(chunks, feeds)[names.NOISE_PRED]
 
     def vae_decode(self, latents):
         (model,) = self._models("vae_decoder")
-        out = run_batched([model], {next(iter(model.inputs)): _to_numpy(latents)})
-        return _pick(out, ("image",), rank=4)
+        return run_batched([model], {names.DECODER_IN: _to_numpy(latents)})[names.DECODER_OUT]
 
     def vae_encode(self, images):
         (model,) = self._models("vae_encoder")
-        out = run_batched([model], {next(iter(model.inputs)): _to_numpy(images)})
-        moments = _pick(out, ("latent", "latent_dist", "moments"), rank=4)
-        if moments.shape[1] == self.latent_channels:
-            # An encoder exported with the mean only: a (near) zero variance makes the loop's sample the mean.
-            moments = np.concatenate([moments, np.full_like(moments, -30.0)], axis=1)
-        return moments
+        return run_batched([model], {names.ENCODER_IN: _to_numpy(images)})[names.ENCODER_OUT]
 
     def report_extras(self) -> dict[str, Any]:
         """What the report adds for this backend: compute units, UNet function, first-load (compile) seconds."""

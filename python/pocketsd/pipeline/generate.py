@@ -19,9 +19,10 @@ import torch
 
 from ..errors import BadInput
 from .backend import Backend
+from .options import SCHEDULER_CLASSES as SCHEDULERS
 from .report import RunTimer
 
-SCHEDULERS = {"euler": "EulerDiscreteScheduler", "dpmpp2m": "DPMSolverMultistepScheduler", "ddim": "DDIMScheduler"}
+
 
 
 @dataclass

@@ -36,9 +36,19 @@ def _stderr_warn(message: str) -> None:
 
 
 # ---- opening and normalising ------------------------------------------------------------------
-def open_image(path: str | Path, notes: list[str] | None = None) -> Image.Image:
-    """Open, check and fully decode an image file; returns its first frame with EXIF orientation applied."""
+def open_image(path: "str | Path | Image.Image", notes: list[str] | None = None) -> Image.Image:
+    """Open, check and fully decode an image file; returns its first frame with EXIF orientation applied.
+
+    An already-decoded PIL image (the web app's uploads and sketchpad) gets the same size checks."""
     notes = notes if notes is not None else []
+    if isinstance(path, Image.Image):
+        width, height = path.size
+        if width * height > MAX_PIXELS:
+            raise BadInput(f"the image is {width}×{height} pixels, more than the {MAX_PIXELS // 2**20} MP accepted; "
+                           "downscale it first")
+        if min(width, height) < MIN_SIDE:
+            raise BadInput(f"the image is {width}×{height} pixels; give one at least {MIN_SIDE}×{MIN_SIDE}")
+        return path.copy()
     path = Path(path).expanduser()
     if not path.is_file():
         raise BadInput(f"image {path} does not exist")

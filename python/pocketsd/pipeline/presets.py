@@ -14,8 +14,8 @@ from pathlib import Path
 
 from ..data import DOMAINS_FILE, REFERENCE_LORAS as LORA_DIR
 from ..errors import BadInput
+from .options import SCHEDULERS
 
-SCHEDULERS = ("euler", "dpmpp2m", "ddim")
 PLACEHOLDER = "{prompt}"
 
 

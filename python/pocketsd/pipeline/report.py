@@ -119,13 +119,20 @@ def macos_footprint_bytes() -> tuple[int, int] | None:
 
 
 class PeakMemory:
-    """Peak resident memory from `start()` to `read()`."""
+    """Peak memory from `start()` to `read()`: resident memory always; accelerator memory where there is one
+    (CUDA: the allocator's own peak; Apple MPS: the driver's allocation, sampled by `sample()` every step)."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: str = "cpu") -> None:
         self.method = "getrusage (process lifetime)"
+        self.device = device
         self.start()
 
     def start(self) -> None:
+        self.mps_peak = None
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
         try:
             _CLEAR_REFS.write_text("5")  # resets VmHWM to the current RSS (Linux ≥ 4.0)
             if _vm_hwm_bytes() is not None:
@@ -134,6 +141,14 @@ class PeakMemory:
         except OSError:
             pass
         self.method = "getrusage (process lifetime)"
+
+    def sample(self) -> None:
+        """Called between steps: MPS has no peak counter of its own."""
+        if self.device == "mps":
+            import torch
+
+            now = torch.mps.driver_allocated_memory()
+            self.mps_peak = max(self.mps_peak or 0, now)
 
     def peak_rss_bytes(self) -> int:
         if self.method.startswith("VmHWM"):
@@ -155,16 +170,15 @@ class PeakMemory:
     def read(self) -> dict[str, float | None]:
         foot = macos_footprint_bytes()
         cuda = None
-        try:
+        if self.device == "cuda":
             import torch
 
-            if torch.cuda.is_available():
-                cuda = torch.cuda.max_memory_allocated() / MB
-        except Exception:
-            cuda = None
+            cuda = torch.cuda.max_memory_allocated() / MB
+        self.sample()
         return {"peak_rss_mb": round(self.peak_rss_bytes() / MB, 1),
                 "peak_footprint_mb": round(foot[1] / MB, 1) if foot else None,
-                "cuda_peak_mb": round(cuda, 1) if cuda is not None else None}
+                "cuda_peak_mb": round(cuda, 1) if cuda is not None else None,
+                "mps_peak_mb": round(self.mps_peak / MB, 1) if self.mps_peak is not None else None}
 
 
 # ---- outputs --------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The torch backend: `Backend` (see backend.py) over diffusers/transformers modules on the CPU (or any torch device).
 
-Components come from `pocketsd.loading.ModelComponents`, loaded on first use; in low-memory mode the loop unloads
+Components come from `pocketsd.models.ModelComponents`, loaded on first use; in low-memory mode the loop unloads
 each one after its stage and it is read from disk again the next time it is needed.
 """
 
@@ -11,7 +11,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from ..errors import BadInput
-from ..loading import ModelComponents, ModelSource, resolve_model
+from ..models import ModelComponents, ModelSource, resolve_model
 
 _STAGE_PARTS = {"sdxl": {"text_encoder": ("text_encoder", "text_encoder_2")},
                 "sd": {"text_encoder": ("text_encoder",)}}
@@ -48,13 +48,12 @@ class TorchBackend:
     # ---- staging ----
     def load(self, component: str) -> None:
         for part in self._parts(component):
-            if part not in self.components._loaded:
+            if not self.components.is_loaded(part):
                 module = self.components.get(part).to(self.device)
                 if part == "unet":
                     for transform in self.unet_transforms:
                         module = transform(module) or module
-                    self.components._loaded["unet"] = module
-                self.components._loaded[part] = module
+                self.components.put(part, module)
 
     def unload(self, component: str) -> None:
         import gc
@@ -115,10 +114,10 @@ class TorchBackend:
 
 def open_backend(source: ModelSource | str | None, *, low_memory: bool = False, unet_mode: str = "dense",
                  allow_pickle: bool = False, dtype=torch.float32, device="cpu",
-                 unet_transforms: list[Callable[[Any], Any]] | None = None) -> TorchBackend:
+                 unet_transforms: list[Callable[[Any], Any]] | None = None, verify: bool = True) -> TorchBackend:
     """A torch backend for any model kind except Core ML bundles. Nothing heavy is loaded until first use
     (the loop times loading as its own stage); `low_memory` only changes what the loop unloads."""
     if not isinstance(source, ModelSource):
         source = resolve_model(source)
-    comps = ModelComponents(source, allow_pickle=allow_pickle, dtype=dtype, unet_mode=unet_mode)
+    comps = ModelComponents(source, allow_pickle=allow_pickle, dtype=dtype, unet_mode=unet_mode, verify=verify)
     return TorchBackend(comps, device=device, unet_transforms=unet_transforms)

@@ -137,7 +137,7 @@ def preview(model: Path, lora: Path | None, style: str, out: Path, steps: int = 
     from diffusers import StableDiffusionXLPipeline
     from PIL import Image
 
-    from ..palettize.lora import apply_loras
+    from ..palettize.lora import apply_lora_files
 
     pipe = StableDiffusionXLPipeline.from_pretrained(model, torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
@@ -145,7 +145,7 @@ def preview(model: Path, lora: Path | None, style: str, out: Path, steps: int = 
     rows, score = [], {}
     for with_lora in (False, True):
         if with_lora:
-            apply_loras(pipe.unet, [(lora, 1.0)])
+            apply_lora_files(pipe.unet, [(lora, 1.0)])
         gens = [torch.Generator().manual_seed(seed + k) for k in range(len(prompts))]
         images = pipe(prompts, num_inference_steps=steps, guidance_scale=5.0, generator=gens).images
         rows.append(images)

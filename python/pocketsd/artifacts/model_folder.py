@@ -1,0 +1,150 @@
+"""The model folder: diffusers' layout, as PocketSD reads it and copies it.
+
+    <folder>/model_index.json      {"_class_name": "StableDiffusionXLPipeline", "unet": ["diffusers", "UNet2DConditionModel"], …}
+    <folder>/<component>/          config.json (or scheduler_config.json, tokenizer files) and weights
+
+A compressed folder keeps this layout (so diffusers can still read its unchanged parts); only the
+compressed components' weights are ours (see compressed.py).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from ..errors import BadInput
+
+MODEL_INDEX = "model_index.json"
+# Pipelines we can run, by model_index.json `_class_name`. Others (SD3, Flux, the SDXL refiner…) need another loop.
+FAMILIES = {
+    "StableDiffusionXLPipeline": "sdxl",
+    "StableDiffusionXLImg2ImgPipeline": "sdxl",
+    "StableDiffusionXLInpaintPipeline": "sdxl",
+    "StableDiffusionPipeline": "sd",
+    "StableDiffusionImg2ImgPipeline": "sd",
+    "StableDiffusionInpaintPipeline": "sd",
+}
+FAMILY_NAMES = {"sdxl": "Stable Diffusion XL", "sd": "Stable Diffusion 1.x/2.x"}
+SUPPORTED_TEXT = "supported: Stable Diffusion XL (base) and Stable Diffusion 1.x/2.x pipelines"
+FAMILY_COMPONENTS = {
+    "sdxl": ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "vae", "scheduler"),
+    "sd": ("text_encoder", "tokenizer", "unet", "vae", "scheduler"),
+}
+# Component folders holding networks with weights (what `compress --components` can name).
+NETWORKS = ("unet", "text_encoder", "text_encoder_2", "vae")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".msgpack", ".onnx", ".ckpt", ".pt", ".pth", ".xml")
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+                "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def read_model_index(folder: Path) -> dict:
+    index = Path(folder) / MODEL_INDEX
+    if not index.is_file():
+        raise BadInput(f"{folder} is not a diffusers pipeline (no {MODEL_INDEX})")
+    try:
+        data = json.loads(index.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadInput(f"{index} is not valid JSON ({type(exc).__name__}); re-download or re-save the model") from None
+    if not isinstance(data, dict):
+        raise BadInput(f"{index} is not a diffusers model index (not a JSON object)")
+    return data
+
+
+def detect_family(folder: Path) -> str:
+    """'sdxl' or 'sd' from model_index.json; anything else is a BadInput listing what is supported."""
+    index = read_model_index(folder)
+    name = index.get("_class_name", "?")
+    family = FAMILIES.get(name)
+    if family == "sdxl" and not (index.get("text_encoder") or [None, None])[1]:
+        family = None  # the SDXL refiner: one text encoder, aesthetic-score conditioning
+    if family is None:
+        raise BadInput(f"{folder}: model family {name} is not supported ({SUPPORTED_TEXT})")
+    missing = [c for c in FAMILY_COMPONENTS[family] if not (Path(folder) / c).is_dir()]
+    if missing:
+        raise BadInput(f"{folder} is an incomplete {FAMILY_NAMES[family]} pipeline: missing {', '.join(missing)}/")
+    return family
+
+
+def components(folder: Path) -> dict[str, tuple[str, str]]:
+    """{component: (library, class)} of the model index entries that name a class."""
+    out = {}
+    for name, entry in read_model_index(folder).items():
+        if not name.startswith("_") and isinstance(entry, list) and len(entry) == 2 and entry[0] and entry[1]:
+            out[name] = (entry[0], entry[1])
+    return out
+
+
+def read_config(folder: Path, component: str) -> dict:
+    sub = "scheduler_config.json" if component == "scheduler" else "config.json"
+    path = Path(folder) / component / sub
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadInput(f"{path} is missing or not valid JSON ({type(exc).__name__})") from None
+    if not isinstance(data, dict):
+        raise BadInput(f"{path} is not a config (not a JSON object)")
+    return data
+
+
+def weight_files(component_dir: Path) -> list[Path]:
+    """The safetensors files diffusers/transformers would load from a component folder (plain before variants)."""
+    files = sorted(Path(component_dir).glob("*.safetensors"))
+    plain = [f for f in files if len(f.name.split(".")) == 2]  # not a variant like *.fp16.safetensors
+    return plain or files
+
+
+def safetensors_stats(component_dir: Path) -> tuple[int, int, str]:
+    """(parameters, bytes, dtypes) of a component folder's safetensors weights, from their headers only."""
+    from safetensors import safe_open
+
+    n = nbytes = 0
+    dtypes: set[str] = set()
+    for f in weight_files(component_dir):
+        try:
+            with safe_open(str(f), framework="pt") as fh:
+                for key in fh.keys():
+                    sl = fh.get_slice(key)
+                    count = 1
+                    for d in sl.get_shape():
+                        count *= d
+                    dtype = sl.get_dtype()
+                    n += count
+                    nbytes += count * _DTYPE_BYTES.get(dtype, 4)
+                    dtypes.add(dtype.lower())
+        except Exception as exc:  # safetensors raises its own error types for a damaged header
+            raise BadInput(f"{f} is not a readable safetensors file ({type(exc).__name__}); re-download the model") from None
+    return n, nbytes, "/".join(sorted(dtypes)) or "-"
+
+
+def _copy_component(src: Path, dst: Path) -> None:
+    """A component folder's configs, tokenizer files and the one set of weights diffusers loads — not every
+    variant a hub snapshot carries (fp16 copies, .bin, flax, onnx, openvino), which would double the size."""
+    keep = set(weight_files(src))
+    for path in sorted(src.rglob("*")):
+        rel = path.relative_to(src)
+        if path.is_dir() or ".tmp-" in path.name:
+            continue
+        is_weight = path.suffix in _WEIGHT_SUFFIXES or path.name.endswith(".safetensors.index.json")
+        if is_weight and path not in keep:
+            continue
+        target = dst / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+
+
+def copy_model(source: Path, dest: Path, skip: set[str] = frozenset()) -> list[str]:
+    """Copy model_index.json and every component folder but `skip` from `source` into `dest`.
+
+    Returns the relative paths of the copied files."""
+    source, dest = Path(source), Path(dest)
+    shutil.copy2(source / MODEL_INDEX, dest / MODEL_INDEX)
+    for name in read_model_index(source):
+        src = source / name
+        if name.startswith("_") or name in skip or not src.is_dir():
+            continue
+        _copy_component(src, dest / name)
+    extra = source / "controlnet"  # the reference model ships its ControlNet beside the pipeline's components
+    if "controlnet" not in skip and extra.is_dir() and "controlnet" not in read_model_index(source):
+        _copy_component(extra, dest / "controlnet")
+    return [str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()]

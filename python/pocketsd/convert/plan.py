@@ -1,0 +1,146 @@
+"""What one `pocketsd convert` will do, decided and checked before any weight is loaded: a `ConvertPlan`.
+
+The plan is the one object the conversion steps pass around (instead of argparse options plus loose
+arguments): the source, the sizes, the packages to write, what each is fingerprinted by for resuming.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+from ..artifacts import COMPRESSED, COREML
+from ..artifacts import bundle as names
+from ..artifacts.compressed import read_compressed_model
+from ..artifacts.model_folder import detect_family, read_config
+from ..errors import BadInput
+from ..models import model_folder, resolve_model
+from . import TARGETS
+from .bundle import ConvertOptions
+
+# Targets whose Core ML opset has the grouped lookup tables and int4 blocks our compressed layers use.
+COMPRESSED_TARGETS = ("iOS18", "macOS15")
+TEXT_ENCODER_FOLDERS = {"TextEncoder": "text_encoder", "TextEncoder2": "text_encoder_2"}
+
+
+@dataclass
+class ConvertPlan:
+    opts: ConvertOptions
+    spec: str
+    kind: str  # "diffusers" | "compressed"
+    source: Path
+    family: str  # "sdxl" | "sd"
+    unet_config: SimpleNamespace
+    vae_config: dict
+    image_hw: tuple[int, int]
+    latent_hw: tuple[int, int]
+    loras: list[tuple[Path, float]] = field(default_factory=list)
+
+    @property
+    def out(self) -> Path:
+        return Path(self.opts.out)
+
+    @property
+    def resources(self) -> Path:
+        return self.out / names.RESOURCES
+
+    @property
+    def is_xl(self) -> bool:
+        return self.family == "sdxl"
+
+    @property
+    def unet_packages(self) -> list[str]:
+        return list(names.UNET_CHUNKS) if self.opts.chunk_unet else [names.UNET]
+
+    @property
+    def text_encoders(self) -> list[str]:
+        return [n for n, folder in TEXT_ENCODER_FOLDERS.items() if (self.source / folder).is_dir()]
+
+    def packages(self) -> list[str]:
+        return self.text_encoders + [names.VAE_DECODER, names.VAE_ENCODER] + self.unet_packages
+
+    def wanted(self, package: str) -> bool:
+        return self.opts.only is None or package in self.opts.only
+
+    @property
+    def base_fingerprint(self) -> dict:
+        return {"target": self.opts.target, "size": [self.image_hw[1], self.image_hw[0]]}
+
+
+def _folder_digest(f: Path) -> str:
+    """Cheap identity of a component's source files (names, sizes, mtimes): a changed model re-converts."""
+    files = [f] if f.is_file() else sorted(p for p in f.rglob("*") if p.is_file())
+    return ";".join(f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}" for p in files)
+
+
+def source_digest(plan: ConvertPlan, package: str) -> str:
+    if package in TEXT_ENCODER_FOLDERS:
+        return _folder_digest(plan.source / TEXT_ENCODER_FOLDERS[package])
+    if package in (names.VAE_DECODER, names.VAE_ENCODER):
+        return _folder_digest(plan.source / "vae")
+    weights = "unet/pocketsd_unet.safetensors" if plan.kind == COMPRESSED else "unet"
+    return _folder_digest(plan.source / weights)
+
+
+def _sizes(opts: ConvertOptions, unet_cfg, vae_cfg: dict) -> tuple[tuple[int, int], tuple[int, int]]:
+    vae_factor = 2 ** (len(vae_cfg.get("block_out_channels", [0] * 4)) - 1)
+    if opts.size is None:
+        side = unet_cfg.sample_size * vae_factor
+        width, height = side, side
+    else:
+        width, height = opts.size
+    unet_factor = 2 ** (len(unet_cfg.down_block_types) - 1)
+    need = vae_factor * unet_factor
+    if width <= 0 or height <= 0 or width % need or height % need:
+        raise BadInput(f"size {width}x{height} does not fit this model: width and height must be positive multiples "
+                       f"of {need} (VAE ×{vae_factor}, UNet ×{unet_factor})")
+    return (height, width), (height // vae_factor, width // vae_factor)
+
+
+def make_plan(opts: ConvertOptions) -> ConvertPlan:
+    """Check every option against the source model (configs only) and decide what to convert."""
+    from diffusers import UNet2DConditionModel
+
+    from .unet_graph import check_supported, validate_latent_size
+
+    if opts.target not in TARGETS:
+        raise BadInput(f"unknown --target {opts.target!r}; choose one of {', '.join(TARGETS)}")
+    if opts.attention not in ("split-einsum", "original"):
+        raise BadInput(f"unknown --attention {opts.attention!r}; choose split-einsum or original")
+    source = resolve_model(opts.model)
+    if source.kind == COREML:
+        raise BadInput(f"{opts.model} is already a Core ML bundle; give a diffusers or compressed model folder")
+    if source.kind == "single_file":
+        raise BadInput(f"{opts.model} is a single-file checkpoint; convert it to a diffusers folder first "
+                       "(diffusers' StableDiffusionXLPipeline.from_single_file(...).save_pretrained(DIR))")
+    path = model_folder(source)
+    kind = COMPRESSED if source.kind == COMPRESSED else "diffusers"
+    if kind == "diffusers" and not (path / "unet" / "config.json").is_file():
+        raise BadInput(f"{opts.model} has no UNet (no unet/config.json); give a full SD/SDXL pipeline folder")
+    family = detect_family(path)
+    if kind == COMPRESSED:
+        compressed = read_compressed_model(path)
+        if "unet" not in compressed.components:
+            raise BadInput(f"{opts.model} has no compressed UNet; re-run `pocketsd compress`")
+        if opts.target not in COMPRESSED_TARGETS:
+            raise BadInput(f"--target {opts.target} cannot hold compressed weights: grouped lookup tables and int4 "
+                           f"blocks need {' or '.join(COMPRESSED_TARGETS)}; use --target iOS18 (or macOS15)")
+    unet_dict = json.loads((path / "unet" / "config.json").read_text())
+    unet_cfg = SimpleNamespace(**{**UNet2DConditionModel.load_config(path / "unet"), **unet_dict})
+    vae_cfg = read_config(path, "vae")
+    check_supported(unet_cfg)
+    image_hw, latent_hw = _sizes(opts, unet_cfg, vae_cfg)
+    validate_latent_size(unet_cfg, latent_hw)
+    loras = [(Path(p), float(s)) for p, s in opts.loras]
+    for p in [p for p, _ in loras] + list(opts.lora_functions):
+        if not Path(p).is_file():
+            raise BadInput(f"LoRA file {p} does not exist")
+    plan = ConvertPlan(opts, opts.model or "reference", kind, path, family, unet_cfg, vae_cfg, image_hw, latent_hw, loras)
+    known = [names.TEXT_ENCODERS[0], names.TEXT_ENCODERS[1], names.VAE_DECODER, names.VAE_ENCODER, names.UNET,
+             *names.UNET_CHUNKS]
+    unknown = [n for n in (opts.only or []) if n not in known]
+    if unknown:
+        raise BadInput(f"unknown component {unknown[0]!r} for --only; choose from {', '.join(known)}")
+    return plan

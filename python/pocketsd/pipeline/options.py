@@ -1,0 +1,166 @@
+"""What a user asks `generate` for, and every check that needs no weights — the one place options are validated.
+
+`check_options` runs before anything is loaded, so a bad option costs nothing and leaves no file behind. The
+defaults live here once; the CLI, the web app and domain presets read them from here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import BadInput
+
+DEFAULT_STEPS, DEFAULT_GUIDANCE, DEFAULT_SCHEDULER, DEFAULT_STRENGTH = 20, 5.0, "euler", 0.8
+# The diffusers scheduler class behind each name (generate.make_scheduler builds them).
+SCHEDULER_CLASSES = {"euler": "EulerDiscreteScheduler", "dpmpp2m": "DPMSolverMultistepScheduler",
+                     "ddim": "DDIMScheduler"}
+SCHEDULERS = tuple(SCHEDULER_CLASSES)
+BACKENDS = ("auto", "torch", "coreml")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+UNET_MODES = ("dense", "packed")
+MAX_STEPS = 1000  # the schedulers' training timesteps: more steps than that repeat timesteps
+MAX_GUIDANCE = 50.0
+MAX_SIDE = 4096  # pixels per side; SDXL's native is 1024
+MAX_COUNT = 10_000
+MAX_LORA_SCALE = 100.0
+SEED_MAX = 2**64 - 1
+
+
+@dataclass
+class GenerateOptions:
+    prompt: str
+    model: str | None = None
+    backend: str = "auto"
+    compute_units: str | None = None
+    device: str = "cpu"
+    steps: int | None = None
+    guidance: float | None = None
+    seed: int = 0
+    size: tuple[int, int] | None = None  # (width, height)
+    negative: str | None = None
+    scheduler: str | None = None
+    domain: str | None = None
+    loras: list[tuple[Path, float]] = field(default_factory=list)
+    image: Path | None = None
+    strength: float | None = None
+    sketch: Path | None = None
+    controlnet: Path | None = None
+    count: int = 1
+    out: Path | None = None
+    report: Path | None = None
+    low_memory: bool = False
+    allow_pickle: bool = False
+    unet_mode: str = "dense"
+    verify: bool = True  # check the model's recorded sha256 digests while loading
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().replace("×", "x").split("x"))
+    except ValueError:
+        raise BadInput(f"--size {text!r} is not WIDTHxHEIGHT (e.g. 128x128)") from None
+    if w <= 0 or h <= 0:
+        raise BadInput(f"--size {text!r} must be positive")
+    if w > MAX_SIDE or h > MAX_SIDE:
+        raise BadInput(f"--size {text!r} is over the {MAX_SIDE} px per side pocketsd generates (SDXL's native is 1024)")
+    return w, h
+
+
+def check_size(size: tuple[int, int], vae_scale_factor: int) -> None:
+    """A size the model can take: the UNet halves the latent twice or more, so 8 × the VAE factor keeps every
+    level whole (the one image-size rule every stage uses)."""
+    multiple = 8 * vae_scale_factor
+    w, h = size
+    if w % multiple or h % multiple:
+        raise BadInput(f"--size {w}x{h} must be a multiple of {multiple} (8 × the VAE's {vae_scale_factor}× factor) "
+                       f"in both sides, e.g. {max(multiple, round(w / multiple) * multiple)}x"
+                       f"{max(multiple, round(h / multiple) * multiple)}")
+
+
+def _finite(flag: str, value: float | None, low: float, high: float, hint: str = "") -> None:
+    if value is None:
+        return
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise BadInput(f"{flag} must be a finite number, got {value}{hint}")
+    if value < low:
+        raise BadInput(f"{flag} must be ≥ {low:g}{hint}, got {value}")
+    if value > high:
+        raise BadInput(f"{flag} must be ≤ {high:g}{hint}, got {value}")
+
+
+def check_options(opts: GenerateOptions) -> None:
+    if not opts.prompt or not opts.prompt.strip():
+        raise BadInput("the prompt is empty; say what to draw, e.g. \"a red circle on a white background\"")
+    if opts.steps is not None and opts.steps < 1:
+        raise BadInput(f"--steps must be at least 1, got {opts.steps}")
+    if opts.steps is not None and opts.steps > MAX_STEPS:
+        raise BadInput(f"--steps must be at most {MAX_STEPS} (the schedulers' training timesteps), got {opts.steps}")
+    _finite("--guidance", opts.guidance, 0.0, MAX_GUIDANCE, " (1 turns guidance off)")
+    _finite("--strength", opts.strength, 0.0, 1.0)
+    if opts.strength is not None and opts.strength <= 0:
+        raise BadInput(f"--strength must be in (0, 1], got {opts.strength}")
+    if not 0 <= opts.seed <= SEED_MAX:
+        raise BadInput(f"--seed must be in 0..2^64-1, got {opts.seed}")
+    if opts.count < 1:
+        raise BadInput(f"--count must be at least 1, got {opts.count}")
+    if opts.count > MAX_COUNT:
+        raise BadInput(f"--count must be at most {MAX_COUNT}, got {opts.count}")
+    if opts.seed + opts.count - 1 > SEED_MAX:
+        raise BadInput(f"--seed {opts.seed} with --count {opts.count} runs past 2^64-1")
+    if opts.backend not in BACKENDS:
+        raise BadInput(f"--backend must be one of {', '.join(BACKENDS)}")
+    if opts.device not in DEVICES:
+        raise BadInput(f"--device must be one of {', '.join(DEVICES)}")
+    if opts.unet_mode not in UNET_MODES:
+        raise BadInput(f"--unet-mode must be one of {', '.join(UNET_MODES)}")
+    if opts.scheduler is not None and opts.scheduler not in SCHEDULERS:
+        raise BadInput(f"--scheduler {opts.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
+    if opts.image and opts.sketch:
+        raise BadInput("give either --image or --sketch, not both")
+    if opts.controlnet and not opts.sketch and not opts.image:
+        raise BadInput("--controlnet needs a control image: pass --sketch FILE (or --image FILE)")
+    if opts.strength is not None and not (opts.image or opts.sketch):
+        raise BadInput("--strength only applies with --image or --sketch")
+    for flag, path in (("--image", opts.image), ("--sketch", opts.sketch)):
+        if path is not None:
+            if Path(path).is_dir():
+                raise BadInput(f"{flag} {path} is a folder; give an image file")
+            if not Path(path).is_file():
+                raise BadInput(f"{flag} {path} does not exist")
+    if opts.controlnet is not None and not (Path(opts.controlnet) / "config.json").is_file():
+        raise BadInput(f"--controlnet {opts.controlnet} is not a diffusers ControlNetModel folder (no config.json)")
+    for lora, scale in opts.loras:
+        if not Path(lora).is_file():
+            raise BadInput(f"--lora {lora} does not exist")
+        _finite(f"--lora {Path(lora).name} scale", scale, -MAX_LORA_SCALE, MAX_LORA_SCALE)
+    for flag, path in (("--out", opts.out), ("--report", opts.report)):
+        if path is None:
+            continue
+        parent = Path(path).expanduser().resolve().parent
+        if not parent.is_dir():
+            raise BadInput(f"{flag} {path}: folder {parent} does not exist (create it first)")
+        if Path(path).is_dir():
+            raise BadInput(f"{flag} {path} is a folder; give a file name")
+    if opts.out is not None and Path(opts.out).suffix.lower() != ".png":
+        raise BadInput(f"--out {opts.out} must end in .png")
+    if opts.out is not None and opts.report is not None and \
+            Path(opts.out).expanduser().resolve() == Path(opts.report).expanduser().resolve():
+        raise BadInput(f"--report {opts.report} is the same file as --out; give the report its own name (.json)")
+
+
+def output_paths(opts: GenerateOptions, seed: int) -> tuple[Path, Path]:
+    """PNG and report path for the image with `seed` (with --count > 1 each file gets its seed appended)."""
+    multi = opts.count > 1
+    if opts.out is None:
+        png = Path(f"pocketsd-{seed}.png")
+    else:
+        png = Path(opts.out).expanduser()
+        png = png.with_name(f"{png.stem}-{seed}{png.suffix}") if multi else png
+    if opts.report is None:
+        rep = png.with_suffix(".json")
+    else:
+        rep = Path(opts.report).expanduser()
+        rep = rep.with_name(f"{rep.stem}-{seed}{rep.suffix}") if multi else rep
+    return png, rep

@@ -1,0 +1,298 @@
+"""A generation session: one model opened once, then any number of images — the one generation path the CLI
+and the web app share.
+
+    session = GenerationSession.open(GenerateOptions(prompt, model=…, loras=…, domain=…))   # nothing heavy yet
+    output = session.generate(opts, seed, on_step=…, cancel=event)                        # one image + report
+    save_output(output, png_path, report_path)
+
+`generate` reads like diffusers' `StableDiffusionXLPipeline.__call__`: resolve the settings (domain preset) →
+prepare the inputs (image / sketch / ControlNet) → the shared loop (`generate.generate`: text encode → prepare
+latents → denoise → decode) → the report. Validation happened before, in `options.check_options`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .. import __version__
+from ..artifacts import COMPRESSED, COREML, folder_bytes
+from ..artifacts.bundle import read_bundle_manifest
+from ..artifacts.compressed import read_compressed_model
+from ..artifacts.model_folder import safetensors_stats
+from ..errors import BadInput
+from ..models import ModelSource, precheck, resolve_model
+from .options import DEFAULT_GUIDANCE, DEFAULT_SCHEDULER, DEFAULT_STEPS, DEFAULT_STRENGTH, GenerateOptions, check_size
+from .presets import DomainSettings, apply_domain
+
+
+class GenerationCancelled(Exception):
+    """Raised between steps when the caller's cancel event is set (the web app's Stop button)."""
+
+
+@dataclass
+class GenerationOutput:
+    image: Any  # PIL image
+    report: dict
+    result: Any  # generate.GenerationResult (latents, timesteps, warnings)
+
+
+def _stderr_warn(msg: str) -> None:
+    import sys
+
+    print(f"pocketsd: warning: {msg}", file=sys.stderr)
+
+
+# ---- what the report says about the model ----------------------------------------------------------
+def model_facts(source: ModelSource, folder: Path | None) -> dict[str, Any]:
+    """UNet bytes on disk and bits per weight, read from the artifact's own manifest or measured."""
+    facts: dict[str, Any] = {"path": str(folder or source.path or source.spec), "kind": source.kind,
+                             "unet_bytes": 0, "bits_per_weight": None}
+    if folder is None:
+        if source.path is not None and source.path.is_file():
+            facts["unet_bytes"] = source.path.stat().st_size  # the whole single-file checkpoint
+        return facts
+    if source.kind == COMPRESSED:
+        acc = read_compressed_model(folder).components["unet"].accounting
+        facts["unet_bytes"], facts["bits_per_weight"] = int(acc["total_bytes"]), acc["bits_per_param"]
+    elif source.kind == COREML:
+        bundle = read_bundle_manifest(folder)
+        facts["unet_bytes"] = sum(int(bundle.components[n].get("weight_bytes") or 0) for n in bundle.unet_packages())
+        acc = (bundle.manifest.get("compressed_source") or {}).get("accounting") or {}
+        facts["bits_per_weight"] = acc.get("bits_per_param")
+    elif (folder / "unet").is_dir():
+        params, nbytes, _ = safetensors_stats(folder / "unet")
+        facts["unet_bytes"] = folder_bytes(folder / "unet")
+        facts["bits_per_weight"] = round(8 * nbytes / params, 3) if params else None
+    return facts
+
+
+# ---- the session -------------------------------------------------------------------------------------
+class GenerationSession:
+    """A model opened for generation with fixed LoRAs, backend, device and memory mode."""
+
+    def __init__(self, backend, source: ModelSource, facts: dict, lora_records: list[dict], *, low_memory: bool,
+                 unet_mode: str, device: str, controlnet: Path | None, allow_pickle: bool, load_seconds: float,
+                 startup_rss_mb: float | None):
+        self.backend, self.source, self.facts = backend, source, facts
+        self.lora_records, self.low_memory, self.unet_mode = lora_records, low_memory, unet_mode
+        self.device, self.controlnet, self.allow_pickle = device, controlnet, allow_pickle
+        self.load_seconds, self.startup_rss_mb = load_seconds, startup_rss_mb
+        self.startup_seconds = 0.0  # library imports a caller timed before opening (the CLI), reported once
+
+    @classmethod
+    def open(cls, opts: GenerateOptions) -> "GenerationSession":
+        """Resolve the model and open its backend (components load on first use, timed as "load")."""
+        from .device import resolve_device
+
+        startup_rss_mb = _current_rss_mb()  # what the libraries alone hold, before any weights
+        source = resolve_model(opts.model)
+        precheck(source, opts.allow_pickle)
+        device = resolve_device(opts.device)
+        loras = domain_loras(opts)
+        records: list[dict] = []
+        t0 = time.perf_counter()
+        backend = _open_backend(opts, source, loras, opts.domain, records, device)
+        folder = None if source.kind == "single_file" else (
+            source.path if source.kind == COREML else backend.components.folder)
+        return cls(backend, source, model_facts(source, folder), records, low_memory=opts.low_memory,
+                   unet_mode=opts.unet_mode, device=device, controlnet=opts.controlnet,
+                   allow_pickle=opts.allow_pickle, load_seconds=time.perf_counter() - t0,
+                   startup_rss_mb=startup_rss_mb)
+
+    def settings(self, opts: GenerateOptions) -> DomainSettings:
+        return resolve_settings(opts)
+
+    def generate(self, opts: GenerateOptions, seed: int | None = None, *, warn: Callable[[str], None] | None = None,
+                 on_step: Callable[[int, int, float], None] | None = None,
+                 cancel: threading.Event | None = None) -> GenerationOutput:
+        """One image for `opts` (its per-image fields; model fields were fixed at `open`)."""
+        from .generate import GenerationRequest, generate
+        from .report import PeakMemory, RunTimer
+
+        warn = warn if warn is not None else _stderr_warn
+        seed = opts.seed if seed is None else seed
+        memory, timer = PeakMemory(self.device), RunTimer()
+        if self.load_seconds:  # the backend's own opening belongs to the first image's load
+            timer.add("load", self.load_seconds)
+            self.load_seconds = 0.0
+        if self.startup_seconds:
+            timer.add("startup", self.startup_seconds)
+            self.startup_seconds = 0.0
+        settings = resolve_settings(opts)
+        height, width = self.image_size(opts)
+        request = GenerationRequest(prompt=settings.expanded_prompt, negative_prompt=settings.negative_prompt,
+                                    steps=settings.steps, guidance=settings.guidance, seed=seed, height=height,
+                                    width=width, scheduler=settings.scheduler)
+        input_notes = self.prepare_inputs(opts, request, settings, warn)
+
+        def step(i: int, total: int, seconds: float) -> None:
+            memory.sample()
+            if on_step is not None:
+                on_step(i, total, seconds)
+            if cancel is not None and cancel.is_set():
+                raise GenerationCancelled(f"cancelled after step {i + 1} of {total}")
+
+        result = generate(self.backend, request, timer=timer, low_memory=self.low_memory, on_step=step, warn=warn)
+        report = self.build_report(opts, settings, request, timer, memory, result.warnings + input_notes)
+        return GenerationOutput(result.images[0], report, result)
+
+    # -- steps -----------------------------------------------------------------------------------------
+    def image_size(self, opts: GenerateOptions) -> tuple[int, int]:
+        """(height, width): the requested size checked against the model, or the model's native size."""
+        if opts.size is None:
+            return self.backend.default_size
+        check_size(opts.size, self.backend.vae_scale_factor)
+        return opts.size[1], opts.size[0]
+
+    def prepare_inputs(self, opts: GenerateOptions, request, settings: DomainSettings, warn) -> list[str]:
+        """Image → image, sketch → image, ControlNet: fill the request's starting image or UNet conditioning."""
+        from .inputs import check_strength, image_to_tensor, load_image, load_sketch
+
+        notes: list[str] = []
+        if opts.image is not None:
+            loaded = load_image(opts.image, request.width, request.height, warn=warn)
+            notes += loaded.notes
+            if self.controlnet:
+                request.unet_extra = self._controlnet_hook(loaded.image)
+            else:
+                request.init_image = image_to_tensor(loaded.image)
+                request.strength = check_strength(opts.strength if opts.strength is not None else DEFAULT_STRENGTH)
+        elif opts.sketch is not None:
+            sketch = load_sketch(opts.sketch, request.width, request.height, settings.expanded_prompt, opts.strength,
+                                 warn=warn)
+            notes += sketch.notes
+            if self.controlnet:
+                request.unet_extra = self._controlnet_hook(sketch.control)
+            else:
+                request.init_image, request.strength = image_to_tensor(sketch.start), sketch.strength
+        return notes
+
+    def _controlnet_hook(self, control_image):
+        from .controlnet import controlnet_hook  # checks the folder against the UNet and gates pickle weights
+
+        return controlnet_hook(Path(self.controlnet), control_image, self.backend, allow_pickle=self.allow_pickle)
+
+    def build_report(self, opts: GenerateOptions, settings: DomainSettings, request, timer, memory,
+                     warnings: list[str]) -> dict:
+        extras = self.backend.report_extras() if hasattr(self.backend, "report_extras") else {}
+        report = {
+            "pocketsd_version": __version__, "prompt": settings.prompt, "expanded_prompt": settings.expanded_prompt,
+            "negative_prompt": settings.negative_prompt, "seed": request.seed, "steps": request.steps,
+            "guidance": request.guidance, "scheduler": request.scheduler, "size": [request.width, request.height],
+            "backend": self.backend.name, "compute_units": extras.get("compute_units"), "domain": settings.domain,
+            "loras": self.lora_records, "model": dict(self.facts), "timings_s": timer.as_dict(), "device": self.device,
+            "memory": {**memory.read(), "rss_after_startup_mb": self.startup_rss_mb}, "output": None,
+            "input": {"image": _describe_input(opts.image), "sketch": _describe_input(opts.sketch),
+                      "strength": request.strength if request.init_image is not None else None,
+                      "controlnet": str(self.controlnet) if self.controlnet else None},
+            "low_memory": self.low_memory, "unet_mode": self.unet_mode if self.source.kind == COMPRESSED else None,
+            "memory_method": memory.method, "torch_threads": _torch_threads(), "warnings": warnings,
+        }
+        if extras:
+            report["backend_details"] = extras
+        return report
+
+
+def resolve_settings(opts: GenerateOptions) -> DomainSettings:
+    """The domain preset applied to what the user left unset, then the defaults."""
+    settings = apply_domain(opts.domain, opts.prompt, negative=opts.negative, steps=opts.steps,
+                            guidance=opts.guidance, scheduler=opts.scheduler, loras=list(opts.loras))
+    if opts.negative is None and not settings.negative_prompt:
+        # a preset without a negative prompt is "no negative prompt" (zero embeddings on SDXL), not an explicit ""
+        settings.negative_prompt = None
+    settings.steps = settings.steps if settings.steps is not None else DEFAULT_STEPS
+    settings.guidance = settings.guidance if settings.guidance is not None else DEFAULT_GUIDANCE
+    settings.scheduler = settings.scheduler or DEFAULT_SCHEDULER
+    return settings
+
+
+def domain_loras(opts: GenerateOptions) -> list[tuple[Path, float]]:
+    """The user's LoRAs plus the domain preset's (what the opened model carries)."""
+    return resolve_settings(opts).loras
+
+
+def _open_backend(opts: GenerateOptions, source: ModelSource, loras, domain, lora_records: list[dict], device: str):
+    backend = opts.backend
+    if backend == "auto":
+        backend = "coreml" if source.kind == COREML else "torch"
+    if backend == "coreml":
+        if source.kind != COREML:
+            raise BadInput(f"--backend coreml runs a Core ML bundle; make one with `pocketsd convert --model {source.spec} "
+                           "--out BUNDLE` and pass --model BUNDLE")
+        if opts.controlnet:
+            raise BadInput("--controlnet needs the torch backend (Core ML bundles have no ControlNet)")
+        from .coreml_backend import CoreMLBackend
+
+        function = None
+        if domain or loras:
+            functions = read_bundle_manifest(source.path).unet_functions()
+            wanted = [domain] + [Path(p).stem for p, _ in loras]
+            function = next((w for w in wanted if w and w in functions), None)
+            if function is None:
+                raise BadInput(f"the bundle's UNet has no function for {', '.join(w for w in wanted if w)}; it has: "
+                               f"{', '.join(functions) or 'none'} (convert with the LoRA merged)")
+            lora_records[:] = [{"path": str(p), "scale": s, "unet_function": function} for p, s in loras]
+        return CoreMLBackend(source.path, compute_units=opts.compute_units or "all", function_name=function,
+                             verify=opts.verify)
+    if source.kind == COREML:
+        raise BadInput(f"{source.spec} is a Core ML bundle, which needs --backend coreml on macOS; "
+                       "on this machine run the model folder it was converted from with --backend torch")
+    if opts.compute_units:
+        raise BadInput("--compute-units applies to --backend coreml only")
+    from .torch_backend import open_backend
+
+    transforms = [_lora_transform(loras, lora_records)] if loras else []
+    return open_backend(source, low_memory=opts.low_memory, unet_mode=opts.unet_mode, allow_pickle=opts.allow_pickle,
+                        unet_transforms=transforms, device=device, verify=opts.verify)
+
+
+def _lora_transform(loras: list[tuple[Path, float]], records: list[dict]) -> Callable:
+    def apply(unet):
+        from ..palettize.lora import apply_lora_files
+
+        records[:] = apply_lora_files(unet, [(str(p), s) for p, s in loras])
+        return unet
+
+    return apply
+
+
+def save_output(output: GenerationOutput, png_path: Path, report_path: Path) -> None:
+    """The PNG (with its text metadata) and the JSON report beside it, each written atomically."""
+    from .report import save_png, write_report
+
+    output.report["output"] = str(png_path)
+    facts = output.report["model"]
+    save_png(output.image, png_path, {**output.report, "model": f"{facts['path']} ({facts['kind']})"})
+    try:
+        write_report(report_path, output.report)
+    except BaseException:
+        Path(png_path).unlink(missing_ok=True)
+        raise
+
+
+def _describe_input(value) -> str | None:
+    if value is None:
+        return None
+    return str(value) if isinstance(value, (str, Path)) else f"<{type(value).__name__} {getattr(value, 'size', '')}>"
+
+
+def _current_rss_mb() -> float | None:
+    try:
+        import psutil
+
+        return round(psutil.Process().memory_info().rss / 2**20, 1)
+    except Exception:
+        return None
+
+
+def _torch_threads() -> int | None:
+    try:
+        import torch
+
+        return torch.get_num_threads()
+    except Exception:
+        return None

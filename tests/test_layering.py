@@ -1,0 +1,95 @@
+"""The package's floors: imports run one way (top → stages → models → core → ground), and stages never import
+each other. Walks every module's imports (top-level and inside functions) with `ast`, so a lazy upward import
+fails as surely as a top-level one."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "python" / "pocketsd"
+
+# floor number per room: a module may import from its own room or from any lower floor.
+FLOORS = {
+    "errors": 0, "artifacts": 0, "data": 0, "__init__": 0,
+    "palettize": 1,
+    "models": 2,
+    "compress": 3, "convert": 3, "pipeline": 3, "eval": 3,
+    "cli": 4, "__main__": 4, "app": 4, "refmodel": 4, "demo": 4, "info": 4, "ui": 4,
+}
+STAGES = {"compress", "convert", "pipeline", "eval"}
+
+
+def room_of(module: str) -> str:
+    """'pocketsd.pipeline.run' → 'pipeline'; 'pocketsd' → '__init__'."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def imports_of(path: Path, source: str | None = None) -> list[tuple[int, str]]:
+    """(line, absolute module) of every pocketsd import in the file, relative ones resolved."""
+    here = module_name(path)
+    package = here if path.name == "__init__.py" else here.rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(source if source is not None else path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names if a.name.split(".")[0] == "pocketsd"]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+                if not node.module:  # `from . import x`: each name may be a submodule
+                    found += [(node.lineno, f"{target}.{a.name}") for a in node.names]
+                    continue
+            else:
+                target = node.module or ""
+            if target.split(".")[0] == "pocketsd":
+                found.append((node.lineno, target))
+    return found
+
+
+def upward_edges() -> list[str]:
+    bad = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        here = module_name(path)
+        room = room_of(here)
+        assert room in FLOORS, f"{path}: room {room!r} has no floor in tests/test_layering.py — give it one"
+        for line, target in imports_of(path):
+            other = room_of(target)
+            if other == room or other not in FLOORS:
+                continue
+            if FLOORS[other] > FLOORS[room]:
+                bad.append(f"{path.relative_to(PACKAGE)}:{line} ({room}, floor {FLOORS[room]}) imports {target} "
+                           f"(floor {FLOORS[other]})")
+            elif room in STAGES and other in STAGES:
+                bad.append(f"{path.relative_to(PACKAGE)}:{line}: stage {room} imports stage {other} ({target})")
+    return bad
+
+
+def test_no_import_runs_upward_and_stages_stay_apart():
+    bad = upward_edges()
+    assert not bad, "imports against the floors:\n" + "\n".join(bad)
+
+
+@pytest.mark.parametrize("source,expected", [
+    ("from ..pipeline import run\n", "pocketsd.pipeline"),
+    ("from .. import cli\n", "pocketsd.cli"),
+    ("import pocketsd.app.page\n", "pocketsd.app.page"),
+])
+def test_the_walker_sees_relative_lazy_and_absolute_imports(source, expected):
+    # The check is only as good as its walker: an upward import planted inside a function of palettize is found.
+    planted = f"def f():\n    {source.strip()}\n"
+    targets = [t for _, t in imports_of(PACKAGE / "palettize" / "lora.py", planted)]
+    assert any(t.startswith(expected) for t in targets), targets
+    assert FLOORS[room_of(expected)] > FLOORS["palettize"]
