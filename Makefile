@@ -20,8 +20,10 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(PY) -m pocketsd.demo --out $(OUT)/demo
 
+# The Python suite, then the Swift package's (which sets up its own toolchain on first use; see test-swift).
 test: setup
 	$(PY) -m pytest
+	$(MAKE) test-swift
 
 tiny-model: setup
 	$(PY) -m pocketsd.refmodel.train --max-minutes 78
