@@ -299,6 +299,23 @@ def _run_bench(args) -> int:
     return 0
 
 
+# ---- eval (owner: eval protocol; the command lives in evaluate.py) ----------------------------
+def _add_eval(sub) -> None:
+    from .evaluate import add_arguments
+
+    p = sub.add_parser("eval", help="quality protocol: generate with two models on the same seeds, then PSNR, SSIM, "
+                       "LPIPS, FID, CLIP score, ImageReward, adherence")
+    add_arguments(p)
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args) -> int:
+    _quiet_libraries()
+    from .evaluate import run_command
+
+    return run_command(args)
+
+
 # ---- info (shared: dispatches on the kind of path) --------------------------------------------
 def _bench_harness():
     """benchmarks/generate.py of the source checkout: the harness lives with the benchmarks, not in the package."""
@@ -345,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pocketsd {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
-    for add in (_add_generate, _add_compress, _add_convert, _add_lora, _add_domains, _add_info, _add_bench):
+    for add in (_add_generate, _add_compress, _add_convert, _add_lora, _add_domains, _add_info, _add_bench,
+                _add_eval):
         add(sub)
     return parser
 
