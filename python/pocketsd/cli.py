@@ -42,7 +42,22 @@ def _add_generate(sub) -> None:
     p.add_argument("--image", help="starting image (image → image)")
     p.add_argument("--strength", type=float, help="with --image/--sketch: how much to repaint, (0, 1] (default 0.8)")
     p.add_argument("--sketch", help="line drawing to follow (sketch → image)")
-    p.add_argument("--controlnet", help="diffusers ControlNetModel folder conditioning on --sketch/--image (torch)")
+    p.add_argument("--controlnet", help="ControlNet conditioning on --sketch/--depth (or --image): a diffusers "
+                   "ControlNetModel folder (torch), or the name of one converted into a Core ML bundle")
+    p.add_argument("--controlnet-scale", type=float, default=1.0, help="ControlNet residual scale (default 1.0)")
+    p.add_argument("--control-guidance-start", type=float, default=0.0,
+                   help="share of the steps before the ControlNet starts (default 0.0)")
+    p.add_argument("--control-guidance-end", type=float, default=1.0,
+                   help="share of the steps after which the ControlNet stops (default 1.0)")
+    p.add_argument("--mask", help="with --image: inpainting mask, white where the image is repainted")
+    from .pipeline.options import MASK_BLUR
+
+    p.add_argument("--mask-blur", type=int, default=MASK_BLUR,
+                   help=f"px the paste-back feathers outside the mask (default {MASK_BLUR})")
+    p.add_argument("--no-paste-back", action="store_true",
+                   help="keep the decoded pixels outside the mask instead of the original's")
+    p.add_argument("--depth", help="depth map (near = bright, any bit depth) for a depth ControlNet (--controlnet)")
+    p.add_argument("--depth-invert", action="store_true", help="the depth map is near = dark")
     p.add_argument("--count", type=int, default=1, help="images to make with seeds SEED, SEED+1, … (models load once)")
     p.add_argument("--out", help="output PNG (default pocketsd-<seed>.png)")
     p.add_argument("--report", help="JSON report path (default: the PNG path with .json)")
@@ -53,6 +68,8 @@ def _add_generate(sub) -> None:
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"],
                    help="torch device (default cpu; auto: CUDA, then Apple MPS, then CPU)")
     p.add_argument("--no-verify", action="store_true", help="skip checking the model's recorded sha256 digests")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite an --out/--report file that exists but is not a PocketSD image/report")
     p.add_argument("--quiet", action="store_true", help="no progress bar or table (the report is still written)")
     p.set_defaults(func=_run_generate)
 
@@ -93,9 +110,13 @@ def _run_generate(args) -> int:
         loras=[_parse_lora(x) for x in args.lora], image=Path(args.image) if args.image else None,
         strength=args.strength, sketch=Path(args.sketch) if args.sketch else None,
         controlnet=Path(args.controlnet) if args.controlnet else None, count=args.count,
+        controlnet_scale=args.controlnet_scale, control_guidance_start=args.control_guidance_start,
+        control_guidance_end=args.control_guidance_end, mask=Path(args.mask) if args.mask else None,
+        mask_blur=args.mask_blur, paste_back=not args.no_paste_back, depth=Path(args.depth) if args.depth else None,
+        depth_invert=args.depth_invert,
         out=Path(args.out) if args.out else None, report=Path(args.report) if args.report else None,
         low_memory=args.low_memory, allow_pickle=args.allow_pickle, unet_mode=args.unet_mode, device=args.device,
-        verify=not args.no_verify)
+        verify=not args.no_verify, force=args.force)
     console = None if args.quiet else Console(stderr=False)
     reports = run(opts, progress=not args.quiet, console=console)
     for rep in reports:
@@ -108,9 +129,12 @@ def _add_compress(sub) -> None:
     from .palettize.calibrate import CalibrationSettings as C
     from .palettize.recipes import DEFAULT_BUDGET, FIXED, MAX_BUDGET, Recipe as R
 
-    p = sub.add_parser("compress", help="4-bit + low-rank compression of a model's UNet")
+    p = sub.add_parser("compress", help="4-bit + low-rank compression of a model's UNet and text encoders")
     p.add_argument("--model", default=None, help="diffusers folder or cached hub id (default: the reference model)")
-    p.add_argument("--out", required=True, help="compressed model folder to write (replaced atomically)")
+    p.add_argument("--out", required=True, help="compressed model folder to write (replaced atomically; an existing "
+                   "folder only if it is a compressed folder PocketSD wrote, or with --force)")
+    p.add_argument("--force", action="store_true", help="replace --out even if it is not a compressed folder "
+                   "PocketSD wrote (never the --model folder itself)")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--recipe", default=None, help=f"fixed recipe: {', '.join(FIXED)} (default: the budget)")
     how.add_argument("--bits-budget", type=float, default=None,
@@ -132,6 +156,13 @@ def _add_compress(sub) -> None:
                    help=f"sampling steps per calibration prompt (default {C.steps})")
     p.add_argument("--calib-timesteps", default=C.timesteps, choices=["all", "first25", "last25"],
                    help="record layer inputs over all timesteps or only the first/last quarter of sampling")
+    p.add_argument("--components", default="unet,text_encoder,text_encoder_2",
+                   help="what to compress: any of unet, text_encoder, text_encoder_2, vae (default: the UNet and "
+                        "both text encoders)")
+    for component in ("text_encoder", "text_encoder_2", "vae"):
+        flag = component.replace("_", "-")
+        p.add_argument(f"--{flag}-bits-budget", type=float, default=None, dest=f"{component}_bits_budget",
+                       help=f"budget for the {component} (default: the UNet's --bits-budget or --recipe)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_compress)
 
@@ -147,10 +178,16 @@ def _run_compress(args) -> int:
 
     recipe = make_recipe(args.recipe, args.bits_budget, args.quantizer, args.group_size, args.block_size,
                          smoothing=not args.no_smoothing, refine_iters=args.refine_iters)
+    components = tuple(c.strip() for c in args.components.split(",") if c.strip())
+    component_recipes = {
+        c: make_recipe(None, getattr(args, f"{c}_bits_budget"), args.quantizer, args.group_size, args.block_size,
+                       smoothing=not args.no_smoothing, refine_iters=args.refine_iters)
+        for c in ("text_encoder", "text_encoder_2", "vae") if getattr(args, f"{c}_bits_budget") is not None}
     opts = CompressOptions(out=Path(args.out), model=args.model, recipe=recipe,
                            calibration=CalibrationSettings(count=args.calib_count, steps=args.calib_steps,
                                                            timesteps=args.calib_timesteps),
-                           calib_prompts=Path(args.calib_prompts) if args.calib_prompts else None)
+                           calib_prompts=Path(args.calib_prompts) if args.calib_prompts else None, force=args.force,
+                           components=components, component_recipes=component_recipes)
     with task_progress(not args.quiet) as on_progress:
         manifest = compress_model(opts, on_progress)
     print(summary_line(manifest))
@@ -159,14 +196,17 @@ def _run_compress(args) -> int:
 
 
 def _add_lora(sub) -> None:
-    p = sub.add_parser("lora", help="LoRA tools (merge into a compressed model's low-rank branches)")
+    p = sub.add_parser("lora", help="LoRA tools (train a style; merge into a compressed model's low-rank branches)")
     lsub = p.add_subparsers(dest="lora_command", required=True, parser_class=_OneLineParser)
     m = lsub.add_parser("merge", help="append LoRAs to a compressed model's low-rank branches (no re-quantizing)")
     m.add_argument("--model", required=True, help="compressed model folder (from `pocketsd compress`)")
     m.add_argument("--lora", action="append", required=True, metavar="FILE[:SCALE]",
                    help="LoRA .safetensors (diffusers/PEFT or kohya keys), optional scale; repeatable")
     m.add_argument("--out", required=True, help="new compressed model folder (written atomically)")
+    m.add_argument("--force", action="store_true", help="replace --out even if it is not a compressed folder "
+                   "PocketSD wrote (never --model itself)")
     m.set_defaults(func=_run_lora_merge)
+    _add_lora_train(lsub)
 
 
 def _run_lora_merge(args) -> int:
@@ -177,13 +217,79 @@ def _run_lora_merge(args) -> int:
     from .compress.lora_merge import merge_loras
 
     start = time.time()
-    manifest = merge_loras(args.model, [_parse_lora(x) for x in args.lora], Path(args.out))
-    for rec in manifest["loras"][-len(args.lora):]:
-        print(f"merged {rec['file']} ×{rec['scale']:g}: {rec['lowrank_concat']} low-rank branches widened by "
-              f"rank {rec['rank']}, {rec['dense_fused']} fp16 layers fused")
+    manifest = merge_loras(args.model, [_parse_lora(x) for x in args.lora], Path(args.out), force=args.force)
+    for rec in [r for r in manifest["loras"] if r.get("merged_utc") == manifest["created_utc"]]:
+        print(f"merged {rec['file']} ×{rec['scale']:g} into the {rec.get('component', 'unet')}: {rec['lowrank_concat']} "
+              f"low-rank branches widened by rank {rec['rank']}, {rec['dense_fused']} fp16 layers fused")
     acc = manifest["components"]["unet"]["accounting"]
     print(f"wrote {args.out} in {time.time() - start:.1f} s (UNet {acc['total_bytes'] / 1e6:.2f} MB, "
           f"{acc['bits_per_param']:.2f} bits/param)")
+    return 0
+
+
+# ---- lora train (owner: train) -----------------------------------------------------------------
+def _add_lora_train(lsub) -> None:
+    from .train.options import TrainOptions as T
+
+    t = lsub.add_parser("train", help="train a LoRA from a folder of captioned images (fp16 or compressed model)")
+    t.add_argument("--images", required=True, help="folder of training images (.png/.jpg/.jpeg/.webp/.bmp)")
+    t.add_argument("--captions", help="captions file: JSON {file: caption}, JSONL/CSV with file_name,text, or "
+                   "'file<TAB>caption' lines (default: a .txt beside each image, or the folder's metadata.jsonl)")
+    t.add_argument("--model", help="diffusers or compressed folder (default: the embedded reference model); on a "
+                   "compressed model the 4-bit codes and branches stay frozen and only the LoRA learns")
+    t.add_argument("--out", required=True, help="the LoRA to write (.safetensors, diffusers/PEFT keys)")
+    t.add_argument("--rank", type=int, default=T.rank, help=f"LoRA rank (default {T.rank})")
+    t.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: the rank, i.e. scale 1)")
+    t.add_argument("--steps", type=int, default=T.steps, help=f"optimizer steps (default {T.steps})")
+    t.add_argument("--lr", type=float, default=T.lr, help=f"AdamW learning rate (default {T.lr:g})")
+    t.add_argument("--batch", type=int, default=T.batch, help=f"images per step (default {T.batch})")
+    t.add_argument("--resolution", type=int, default=None, help="training size in pixels (default: the model's native)")
+    t.add_argument("--text-encoders", action="store_true", help="also train LoRAs on the text encoders' attention")
+    t.add_argument("--unet-mode", default=T.unet_mode, choices=["packed", "dense"],
+                   help="compressed models: packed keeps the 4-bit codes in memory (QLoRA), dense dequantizes once")
+    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                   help="torch device (default auto: CUDA, then Apple MPS, then CPU)")
+    t.add_argument("--seed", type=int, default=T.seed, help="seed of the LoRA's initial values and every random draw")
+    t.add_argument("--checkpoint-every", type=int, default=T.checkpoint_every,
+                   help=f"save a resumable checkpoint (<out>.checkpoint/) every K steps (default {T.checkpoint_every})")
+    t.add_argument("--resume", action="store_true", help="continue from the checkpoint of an interrupted run")
+    t.add_argument("--keep-checkpoint", action="store_true", help="keep the checkpoint after the LoRA is written")
+    t.add_argument("--preview-every", type=int, default=None,
+                   help="render preview images (<out>.previews/) every K steps (default: with each checkpoint; 0: never)")
+    t.add_argument("--preview-prompt", action="append", default=[], metavar="PROMPT",
+                   help="a preview prompt; repeatable (default: the first four captions)")
+    t.add_argument("--preview-steps", type=int, default=T.preview_steps, help="denoising steps per preview image")
+    t.add_argument("--snr-gamma", type=float, default=T.snr_gamma, help="min-SNR loss weighting gamma (default 5)")
+    t.add_argument("--gradient-checkpointing", action="store_true", help="recompute UNet activations: less memory, slower")
+    t.add_argument("--allow-pickle", action="store_true", help="allow .ckpt/.bin/.pt checkpoints (can run code)")
+    t.add_argument("--report", help="JSON report path (default: the LoRA path with .json)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=_run_lora_train)
+
+
+def _run_lora_train(args) -> int:
+    from pathlib import Path
+
+    _quiet_libraries()
+    from .pipeline.device import resolve_device
+    from .train.lora import train_lora, usage_hint
+    from .train.options import TrainOptions
+    from .ui import task_progress
+
+    opts = TrainOptions(
+        images=Path(args.images), out=Path(args.out), captions=Path(args.captions) if args.captions else None,
+        model=args.model, rank=args.rank, alpha=args.alpha, steps=args.steps, lr=args.lr, batch=args.batch,
+        resolution=args.resolution, text_encoders=args.text_encoders, unet_mode=args.unet_mode,
+        device=resolve_device(args.device), seed=args.seed, checkpoint_every=args.checkpoint_every, resume=args.resume,
+        keep_checkpoint=args.keep_checkpoint, preview_every=args.preview_every, preview_prompts=args.preview_prompt,
+        preview_steps=args.preview_steps, snr_gamma=args.snr_gamma, gradient_checkpointing=args.gradient_checkpointing,
+        allow_pickle=args.allow_pickle, report=Path(args.report) if args.report else None)
+    with task_progress(not args.quiet) as on_progress:
+        report = train_lora(opts, on_progress, log=lambda msg: print(msg, file=sys.stderr))
+    print(f"wrote {report['output']}: {report['layers']} UNet layers at rank {opts.rank}, {report['bytes'] / 1e3:.0f} kB, "
+          f"{report['steps']} steps in {report['train_seconds'] / 60:.1f} min on {report['device']}, loss "
+          f"{report['loss_first10']:.4f} → {report['loss_last10']:.4f}, peak RSS {report['peak_rss_mb']:.0f} MB")
+    print(usage_hint(opts.out))
     return 0
 
 
@@ -206,7 +312,8 @@ def _add_convert(sub) -> None:
                    help="bake a LoRA into the UNet's low-rank branches; repeatable")
     p.add_argument("--lora-functions", metavar="A.safetensors,B.safetensors",
                    help="one multifunction Unet: function 'main' plus one per LoRA, sharing the 4-bit weights")
-    p.add_argument("--force", action="store_true", help="re-convert components that are already done")
+    p.add_argument("--force", action="store_true", help="re-convert components that are already done, and write into "
+                   "an --out folder that is not a Core ML bundle PocketSD wrote")
     p.add_argument("--only", metavar="NAME,NAME", help="convert only these components (e.g. Unet,VAEDecoder)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_convert)
@@ -357,13 +464,46 @@ def _run_info(args) -> int:
     return 0
 
 
+# ---- app (owner: web demo) -----------------------------------------------------------------------
+def _add_app(sub) -> None:
+    p = sub.add_parser("app", help="web demo: fp16 against 4-bit side by side, with time and memory")
+    p.add_argument("--model", help="fp16 model: diffusers folder or hub id (default: the embedded reference model)")
+    p.add_argument("--compressed", help="its compressed folder (default: made on first start, cached under "
+                   "BUILD/app/)")
+    p.add_argument("--coreml", help="a Core ML bundle of the model, offered in the model picker on macOS")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only; "
+                   "0.0.0.0 opens it to your network, with a warning)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"],
+                   help="torch device (default cpu; auto: CUDA, then Apple MPS, then CPU)")
+    p.add_argument("--build-dir", default="build", help="where the compressed model is cached (default build)")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest image upload accepted (default 20)")
+    p.add_argument("--queue-size", type=int, default=8, help="requests that may wait in line (default 8)")
+    p.set_defaults(func=_run_app)
+
+
+def _run_app(args) -> int:
+    from pathlib import Path
+
+    _quiet_libraries()
+    if args.max_upload_mb <= 0 or args.queue_size < 1:
+        raise BadInput("--max-upload-mb must be positive and --queue-size at least 1")
+    from .app.config import AppConfig
+    from .app.server import serve
+
+    config = AppConfig(model=args.model, compressed=Path(args.compressed) if args.compressed else None,
+                       coreml=Path(args.coreml) if args.coreml else None, device=args.device, host=args.host,
+                       port=args.port, max_upload_mb=args.max_upload_mb, queue_size=args.queue_size)
+    return serve(config, Path(args.build_dir))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="pocketsd", description="SDXL in 4-bit + low-rank, for Core ML")
     parser.add_argument("--version", action="version", version=f"pocketsd {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
     for add in (_add_generate, _add_compress, _add_convert, _add_lora, _add_domains, _add_info, _add_bench,
-                _add_eval):
+                _add_eval, _add_app):
         add(sub)
     return parser
 

@@ -117,6 +117,15 @@ def safetensors_stats(component_dir: Path) -> tuple[int, int, str]:
     return n, nbytes, "/".join(sorted(dtypes)) or "-"
 
 
+def check_weight_files(folder: Path, components: tuple[str, ...] | list[str] | None = None) -> None:
+    """Every safetensors file of the named components (default: all networks) has a whole header and is as
+    long as its header says — a truncated download fails here in one line naming the file, not mid-load."""
+    for name in components if components is not None else NETWORKS:
+        sub = Path(folder) / name
+        if sub.is_dir():
+            safetensors_stats(sub)
+
+
 def _copy_component(src: Path, dst: Path) -> None:
     """A component folder's configs, tokenizer files and the one set of weights diffusers loads — not every
     variant a hub snapshot carries (fp16 copies, .bin, flax, onnx, openvino), which would double the size."""

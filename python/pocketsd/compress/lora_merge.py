@@ -6,6 +6,7 @@ widens the branches, and the state dict is written back: the residual's tensors 
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from ..artifacts import COMPRESSED
@@ -14,10 +15,11 @@ from ..errors import BadInput
 from ..models import resolve_model
 from ..models.components import load_compressed_component
 from ..palettize.layer import compressed_layers, compressed_state_dict
-from ..palettize.lora import apply_loras, load_loras
+from ..artifacts.outputs import check_out
+from ..palettize.lora import apply_loras, check_lora_scale, load_loras
 
 
-def merge_loras(model: str | Path, specs: list[tuple[Path, float]], out: Path) -> dict:
+def merge_loras(model: str | Path, specs: list[tuple[Path, float]], out: Path, *, force: bool = False) -> dict:
     """Write `out`: the compressed folder `model` with `specs` merged; returns the new manifest."""
     source = resolve_model(str(model))
     if source.kind != COMPRESSED:
@@ -25,16 +27,34 @@ def merge_loras(model: str | Path, specs: list[tuple[Path, float]], out: Path) -
                        "(run `pocketsd compress` first, or pass --lora to `pocketsd generate`)")
     if not specs:
         raise BadInput("give at least one --lora FILE[:SCALE]")
+    for path, scale in specs:
+        check_lora_scale(path, scale)
+        if not Path(path).is_file():
+            raise BadInput(f"LoRA file {path} does not exist" + (" (it is a folder)" if Path(path).is_dir() else ""))
+    check_out(out, COMPRESSED, inputs=[("--model", source.path), *(("--lora", p) for p, _ in specs)], force=force,
+              command="pocketsd lora merge")
     compressed = read_compressed_model(source.path)
-    unet = load_compressed_component(compressed, "unet", mode="packed")
-    records = apply_loras(unet, load_loras(specs, compressed.config("unet")))
-    old = compressed.components["unet"]
-    payload = ComponentPayload(
-        state_dict=compressed_state_dict(unet), config=compressed.config("unet"),
-        layers=[layer.record() for layer in compressed_layers(unet).values()], fp16_layers=old.fp16_layers,
-        library=old.library, class_name=old.class_name, recipe=old.recipe, calibration=old.calibration)
-    keep = {name: rec.to_dict() for name, rec in compressed.components.items() if name != "unet"}
+    loaded = load_loras(specs, compressed.config("unet") if "unet" in compressed.components else None)
+    touched = [c for c in ("unet", "text_encoder", "text_encoder_2") if any(c in lora.components for lora, _ in loaded)]
+    dense = [c for c in touched if c not in compressed.components]
+    if dense:
+        lora = next(lora for lora, _ in loaded if dense[0] in lora.components)
+        raise BadInput(f"LoRA {lora.path.name} has {dense[0]} layers, but {model} keeps its {dense[0]} uncompressed; "
+                       f"compress it too (`pocketsd compress --components …,{dense[0]}`) or pass the LoRA to "
+                       "`pocketsd generate --lora` instead")
+    payloads, records = {}, []
+    for name in touched:  # every component is checked before any is written (the folder is written atomically)
+        network = load_compressed_component(compressed, name, mode="packed")
+        records += apply_loras(network, loaded, name)
+        old = compressed.components[name]
+        payloads[name] = ComponentPayload(
+            state_dict=compressed_state_dict(network), config=compressed.config(name),
+            layers=[layer.record() for layer in compressed_layers(network).values()], fp16_layers=old.fp16_layers,
+            library=old.library, class_name=old.class_name, recipe=old.recipe, calibration=old.calibration)
+    keep = {name: rec.to_dict() for name, rec in compressed.components.items() if name not in payloads}
     extra = {k: v for k, v in compressed.manifest.items() if k in ("timings_s",)}
-    extra["loras"] = compressed.loras + records
-    return write_compressed_model(Path(out), compressed.folder, {"unet": payload}, source=compressed.source,
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    extra["loras"] = compressed.loras + [dict(r, merged_utc=stamp) for r in records]
+    extra["created_utc"] = stamp
+    return write_compressed_model(Path(out), compressed.folder, payloads, source=compressed.source,
                                   extra=extra, keep=keep)

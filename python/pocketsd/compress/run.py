@@ -15,7 +15,8 @@ from typing import Callable
 
 from ..artifacts import COMPRESSED
 from ..artifacts.compressed import ComponentPayload, write_compressed_model
-from ..artifacts.model_folder import read_config
+from ..artifacts.model_folder import check_weight_files, read_config
+from ..artifacts.outputs import check_out
 from ..errors import BadInput
 from ..models import model_folder, resolve_model
 from ..palettize.calibrate import CalibrationSettings, calibrate
@@ -28,13 +29,24 @@ from .prompts import calibration_prompts
 Progress = Callable[[str, int, int, str], None]
 
 
+# What `--components` may name, and the default: the UNet and both text encoders (the VAE on request).
+COMPRESSIBLE = ("unet", "text_encoder", "text_encoder_2", "vae")
+DEFAULT_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+
+
 @dataclass
 class CompressOptions:
     out: Path
     model: str | None = None
-    recipe: Recipe = field(default_factory=Recipe)
+    recipe: Recipe = field(default_factory=Recipe)  # the UNet's, and every other component's unless given below
     calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
     calib_prompts: Path | None = None
+    components: tuple[str, ...] = DEFAULT_COMPONENTS  # those the model has; a missing default one is skipped
+    component_recipes: dict[str, Recipe] = field(default_factory=dict)  # per-component budgets
+    force: bool = False  # replace an --out that is not a compressed folder PocketSD wrote
+
+    def recipe_for(self, component: str) -> Recipe:
+        return self.component_recipes.get(component, self.recipe)
 
 
 def check_inputs(opts: CompressOptions) -> tuple[Path, str]:
@@ -48,6 +60,20 @@ def check_inputs(opts: CompressOptions) -> tuple[Path, str]:
     if not (folder / "unet" / "config.json").is_file():
         raise BadInput(f"{folder} has no UNet (unet/config.json); compress needs a diffusers pipeline with a UNet")
     opts.calibration.check()
+    unknown = [c for c in opts.components if c not in COMPRESSIBLE]
+    if unknown or not opts.components:
+        raise BadInput(f"--components {','.join(opts.components)}: choose from {', '.join(COMPRESSIBLE)}")
+    extra = [c for c in opts.component_recipes if c not in opts.components]
+    if extra:
+        raise BadInput(f"a budget was given for {extra[0]}, which --components does not include")
+    explicit = opts.components != DEFAULT_COMPONENTS
+    missing = [c for c in opts.components if not (folder / c / "config.json").is_file()]
+    if missing and explicit:
+        raise BadInput(f"{folder} has no {missing[0]} to compress; drop it from --components")
+    opts.components = tuple(c for c in opts.components if c not in missing)
+    check_weight_files(folder, opts.components)  # a truncated download fails here, naming the file, not after loading
+    check_out(opts.out, COMPRESSED, inputs=[("--model", folder), ("--calib-prompts", opts.calib_prompts)],
+              force=opts.force, command="pocketsd compress")
     return folder, source.spec
 
 
@@ -73,32 +99,42 @@ def compress_model(opts: CompressOptions, on_progress: Progress | None = None) -
 
     t0 = time.perf_counter()
     pipe = _pipeline(folder)
-    unet = pipe.unet.eval()
-    check_budget(unet, opts.recipe)  # before calibrating: a budget the quantizer cannot reach fails fast
+    networks = {name: getattr(pipe, name).eval() for name in opts.components}
+    for name, network in networks.items():  # before calibrating: a budget the quantizer cannot reach fails fast
+        check_budget(network, opts.recipe_for(name), what=f"the {name}")
     timings["load"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     settings = opts.calibration
-    modules, _ = compressible_layers(unet)
+    layers = {name: compressible_layers(network)[0] for name, network in networks.items()}
     calls = math.ceil(len(prompts) / settings.batch_size) * settings.steps
-    calib = calibrate(pipe, modules, prompts, settings.steps, settings.timesteps, settings.rows_per_layer,
-                      settings.batch_size, settings.guidance, settings.seed,
-                      progress=lambda n: tick("calibrating", n, calls, ""))
+    encoders = {name: layers[name] for name in networks if name.startswith("text_encoder")}
+    calib = calibrate(pipe, layers.get("unet", {}), prompts, settings.steps, settings.timesteps,
+                      settings.rows_per_layer, settings.batch_size, settings.guidance, settings.seed,
+                      progress=lambda n: tick("calibrating", n, calls, ""), encoder_modules=encoders)
     timings["calibrate"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    total = progress_total(unet, opts.recipe)
-    report = compress_network(unet, opts.recipe, calib, lambda n, detail="": tick("compressing layers", n, total, detail))
+    payloads = {}
+    for name, network in networks.items():
+        # the VAE has no calibration: its layers are judged by weight error (no smoothing, no probe)
+        component_calib = calib if name == "unet" else calib.encoders.get(name)
+        recipe = opts.recipe_for(name)
+        total = progress_total(network, recipe)
+        report = compress_network(network, recipe, component_calib,
+                                  lambda n, detail="", task=f"compressing {name}": tick(task, n, total, detail))
+        info = {**component_calib.info, **report.allocation} if component_calib is not None else \
+            {"note": "no calibration: layer weight error, no smoothing"}
+        payloads[name] = ComponentPayload(
+            state_dict=compressed_state_dict(network), config=read_config(folder, name),
+            layers=[layer.record() for layer in compressed_layers(network).values()], fp16_layers=report.fp16_layers,
+            library=type(network).__module__.split(".")[0], class_name=type(network).__name__, recipe=report.recipe,
+            calibration=info)
     timings["compress"] = time.perf_counter() - t0
-    payload = ComponentPayload(
-        state_dict=compressed_state_dict(unet), config=read_config(folder, "unet"),
-        layers=[layer.record() for layer in compressed_layers(unet).values()], fp16_layers=report.fp16_layers,
-        library="diffusers", class_name=type(unet).__name__, recipe=report.recipe,
-        calibration={**calib.info, **report.allocation})
-    del pipe, unet, calib
+    del pipe, networks, calib
 
     t0 = time.perf_counter()
-    manifest = write_compressed_model(opts.out, folder, {"unet": payload}, source={"spec": spec, "path": str(folder)},
+    manifest = write_compressed_model(opts.out, folder, payloads, source={"spec": spec, "path": str(folder)},
                                       extra={"timings_s": {k: round(v, 2) for k, v in timings.items()}})
     manifest["timings_s"]["write"] = round(time.perf_counter() - t0, 2)
     return manifest

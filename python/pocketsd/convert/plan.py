@@ -15,11 +15,14 @@ from ..artifacts import COMPRESSED, COREML
 from ..artifacts import bundle as names
 from ..artifacts.compressed import read_compressed_model
 from ..artifacts.model_folder import detect_family, read_config
+from ..artifacts.outputs import check_out
 from ..errors import BadInput
 from ..models import model_folder, resolve_model
+from ..palettize.lora import check_lora_files, check_lora_scale, read_lora
 from . import TARGETS
 from .bundle import ConvertOptions
 
+MAX_SIDE = 4096  # pixels per side, as `generate` (pipeline.options.MAX_SIDE)
 # Targets whose Core ML opset has the grouped lookup tables and int4 blocks our compressed layers use.
 COMPRESSED_TARGETS = ("iOS18", "macOS15")
 TEXT_ENCODER_FOLDERS = {"TextEncoder": "text_encoder", "TextEncoder2": "text_encoder_2"}
@@ -37,6 +40,7 @@ class ConvertPlan:
     image_hw: tuple[int, int]
     latent_hw: tuple[int, int]
     loras: list[tuple[Path, float]] = field(default_factory=list)
+    compressed: set[str] = field(default_factory=set)  # components stored compressed in the source folder
 
     @property
     def out(self) -> Path:
@@ -80,8 +84,7 @@ def source_digest(plan: ConvertPlan, package: str) -> str:
         return _folder_digest(plan.source / TEXT_ENCODER_FOLDERS[package])
     if package in (names.VAE_DECODER, names.VAE_ENCODER):
         return _folder_digest(plan.source / "vae")
-    weights = "unet/pocketsd_unet.safetensors" if plan.kind == COMPRESSED else "unet"
-    return _folder_digest(plan.source / weights)
+    return _folder_digest(plan.source / "unet")
 
 
 def _sizes(opts: ConvertOptions, unet_cfg, vae_cfg: dict) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -93,6 +96,8 @@ def _sizes(opts: ConvertOptions, unet_cfg, vae_cfg: dict) -> tuple[tuple[int, in
         width, height = opts.size
     unet_factor = 2 ** (len(unet_cfg.down_block_types) - 1)
     need = vae_factor * unet_factor
+    if max(width, height) > MAX_SIDE:
+        raise BadInput(f"--size {width}x{height} is over the {MAX_SIDE} px per side pocketsd converts (SDXL's native is 1024)")
     if width <= 0 or height <= 0 or width % need or height % need:
         raise BadInput(f"size {width}x{height} does not fit this model: width and height must be positive multiples "
                        f"of {need} (VAE ×{vae_factor}, UNet ×{unet_factor})")
@@ -120,10 +125,10 @@ def make_plan(opts: ConvertOptions) -> ConvertPlan:
     if kind == "diffusers" and not (path / "unet" / "config.json").is_file():
         raise BadInput(f"{opts.model} has no UNet (no unet/config.json); give a full SD/SDXL pipeline folder")
     family = detect_family(path)
+    compressed_components: set[str] = set()
     if kind == COMPRESSED:
         compressed = read_compressed_model(path)
-        if "unet" not in compressed.components:
-            raise BadInput(f"{opts.model} has no compressed UNet; re-run `pocketsd compress`")
+        compressed_components = set(compressed.components)
         if opts.target not in COMPRESSED_TARGETS:
             raise BadInput(f"--target {opts.target} cannot hold compressed weights: grouped lookup tables and int4 "
                            f"blocks need {' or '.join(COMPRESSED_TARGETS)}; use --target iOS18 (or macOS15)")
@@ -134,10 +139,23 @@ def make_plan(opts: ConvertOptions) -> ConvertPlan:
     image_hw, latent_hw = _sizes(opts, unet_cfg, vae_cfg)
     validate_latent_size(unet_cfg, latent_hw)
     loras = [(Path(p), float(s)) for p, s in opts.loras]
+    for p, s in loras:
+        check_lora_scale(p, s)
     for p in [p for p, _ in loras] + list(opts.lora_functions):
         if not Path(p).is_file():
             raise BadInput(f"LoRA file {p} does not exist")
-    plan = ConvertPlan(opts, opts.model or "reference", kind, path, family, unet_cfg, vae_cfg, image_hw, latent_hw, loras)
+    check_out(opts.out, COREML, inputs=[("--model", path), *(("--lora", p) for p, _ in loras),
+                                        *(("--lora-functions", p) for p in opts.lora_functions)],
+              force=opts.force, command="pocketsd convert")
+    # Before any component converts: a LoRA that does not fit the UNet fails now, not after the text encoders.
+    check_lora_files([*loras, *((p, 1.0) for p in opts.lora_functions)], unet_dict)
+    for path in opts.lora_functions:
+        parts = [c for c in read_lora(path).components if c != "unet"]
+        if parts:
+            raise BadInput(f"LoRA {Path(path).name} has {parts[0]} layers, which a multifunction UNet cannot carry; "
+                           "bake it into every package with --lora instead")
+    plan = ConvertPlan(opts, opts.model or "reference", kind, path, family, unet_cfg, vae_cfg, image_hw, latent_hw, loras,
+                       compressed_components)
     known = [names.TEXT_ENCODERS[0], names.TEXT_ENCODERS[1], names.VAE_DECODER, names.VAE_ENCODER, names.UNET,
              *names.UNET_CHUNKS]
     unknown = [n for n in (opts.only or []) if n not in known]

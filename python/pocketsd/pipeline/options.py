@@ -54,6 +54,7 @@ class GenerateOptions:
     allow_pickle: bool = False
     unet_mode: str = "dense"
     verify: bool = True  # check the model's recorded sha256 digests while loading
+    force: bool = False  # overwrite an --out/--report that exists but is not a PocketSD image/report
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -64,8 +65,15 @@ def parse_size(text: str) -> tuple[int, int]:
     if w <= 0 or h <= 0:
         raise BadInput(f"--size {text!r} must be positive")
     if w > MAX_SIDE or h > MAX_SIDE:
-        raise BadInput(f"--size {text!r} is over the {MAX_SIDE} px per side pocketsd generates (SDXL's native is 1024)")
+        raise BadInput(f"--size {text!r} is over the {MAX_SIDE} px per side pocketsd generates (SDXL's native is 1024; "
+                       f"decoding {MAX_SIDE}x{MAX_SIDE} alone holds ≈ {decode_memory_bytes(MAX_SIDE, MAX_SIDE) / 2**30:.0f} GiB)")
     return w, h
+
+
+def decode_memory_bytes(width: int, height: int) -> int:
+    """A rough floor of what SDXL's VAE decoder holds at full resolution: its last up block runs 256- then
+    128-channel fp32 activations over every pixel, about three such tensors alive at once (≈ 3 GiB at 1024²)."""
+    return 3 * 256 * width * height * 4
 
 
 def check_size(size: tuple[int, int], vae_scale_factor: int) -> None:
@@ -148,6 +156,23 @@ def check_options(opts: GenerateOptions) -> None:
     if opts.out is not None and opts.report is not None and \
             Path(opts.out).expanduser().resolve() == Path(opts.report).expanduser().resolve():
         raise BadInput(f"--report {opts.report} is the same file as --out; give the report its own name (.json)")
+    check_outputs(opts)
+
+
+def check_outputs(opts: GenerateOptions) -> None:
+    """Every PNG and report this run will write may be written (`artifacts.outputs.check_out`): not an input, not
+    a file PocketSD did not write (unless --force), in a writable folder."""
+    from ..artifacts.outputs import IMAGE, REPORT, check_distinct, check_out
+
+    model = Path(opts.model).expanduser() if opts.model and Path(opts.model).expanduser().exists() else None
+    inputs = [("--model", model), *((flag, getattr(opts, name, None)) for flag, name in (
+        ("--image", "image"), ("--sketch", "sketch"), ("--mask", "mask"), ("--depth", "depth"),
+        ("--controlnet", "controlnet"))), *(("--lora", p) for p, _ in opts.loras)]
+    for seed in range(opts.seed, opts.seed + min(opts.count, MAX_COUNT)):
+        png, report = output_paths(opts, seed)
+        check_distinct("--out", png, "--report", report)
+        check_out(png, IMAGE, inputs=inputs, force=opts.force, command="pocketsd generate")
+        check_out(report, REPORT, inputs=inputs, force=opts.force, command="pocketsd generate", flag="--report")
 
 
 def output_paths(opts: GenerateOptions, seed: int) -> tuple[Path, Path]:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..artifacts import atomic_dir
+from ..artifacts.outputs import clear_for_replacement
 from ..data import REFERENCE_MODEL
 from .architecture import IMAGE_SIZE, assemble_pipeline, build_components
 from .drawing import make_dataset
@@ -200,6 +201,7 @@ def train_denoiser(components: dict, latents: torch.Tensor, captions: list[str],
 def save_pipeline(components: dict, out: Path) -> None:
     """fp16 safetensors in the diffusers layout, written beside `out` and renamed into place."""
     pipe = assemble_pipeline({k: (copy.deepcopy(v).to(torch.float16) if isinstance(v, torch.nn.Module) else v) for k, v in components.items()})
+    clear_for_replacement(out)  # the trainer owns its output folder (atomic_dir replaces only cleared folders)
     with atomic_dir(out) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
 
@@ -301,6 +303,7 @@ def _colour_polish(args) -> None:
     vae = AutoencoderKL.from_pretrained(args.colour_polish / "vae", torch_dtype=torch.float32)
     curve: list[float] = []
     polish_decoder(vae, args.colour_polish_steps, 16, args.seed + 1, curve, lr=3e-4, colour_weight=COLOUR_WEIGHT)
+    clear_for_replacement(args.colour_polish / "vae")
     with atomic_dir(args.colour_polish / "vae") as tmp:
         vae.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
     args.results.mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from ..artifacts import atomic_dir, write_json
+from ..artifacts.outputs import clear_for_replacement
 from ..data import REFERENCE_MODEL
 from ..data.grammar import BACKGROUNDS
 from .drawing import IMAGE_SIZE, make_dataset
@@ -279,8 +280,11 @@ def fixed_batch(data: dict, snr, seed: int) -> dict:
 def save_controlnet(controlnet, out: Path) -> None:
     """fp16 safetensors (`ControlNetModel.save_pretrained`), written beside `out` and renamed into place."""
     half = copy.deepcopy(controlnet).to(torch.float16)
+    clear_for_replacement(out)  # the trainer owns its output folder (atomic_dir replaces only cleared folders)
     with atomic_dir(out) as tmp:
         half.save_pretrained(tmp, safe_serialization=True)
+        for f in tmp.iterdir():
+            f.chmod(0o644)  # package data: readable by everyone (the weights file is written private)
 
 
 def plot(curves: dict, path: Path) -> None:
