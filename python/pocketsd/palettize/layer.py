@@ -13,13 +13,17 @@ R is defined bit for bit as Core ML's iOS18 constexpr ops compute it:
     int (`constexpr_blockwise_shift_scale`):   R[o, i, …] = fp16(scales[o, i // B, …] · codes[o, i, …])
 (the product of an fp16 scale and a small integer is exact in fp32 and rounded once, as numpy/Core ML do).
 
-One type, three ways to run (`set_mode`):
+One type, four ways to run (`set_mode`):
 - "packed": only the stored tensors in memory; R is rebuilt on every forward (memory ≈ the file size);
 - "dense":  R + L1·L2 folded once into one weight Ws/s̃ (fastest forward, fp32 memory);
 - "export": R, the factors and 1/s materialised as fp32 tensors whose values are fp16-exact, for
             torch.export → Core ML: the converter then sees a weight const bit-identical to R, which
             `convert/mil_weights` swaps for a constexpr op built from our codes. `channels_first` makes a
-            Linear act on the Neural Engine's (B, C, 1, S) layout as a 1×1 conv.
+            Linear act on the Neural Engine's (B, C, 1, S) layout as a 1×1 conv;
+- "train":  the small tensors chosen by `trainable` (factors, table or scales, bias) become fp32
+            `nn.Parameter`s, held outside the state dict (which stays the format in every mode), and the
+            forward rebuilds R from the frozen codes and the current table/scales, so gradients reach only
+            them; `commit_trained` rounds them back into the fp16 buffers (`palettize.distill` uses this).
 The LoRA rule lives here once (`append_lowrank`): since the branch acts on x/s, a LoRA (B: out×r', A: r'×in·k)
 enters as L1 ← [L1, B], L2 ← [L2; A·diag(s̃)], and R is never touched.
 """
@@ -35,7 +39,9 @@ from torch import nn
 from ..artifacts.compressed import INT, PALETTE, LayerRecord
 from .packing import pack_codes, packed_nbytes, unpack_codes
 
-MODES = ("packed", "dense", "export")
+MODES = ("packed", "dense", "export", "train")
+# What the "train" mode may make trainable: the low-rank factors, the palette table or int scales, the bias.
+TRAINABLE = ("lowrank", "table", "bias")
 
 
 class CompressedLayer(nn.Module):
@@ -52,6 +58,7 @@ class CompressedLayer(nn.Module):
         self.group_size, self.block_size = record.group_size, record.block_size
         self.alpha, self.snr_db = float(record.alpha), record.snr_db
         self.mode, self.compute_dtype, self.channels_first = "packed", torch.float32, False
+        self.trained: dict[str, nn.Parameter] = {}  # "train" mode only: fp32 copies, kept out of the state dict
         out, cin = self.shape[0], self.shape[1]
         f16 = dict(dtype=torch.float16, device=device)
         self.register_buffer("codes", torch.empty(packed_nbytes(self.numel, self.bits), dtype=torch.uint8, device=device))
@@ -166,17 +173,99 @@ class CompressedLayer(nn.Module):
             self.lowrank_down = torch.cat([self.lowrank_down, down16], 0).contiguous()
         self.set_mode(self.mode, self.compute_dtype, int4_kernel=self._int4 is not None)
 
+    # ---- training the small tensors (codes frozen) --------------------------------------------------
+    def trainable_names(self, trainable=TRAINABLE) -> list[str]:
+        """The stored tensors `trainable` selects that this layer has (factors only at rank > 0)."""
+        unknown = set(trainable) - set(TRAINABLE)
+        if unknown:
+            raise ValueError(f"trainable must be a subset of {TRAINABLE}, got {sorted(unknown)}")
+        names = []
+        if "lowrank" in trainable and self.rank:
+            names += ["lowrank_up", "lowrank_down"]
+        if "table" in trainable:
+            names.append("lut" if self.quantizer == PALETTE else "scales")
+        if "bias" in trainable and self.bias is not None:
+            names.append("bias")
+        return names
+
+    def _train_residual(self) -> torch.Tensor:
+        """R (fp32) as a differentiable function of the table or scales, from the frozen codes."""
+        out = self.shape[0]
+        if self.quantizer == PALETTE:
+            lut = self.trained.get("lut", self.lut).float()
+            rows = lut.repeat_interleave(self.group_size, 0)
+            return torch.gather(rows, 1, self.train_codes).view(self.shape)
+        scales = self.trained.get("scales", self.scales).float().repeat_interleave(self.block_size, dim=1)
+        r = scales * self.train_codes
+        # Core ML rounds each product to fp16: the forward does too, the gradient passes straight through
+        return r + (r.detach().to(torch.float16).float() - r.detach())
+
+    def _train_weight(self) -> torch.Tensor:
+        """Ws = R + L1·L2 in fp32 from the current (trainable or frozen) tensors."""
+        if self.train_frozen_weight is not None:
+            return self.train_frozen_weight
+        w = self.train_fixed_residual if self.train_fixed_residual is not None else self._train_residual()
+        if self.rank:
+            up = self.trained.get("lowrank_up", self.lowrank_up).float()
+            down = self.trained.get("lowrank_down", self.lowrank_down).float()
+            w = w + (up @ down).view(self.shape)
+        return w
+
+    def _train_bias(self) -> torch.Tensor | None:
+        return self.trained.get("bias", self.bias if self.bias is None else self.bias.float())
+
+    @torch.no_grad()
+    def commit_trained(self) -> dict[str, float]:
+        """Round the trained fp32 tensors into the fp16 buffers (same names and shapes: the format is
+        unchanged; `codes` is never touched). Returns each tensor's relative change. Stays in "train" mode
+        with fresh fp32 copies of the rounded values."""
+        change = {}
+        for name, p in self.trained.items():
+            old = getattr(self, name)
+            new = p.detach().float()
+            if not torch.isfinite(new).all() or new.abs().max() > 65504:
+                raise ValueError(f"{self.name}: trained {name} left the fp16 range")
+            new16 = new.to(torch.float16)
+            change[name] = float((new16.float() - old.float()).norm() / old.float().norm().clamp_min(1e-30))
+            setattr(self, name, new16.contiguous())
+        if self.trained:
+            self.set_mode("train", trainable=self._trainable)
+        return change
+
     # ---- modes -----------------------------------------------------------------------------------
-    def set_mode(self, mode: str, dtype: torch.dtype = torch.float32, int4_kernel: bool = False) -> "CompressedLayer":
-        """Switch how the layer runs (see the module docstring); derived tensors are not persistent."""
+    def set_mode(self, mode: str, dtype: torch.dtype = torch.float32, int4_kernel: bool = False,
+                 trainable=TRAINABLE) -> "CompressedLayer":
+        """Switch how the layer runs (see the module docstring); derived tensors are not persistent.
+        `trainable` (train mode only): which of TRAINABLE get fp32 parameters."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.mode, self.compute_dtype = mode, dtype
         for name in ("dense_weight", "export_residual", "export_up", "export_down", "export_inv_smooth",
-                     "export_bias", "compute_bias", "compute_inv_smooth"):
+                     "export_bias", "compute_bias", "compute_inv_smooth", "train_codes", "train_fixed_residual",
+                     "train_frozen_weight"):
             self._buffers.pop(name, None)
             self._non_persistent_buffers_set.discard(name)
         self._int4 = None
+        self.trained, self._trainable = {}, tuple(trainable)
+        if mode == "train":
+            names = self.trainable_names(trainable)
+            self.trained = {n: nn.Parameter(getattr(self, n).detach().float().clone()) for n in names}
+            inv = None if self.smooth is None else 1.0 / self.smooth.float()
+            self.register_buffer("compute_inv_smooth", inv, persistent=False)
+            table = "lut" if self.quantizer == PALETTE else "scales"
+            codes = fixed = frozen = None
+            if table in self.trained:  # R varies with the table: keep the codes unpacked (int64 indices for gather)
+                codes = self.unpacked_codes().reshape(self.shape[0], -1)
+                codes = codes.long() if self.quantizer == PALETTE else codes.float().view(self.shape)
+            else:
+                fixed = self.residual().float()
+                if not any(n in self.trained for n in ("lowrank_up", "lowrank_down")):  # the weight is fixed
+                    frozen = fixed if not self.rank else \
+                        fixed + (self.lowrank_up.float() @ self.lowrank_down.float()).view(self.shape)
+            self.register_buffer("train_codes", codes, persistent=False)
+            self.register_buffer("train_fixed_residual", fixed, persistent=False)
+            self.register_buffer("train_frozen_weight", frozen, persistent=False)
+            return self
         bias = None if self.bias is None else self.bias.to(dtype)
         if mode == "dense":
             self.register_buffer("dense_weight", self.effective_weight(dtype), persistent=False)
@@ -242,6 +331,9 @@ class CompressedLinear(CompressedLayer):
         if self.mode == "export":
             return self._export_forward(x)
         xs = x if self.compute_inv_smooth is None else x * self.compute_inv_smooth.to(x.dtype)
+        if self.mode == "train":
+            bias = self._train_bias()
+            return F.linear(xs, self._train_weight().to(x.dtype), None if bias is None else bias.to(x.dtype))
         if self._int4 is not None:
             packed, sz = self._int4
             flat = xs.reshape(-1, xs.shape[-1]).to(torch.bfloat16).contiguous()
@@ -287,6 +379,10 @@ class CompressedConv2d(CompressedLayer):
         if self.mode == "dense":
             bias = None if self.compute_bias is None else self.compute_bias.to(x.dtype)
             return F.conv2d(x, self.dense_weight.to(x.dtype), bias, *args)
+        if self.mode == "train":
+            xs = x if self.compute_inv_smooth is None else x * self.compute_inv_smooth.to(x.dtype).view(1, -1, 1, 1)
+            bias = self._train_bias()
+            return F.conv2d(xs, self._train_weight().to(x.dtype), None if bias is None else bias.to(x.dtype), *args)
         if self.mode == "export":
             inv, residual, up, down, bias = (self.export_inv_smooth, self.export_residual, self.export_up,
                                              self.export_down, self.export_bias)
@@ -351,6 +447,11 @@ def set_mode(model: nn.Module, mode: str, dtype: torch.dtype = torch.float32) ->
     for layer in compressed_layers(model).values():
         layer.set_mode(mode, dtype)
     return model
+
+
+def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Every "train"-mode parameter of the model's compressed layers, named `<layer>.<tensor>` like the format."""
+    return {f"{name}.{t}": p for name, layer in compressed_layers(model).items() for t, p in layer.trained.items()}
 
 
 def compressed_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

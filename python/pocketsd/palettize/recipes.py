@@ -31,6 +31,8 @@ DEFAULT_BUDGET = 4.5
 MAX_BUDGET = 16.0  # fp16 itself: a budget above it buys nothing
 FIXED = {"w4r32": (4, 32), "w4r0": (4, 0), "w4r16": (4, 16), "w4r64": (4, 64), "w6r0": (6, 0), "w8r0": (8, 0)}
 QUANTIZER_ALIASES = {"int": INT, "int4": INT, "palette": PALETTE}
+DEFAULT_DISTILL_STEPS = 600
+DEFAULT_DISTILL_MINUTES = 10.0
 
 
 @dataclass(frozen=True)
@@ -45,11 +47,27 @@ class Recipe:
     smoothing: bool = True
     refine_iters: int = 3
     fp16_layers_rule: str = FP16_LAYERS_RULE
+    # Distillation of the small tensors against the fp16 model after quantization (`palettize.distill`);
+    # it runs until `distill_steps` or `distill_minutes` (wall clock), whichever comes first.
+    distill_steps: int = DEFAULT_DISTILL_STEPS  # 0: off
+    distill_minutes: float | None = DEFAULT_DISTILL_MINUTES
+    distill_tensors: tuple[str, ...] = ("lowrank", "table", "bias")  # of layer.TRAINABLE
+    distill_lr: float = 1e-2  # Adam step relative to each tensor's RMS
+    distill_batch: int = 8  # (unconditional, conditional) pairs per step
+    distill_seed: int = 0
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["rank_note"] = "rank is capped at min(out, in·k)/2 per layer"
         return d
+
+    def distill_settings(self, guidance: float = 5.0):
+        """The `palettize.distill.DistillSettings` this recipe asks for (checked: bad values are BadInput)."""
+        from .distill import DistillSettings
+
+        return DistillSettings(steps=self.distill_steps, minutes=self.distill_minutes,
+                               trainable=tuple(self.distill_tensors), lr=self.distill_lr,
+                               batch_pairs=self.distill_batch, guidance=guidance, seed=self.distill_seed).check()
 
     @classmethod
     def default(cls, name: str):
@@ -59,8 +77,10 @@ class Recipe:
 
 def make_recipe(recipe: str | None = None, bits_budget: float | None = None, quantizer: str = Recipe.quantizer,
                 group_size: int = Recipe.group_size, block_size: int = Recipe.block_size,
-                smoothing: bool = Recipe.smoothing, refine_iters: int = Recipe.refine_iters) -> Recipe:
-    """Validate the user's choice (one of a fixed recipe or a budget; the budget by default)."""
+                smoothing: bool = Recipe.smoothing, refine_iters: int = Recipe.refine_iters,
+                **distill) -> Recipe:
+    """Validate the user's choice (one of a fixed recipe or a budget; the budget by default).
+    `distill`: any of Recipe's distill_* fields (validated here)."""
     quantizer = QUANTIZER_ALIASES.get(quantizer, quantizer)
     if quantizer not in (PALETTE, INT):
         raise BadInput(f"unknown quantizer {quantizer!r}: use palette or int4")
@@ -70,8 +90,14 @@ def make_recipe(recipe: str | None = None, bits_budget: float | None = None, qua
         raise BadInput("--group-size and --block-size must be positive")
     if refine_iters < 0 or refine_iters > 20:
         raise BadInput(f"--refine-iters must be in 0..20, got {refine_iters}")
+    unknown = [k for k in distill if not k.startswith("distill_") or k not in {f.name for f in fields(Recipe)}]
+    if unknown:
+        raise TypeError(f"make_recipe() got unexpected arguments {unknown}")
+    if isinstance(distill.get("distill_tensors"), str):
+        distill["distill_tensors"] = tuple(t.strip() for t in distill["distill_tensors"].split(",") if t.strip())
     common = dict(quantizer=quantizer, group_size=group_size, block_size=block_size, smoothing=smoothing,
-                  refine_iters=refine_iters)
+                  refine_iters=refine_iters, **distill)
+    Recipe(**common).distill_settings()  # bad distillation options fail here, before anything loads
     if recipe is not None and recipe != "budget":
         if recipe not in FIXED:
             raise BadInput(f"unknown recipe {recipe!r}: choose one of {', '.join(FIXED)} or use --bits-budget")
