@@ -14,7 +14,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,bench]'
+	$(PY) -m pip install -q -e '.[test,bench,app]'
 	@touch $@
 
 demo: setup
@@ -48,6 +48,14 @@ bench-compress: setup
 	$(PY) benchmarks/sdxl_scale.py sizes
 	$(PY) benchmarks/sdxl_scale.py throughput
 	@echo "(the whole real-size SDXL UNet, ~tens of minutes: $(PY) benchmarks/sdxl_scale.py whole)"
+
+# The web demo: fp16 against 4-bit side by side (the compressed model is made on first start, cached in build/app/).
+# Open http://127.0.0.1:7860; APP_HOST=0.0.0.0 serves it to other devices on the network (with a warning).
+.PHONY: app
+APP_HOST ?= 127.0.0.1
+APP_PORT ?= 7860
+app: setup
+	$(CLI) app --host $(APP_HOST) --port $(APP_PORT)
 
 bench: setup
 	$(CLI) bench
