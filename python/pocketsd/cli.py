@@ -460,7 +460,13 @@ def _run_info(args) -> int:
         raise BadInput(f"--budget-mb must be a positive number, got {args.budget_mb}")
     if args.budget_mb is not None and not args.memory:
         raise BadInput("--budget-mb goes with --memory")
-    print(describe(args.path, memory=args.memory, budget_mb=args.budget_mb, verify=not args.no_verify))
+    from .info import DamagedArtifact
+
+    try:
+        print(describe(args.path, memory=args.memory, budget_mb=args.budget_mb, verify=not args.no_verify))
+    except DamagedArtifact as exc:
+        print(exc.description)  # what the artifact is, then the one error line
+        raise
     return 0
 
 

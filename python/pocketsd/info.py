@@ -16,6 +16,17 @@ from .models import model_folder, resolve_model
 MB = 2**20
 
 
+class DamagedArtifact(BadInput):
+    """`info` found files that no longer match their recorded sha256: the description is still printed, then
+    one error line naming the damaged file (exit 2), so scripts can use `pocketsd info` as an integrity check."""
+
+    def __init__(self, folder: Path, bad: list[str], description: str):
+        more = f" (+{len(bad) - 1} more)" if len(bad) > 1 else ""
+        super().__init__(f"{Path(folder) / bad[0].split(' ')[0]} does not match the sha256 its manifest recorded{more}: "
+                         "the artifact is damaged or was edited; re-create it")
+        self.description = description
+
+
 def _mb(n: int) -> str:
     return f"{n / MB:.2f} MB"
 
@@ -92,6 +103,8 @@ def describe_compressed(folder: Path, verify: bool = True) -> str:
             bad = mismatches(folder, model.files)
             lines.append(f"integrity: {len(model.files)} files match their sha256" if not bad else
                          f"integrity: MISMATCH in {len(bad)} file(s): {', '.join(bad[:5])}")
+            if bad:
+                raise DamagedArtifact(folder, bad, "\n".join(lines))
     return "\n".join(lines)
 
 
@@ -151,6 +164,8 @@ def describe_bundle(folder: Path, memory: bool = False, budget_mb: float | None 
         bad = mismatches(folder, digests)
         lines.append(f"  integrity: {len(digests)} packages match their sha256" if not bad else
                      f"  integrity: MISMATCH in {len(bad)} package(s): {', '.join(bad[:5])}")
+        if bad:
+            raise DamagedArtifact(folder, bad, "\n".join(lines))
     if memory:
         lines += memory_plan_lines(m["memory_plan"], budget_mb)
     return "\n".join(lines)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Iterable
 
@@ -74,9 +75,13 @@ def _writable_parent(target: Path, flag: str, make_parents: bool) -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise BadInput(f"{flag} {target}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise BadInput(f"{flag} {target}: folder {existing} is not writable (check its permissions or pick another "
-                       "folder)")
+    try:  # a real probe: os.access says yes to root on read-only mounts and sysfs
+        fd, probe = tempfile.mkstemp(prefix=".pocketsd-write-test-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise BadInput(f"{flag} {target}: folder {existing} is not writable ({exc.strerror or type(exc).__name__}); "
+                       "check its permissions or pick another folder") from None
 
 
 def _manifest_kind(folder: Path) -> str | None:

@@ -191,6 +191,9 @@ class ModelComponents:
             return load_compressed_component(self.compressed, name, mode, self.dtype, verify=self.verify).eval()
         cls = component_class(self.folder, name)
         sub = self.folder / name
+        if self.compressed is not None and self.verify:
+            # the components a compressed folder carries unchanged (VAE, tokenizers…) are recorded in its manifest too
+            self.compressed.verify([rel for rel in self.compressed.files if rel.startswith(f"{name}/")])
         try:
             if name.startswith("tokenizer") or name == "scheduler":
                 return cls.from_pretrained(sub)

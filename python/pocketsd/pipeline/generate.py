@@ -40,6 +40,15 @@ class GenerationRequest:
     # Optional ControlNet (or any extra UNet conditioning): called every step with
     # (latent_model_input, t, encoder_hidden_states, added_cond) → dict of extra kwargs for backend.unet.
     unet_extra: Callable[..., dict] | None = None
+    # The share of the steps unet_extra conditions (diffusers' control_guidance_start/end): outside it the UNet
+    # runs without residuals (the Core ML backend feeds zeros), exactly as a ControlNet at scale 0.
+    control_guidance_start: float = 0.0
+    control_guidance_end: float = 1.0
+    # Inpainting (needs init_image): (1, 1, H, W) in [0, 1], 1 where the image is repainted, feathered outward
+    # (inputs.LoadedMask.tensor()). A plain 4-channel UNet repaints by latent blending, an inpainting UNet
+    # (2·C + 1 input channels) gets the mask and the masked image's latents as extra channels.
+    mask: torch.Tensor | None = None
+    paste_back: bool = True  # after decoding, the original's pixels where the feathered mask is 0
 
 
 @dataclass
@@ -161,7 +170,103 @@ def to_pil(images: torch.Tensor) -> list:
     return [Image.fromarray((a * 255).round().astype("uint8")) for a in arr]
 
 
+def _strength_timesteps(scheduler, request: GenerationRequest):
+    """diffusers' img2img and inpainting start: skip the first (1 - strength) of the schedule."""
+    init_steps = min(int(request.steps * request.strength), request.steps)
+    t_start = max(request.steps - init_steps, 0)
+    timesteps = scheduler.timesteps[t_start * scheduler.order:]
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(t_start * scheduler.order)
+    if len(timesteps) == 0:
+        raise BadInput(f"--strength {request.strength} with {request.steps} steps leaves no step to run; raise either")
+    return timesteps
+
+
+def control_active(i: int, n: int, start: float, end: float) -> bool:
+    """Whether step i of n is inside the ControlNet's [start, end] share of the schedule (diffusers' rule)."""
+    return not (i / n < start or (i + 1) / n > end)
+
+
+def latent_mask(mask: torch.Tensor, factor: int) -> torch.Tensor:
+    """Pixel mask (1, 1, H, W) → latent mask (1, 1, H/f, W/f): a latent cell is repainted when any of its pixels
+    is (max-pooling, so the repainted latents cover the whole feathered edge the paste-back blends over).
+    On a mask drawn on the 8-px grid this equals diffusers' nearest-neighbour resize."""
+    return torch.nn.functional.max_pool2d((mask > 0).float(), kernel_size=factor, stride=factor)
+
+
+@dataclass
+class _Inpaint:
+    """What inpainting carries through the denoising loop."""
+
+    mask: torch.Tensor               # latent mask (1, 1, h, w)
+    image_latents: torch.Tensor | None  # the original's latents (plain UNet: blended back in every step)
+    noise: torch.Tensor              # the starting noise (re-used to noise the original to each step's level)
+    unet_channels: torch.Tensor | None  # inpainting UNet: [mask, masked-image latents] for one batch row
+
+
+def _check_unet_channels(backend: Backend, request: GenerationRequest) -> bool:
+    """True when the backend's UNet is an inpainting UNet; refuses a request it cannot run."""
+    unet_in = int(getattr(backend, "unet_in_channels", backend.latent_channels))
+    latent = backend.latent_channels
+    if request.mask is not None and request.init_image is None:
+        raise BadInput("a mask needs the image it repaints: pass --image FILE with --mask")
+    if unet_in == latent:
+        return False
+    if unet_in == 2 * latent + 1:
+        if request.mask is None:
+            raise BadInput(f"this model's UNet is an inpainting UNet ({unet_in} input channels: latents, mask and "
+                           "masked-image latents); give --image FILE --mask FILE")
+        return True
+    raise BadInput(f"the UNet takes {unet_in} input channels, the VAE makes {latent}-channel latents: only plain "
+                   f"({latent}) and inpainting ({2 * latent + 1}) UNets are supported")
+
+
+def _start_inpainting(backend, stages, scheduler, request: GenerationRequest, shape, generator, inpaint_unet: bool):
+    """diffusers' StableDiffusionXLInpaintPipeline start, random draws in its order: (timesteps, latents, state)."""
+    timesteps = _strength_timesteps(scheduler, request)
+    from_noise = request.strength == 1.0
+    image_latents = None
+    if not inpaint_unet or not from_noise:  # a plain UNet blends the original back in; strength < 1 starts from it
+        image_latents = _encode_init_image(backend, stages, request.init_image, generator)
+    noise = torch.randn(shape, generator=generator, dtype=torch.float32)
+    if from_noise:
+        latents = noise * scheduler.init_noise_sigma
+    else:
+        latents = scheduler.add_noise(image_latents, noise, timesteps[:1])
+    mask = latent_mask(request.mask.float(), backend.vae_scale_factor)
+    if mask.shape[-2:] != shape[-2:]:
+        raise BadInput(f"the mask is {request.mask.shape[-1]}×{request.mask.shape[-2]} px, the image "
+                       f"{shape[-1] * backend.vae_scale_factor}×{shape[-2] * backend.vae_scale_factor}: resize it with the image")
+    channels = None
+    if inpaint_unet:
+        masked_image = request.init_image.float() * (request.mask <= 0)  # repainted pixels blanked (0 = mid gray)
+        masked_latents = _encode_init_image(backend, stages, masked_image, generator)
+        channels = torch.cat([mask, masked_latents], dim=1)
+    return timesteps, latents, _Inpaint(mask, image_latents, noise, channels)
+
+
+def paste_back(decoded: torch.Tensor, init_image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The original wherever the feathered mask is 0, the generated image where it is 1, blended between."""
+    mask = mask.to(decoded.dtype)
+    return init_image.to(decoded.dtype) * (1 - mask) + decoded * mask
+
+
 # ---- the loop -------------------------------------------------------------------------------------
+def check_finite(tensor: torch.Tensor, stage: str) -> torch.Tensor:
+    """NaN or ±inf would be written as an all-black PNG: stop instead, naming the stage that produced them."""
+    if not bool(torch.isfinite(tensor).all()):
+        raise BadInput(f"{stage} produced NaN/inf values; nothing was written (the model's weights or a LoRA scale "
+                       "overflow — check the model with `pocketsd info`, or lower --lora scales)")
+    return tensor
+
+
+def check_steps(steps: int, scheduler) -> None:
+    """More steps than the schedule's training timesteps would repeat timesteps (DDIM refuses them outright)."""
+    limit = int(getattr(scheduler.config, "num_train_timesteps", 1000) or 1000)
+    if steps > limit:
+        raise BadInput(f"--steps {steps} is more than this model's scheduler has timesteps ({limit}); use at most {limit}")
+
+
 def generate(backend: Backend, request: GenerationRequest, *, timer: RunTimer | None = None,
              low_memory: bool = False, on_step: Callable[[int, int, float], None] | None = None,
              warn: Callable[[str], None] | None = None, decode: bool = True) -> GenerationResult:
@@ -176,29 +281,29 @@ def generate(backend: Backend, request: GenerationRequest, *, timer: RunTimer | 
 
     height, width = request.height or backend.default_size[0], request.width or backend.default_size[1]
     do_cfg = request.guidance > 1.0
+    inpaint_unet = _check_unet_channels(backend, request)
     stages = _Stages(backend, timer, low_memory)
     generator = torch.Generator(device="cpu").manual_seed(int(request.seed))
 
-    embeds, pooled = stages.run("text_encoder", "text_encode", lambda: encode_prompts(backend, request, do_cfg, _warn))
-
     scheduler = make_scheduler(request.scheduler, backend.scheduler_config)
+    check_steps(request.steps, scheduler)
+    embeds, pooled = stages.run("text_encoder", "text_encode", lambda: encode_prompts(backend, request, do_cfg, _warn))
+    check_finite(embeds, "text encoding")
+
     scheduler.set_timesteps(request.steps, device="cpu")
     timesteps = scheduler.timesteps
     shape = (1, backend.latent_channels, height // backend.vae_scale_factor, width // backend.vae_scale_factor)
 
-    if request.init_image is None:
+    inpaint = None
+    if request.mask is not None:
+        timesteps, latents, inpaint = _start_inpainting(backend, stages, scheduler, request, shape, generator,
+                                                        inpaint_unet)
+    elif request.init_image is None:
         if hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(0)
         latents = torch.randn(shape, generator=generator, dtype=torch.float32) * scheduler.init_noise_sigma
     else:
-        # diffusers' img2img: skip the first (1 - strength) of the schedule, noise the encoded image to that level.
-        init_steps = min(int(request.steps * request.strength), request.steps)
-        t_start = max(request.steps - init_steps, 0)
-        timesteps = scheduler.timesteps[t_start * scheduler.order:]
-        if hasattr(scheduler, "set_begin_index"):
-            scheduler.set_begin_index(t_start * scheduler.order)
-        if len(timesteps) == 0:
-            raise BadInput(f"--strength {request.strength} with {request.steps} steps leaves no step to run; raise either")
+        timesteps = _strength_timesteps(scheduler, request)
         init_latents = _encode_init_image(backend, stages, request.init_image, generator)
         noise = torch.randn(init_latents.shape, generator=generator, dtype=torch.float32)
         latents = scheduler.add_noise(init_latents, noise, timesteps[:1])
@@ -218,12 +323,24 @@ def generate(backend: Backend, request: GenerationRequest, *, timer: RunTimer | 
             model_in = torch.cat([latents] * 2) if do_cfg else latents
             model_in = scheduler.scale_model_input(model_in, t)
             t_batch = t.to(torch.float32).expand(model_in.shape[0]).contiguous()
-            extra = request.unet_extra(model_in, t_batch, embeds, added_cond) if request.unet_extra else {}
+            extra = {}
+            if request.unet_extra and control_active(i, len(timesteps), request.control_guidance_start,
+                                                     request.control_guidance_end):
+                extra = request.unet_extra(model_in, t_batch, embeds, added_cond)
+            if inpaint is not None and inpaint.unet_channels is not None:
+                model_in = torch.cat([model_in, inpaint.unet_channels.expand(model_in.shape[0], -1, -1, -1)], dim=1)
             noise_pred = _as_tensor(backend.unet(model_in, t_batch, embeds, added_cond, **extra))
             if do_cfg:
                 uncond, text = noise_pred.chunk(2)
                 noise_pred = uncond + request.guidance * (text - uncond)
             latents = scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
+            check_finite(latents, f"the UNet (denoising step {i + 1} of {len(timesteps)})")
+            if inpaint is not None and inpaint.image_latents is not None and inpaint.unet_channels is None:
+                # A plain UNet: outside the mask, the original noised to the level of the next step (diffusers).
+                kept = inpaint.image_latents
+                if i < len(timesteps) - 1:
+                    kept = scheduler.add_noise(kept, inpaint.noise, timesteps[i + 1:i + 2])
+                latents = (1 - inpaint.mask) * kept + inpaint.mask * latents
             seconds = time.perf_counter() - t0
             timer.step(seconds)
             if on_step is not None:
@@ -236,6 +353,9 @@ def generate(backend: Backend, request: GenerationRequest, *, timer: RunTimer | 
     images = []
     if decode:
         decoded = stages.run("vae_decoder", "vae_decode", lambda: _as_tensor(backend.vae_decode(_unscale(backend, latents))))
+        check_finite(decoded, "the VAE decoder")
+        if request.mask is not None and request.paste_back:
+            decoded = paste_back(decoded, request.init_image, request.mask)
         images = to_pil(decoded)
     return GenerationResult(latents=latents, images=images, warnings=warnings,
                             timesteps=[float(t) for t in timesteps])
