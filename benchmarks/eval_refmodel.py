@@ -1,6 +1,8 @@
 """The reference model's 16-bit original against each of its compressed variants, through `pocketsd eval`.
 
-    flock /tmp/pocketsd-heavy.lock python benchmarks/eval_refmodel.py [--work build/eval_refmodel] [--quick]
+    python benchmarks/eval_refmodel.py [--work build/eval_refmodel] [--quick] [--lock /tmp/pocketsd-heavy.lock]
+
+(`--lock FILE` holds the machine's heavy-job lock one variant at a time, so other heavy jobs can run in between.)
 
 Compresses the reference model with every fixed recipe and the budgets 4.0, 4.5 and 6.0 (`pocketsd compress`,
 default calibration; a folder already made with the same recipe is reused), then runs, for each variant,
@@ -17,6 +19,8 @@ parameter) and `eval_refmodel_grid.png` (the budget-4.5 run's worst pairs).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -96,39 +100,63 @@ def summary(doc: dict) -> dict:
     return {k: {f: m.get(f) for f in SUMMARY_KEYS} for k, m in doc["metrics"].items()}
 
 
+@contextlib.contextmanager
+def heavy_lock(path: Path | None):
+    if path is None:
+        yield
+        return
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # the same lock `flock FILE cmd` takes
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def run_variant(name: str, flags: list[str], folder: Path, work: Path, quick: bool) -> dict:
+    made = compress(name, flags, folder, quick)
+    row = {"variant": name, "compress_args": flags, "compress": made}
+    print(f"{name}: compress {made['status']}" + (f" ({made['seconds']} s)" if made.get("seconds") else "")
+          + (f": {made['message']}" if made.get("message") else ""), flush=True)
+    if made["status"] in ("refused", "failed"):
+        return row
+    row.update(accounting(folder))
+    doc = evaluate(name, folder, work, quick)
+    row.update(metrics=summary(doc), skipped=doc["skipped"], eval_seconds=doc["_seconds"],
+               images={k: {f: v[f] for f in ("name", "images", "made", "reused")} for k, v in doc["models"].items()},
+               eval_timings=doc["timings_s"], load_average=doc["load_average"], run=str(work / "runs" / name),
+               _doc=doc)
+    psnr, adh = doc["metrics"]["psnr"], doc["metrics"]["adherence"]
+    print(f"  {row['unet_bits_per_param']:.3f} bits/param  PSNR {psnr['value']:.2f} dB "
+          f"[{psnr['low']:.2f}, {psnr['high']:.2f}]  SSIM {doc['metrics']['ssim']['value']:.4f}  "
+          f"adherence {adh['value']:.3f}  ({doc['_seconds']} s)", flush=True)
+    return row
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=ROOT / "build" / "eval_refmodel")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--quick", action="store_true", help="tiny calibration, 6 prompts, 4 steps: checks the harness")
+    ap.add_argument("--lock", type=Path, help="hold this lock file (flock) while each variant runs")
     ap.add_argument("--variants", help="comma-separated subset of " + ", ".join(n for n, _ in VARIANTS))
     args = ap.parse_args(argv)
     wanted = set(args.variants.split(",")) if args.variants else None
     work = args.work / "quick" if args.quick else args.work
     (work / "models").mkdir(parents=True, exist_ok=True)
+    (work / "runs").mkdir(parents=True, exist_ok=True)
     rows, first_doc = [], None
     t_all = time.perf_counter()
     for name, flags in VARIANTS:
         if wanted and name not in wanted:
             continue
         folder = work / "models" / name
-        made = compress(name, flags, folder, args.quick)
-        row = {"variant": name, "compress_args": flags, "compress": made}
-        print(f"{name}: compress {made['status']}" + (f" ({made['seconds']} s)" if made.get("seconds") else "")
-              + (f": {made['message']}" if made.get("message") else ""), flush=True)
-        if made["status"] in ("refused", "failed"):
-            rows.append(row)
-            continue
-        row.update(accounting(folder))
-        doc = evaluate(name, folder, work, args.quick)
-        first_doc = first_doc or doc
-        row.update(metrics=summary(doc), skipped=doc["skipped"], eval_seconds=doc["_seconds"],
-                   images=doc["models"], eval_timings=doc["timings_s"], run=str(work / "runs" / name))
+        with heavy_lock(args.lock):
+            row = run_variant(name, flags, folder, work, args.quick)
         rows.append(row)
-        psnr, adh = doc["metrics"]["psnr"], doc["metrics"]["adherence"]
-        print(f"  {row['unet_bits_per_param']:.3f} bits/param  PSNR {psnr['value']:.2f} dB "
-              f"[{psnr['low']:.2f}, {psnr['high']:.2f}]  SSIM {doc['metrics']['ssim']['value']:.4f}  "
-              f"adherence {adh['value']:.3f}  ({doc['_seconds']} s)", flush=True)
+        if "metrics" in row:
+            first_doc = first_doc or row.pop("_doc")
+            row.pop("_doc", None)
     if first_doc is None:
         raise SystemExit("no variant could be evaluated")
     result = {
