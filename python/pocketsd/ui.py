@@ -12,18 +12,21 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .artifacts.atomic import kill_point  # the kill tests' hook: stages report progress here
+
 
 @contextlib.contextmanager
 def task_progress(enabled: bool = True) -> Iterator:
     """A callback(task, advance, total, detail) drawing one bar per task name; a no-op when disabled."""
     if not enabled:
-        yield lambda task, n, total, detail="": None
+        yield lambda task, n, total, detail="": kill_point(f"progress:{task}")
         return
     with Progress(TextColumn("[bold]{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TextColumn("{task.fields[detail]}"), console=Console(stderr=True)) as bar:
         tasks: dict[str, int] = {}
 
         def advance(task: str, n: int, total: int, detail: str = "") -> None:
+            kill_point(f"progress:{task}")
             if task not in tasks:
                 tasks[task] = bar.add_task(task, total=total, detail="")
             bar.update(tasks[task], advance=n, detail=detail[-48:])
@@ -40,8 +43,16 @@ def convert_with_progress(opts, quiet: bool = False) -> dict:
     with Progress(TextColumn("[bold]convert"), BarColumn(), TextColumn("{task.completed}/{task.total} {task.description}"),
                   TimeElapsedColumn(), console=console, transient=True, disable=quiet) as bar:
         task = bar.add_task("", total=total)
-        manifest = convert_bundle(opts, log=lambda msg: bar.console.print(msg) if not quiet else None,
-                                  progress=lambda name: bar.update(task, advance=1, description=name))
+        def log(msg: str) -> None:
+            kill_point(f"convert:{msg.split(':')[0]}")
+            if not quiet:
+                bar.console.print(msg)
+
+        def progress(name: str) -> None:
+            kill_point(f"convert:done:{name}")
+            bar.update(task, advance=1, description=name)
+
+        manifest = convert_bundle(opts, log=log, progress=progress)
     table = Table(title=f"Core ML bundle {opts.out}")
     for col in ("component", "precision", "MB", "convert s", "peak RSS MB", "compressed weights"):
         table.add_column(col)

@@ -9,6 +9,7 @@ arrives as a `BadInput` line in the message box; anything else is one line there
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import random
 import tempfile
@@ -108,8 +109,8 @@ def build_options(*, source: str, prompt: str, domain: str, lora: str, lora_scal
                   scheduler: str, negative: str, upload, strength, sketch, config: AppConfig, sketch_dir: Path,
                   loras: dict[str, Path]) -> GenerateOptions:
     """The page's fields as the pipeline's options (what the CLI builds from its flags)."""
-    if seed is None or int(seed) != seed:
-        raise BadInput("the seed must be a whole number")
+    if seed is None or (isinstance(seed, float) and not math.isfinite(seed)) or int(seed) != seed:
+        raise BadInput("the seed must be a whole number")  # NaN/inf from the number box would crash int()
     lora_list = []
     if lora and lora != NO_LORA:
         if lora not in loras:

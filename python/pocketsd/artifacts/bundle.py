@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ..errors import BadInput
 from . import integrity
-from .atomic import folder_bytes, write_json
+from .atomic import folder_bytes, kill_point, write_json
 from .manifest import COREML, FORMAT_VERSIONS, MANIFEST, manifest_kind, read_manifest
 
 RESOURCES = "Resources"
@@ -284,4 +284,5 @@ def write_bundle_manifest(out: Path, manifest: dict) -> dict:
                                   for rel in c.get("sha256", {}) if (out / rel).exists())
     manifest["memory_plan"] = memory_plan(manifest.get("components", {}))
     write_json(out / MANIFEST, manifest)
+    kill_point("bundle:manifest")
     return manifest

@@ -47,7 +47,7 @@ from pathlib import Path
 
 from ..errors import BadInput
 from . import integrity
-from .atomic import atomic_dir, write_json
+from .atomic import atomic_dir, kill_point, write_json
 from .manifest import COMPRESSED, FORMAT_VERSIONS, MANIFEST, read_manifest
 from .model_folder import copy_model, read_model_index
 
@@ -343,9 +343,11 @@ def write_compressed_model(out: Path, copy_from: Path, components: dict[str, Com
     keep = dict(keep or {})
     with atomic_dir(Path(out)) as tmp:
         copy_model(Path(copy_from), tmp, skip=set(components))
+        kill_point("compressed:copied")
         records = dict(keep)
         for name, payload in components.items():
             records[name] = _write_component(tmp, name, payload)
+            kill_point(f"compressed:{name}")
         order = [n for n in read_model_index(tmp) if n in records] + [n for n in records if n not in read_model_index(tmp)]
         total = sum(records[n]["accounting"]["total_bytes"] for n in order)
         params = sum(records[n]["accounting"]["params"] for n in order)

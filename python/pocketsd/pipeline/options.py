@@ -140,6 +140,8 @@ def check_options(opts: GenerateOptions) -> None:
     if opts.controlnet is not None and not (Path(opts.controlnet) / "config.json").is_file():
         raise BadInput(f"--controlnet {opts.controlnet} is not a diffusers ControlNetModel folder (no config.json)")
     for lora, scale in opts.loras:
+        if Path(lora).is_dir():
+            raise BadInput(f"--lora {lora} is a folder; give a LoRA .safetensors file")
         if not Path(lora).is_file():
             raise BadInput(f"--lora {lora} does not exist")
         _finite(f"--lora {Path(lora).name} scale", scale, -MAX_LORA_SCALE, MAX_LORA_SCALE)

@@ -1,0 +1,442 @@
+"""Issue 10: the hostile-input suite. Every case is what a new user might type; each must end with the right exit
+code and one stderr line that names the culprit, no traceback, and nothing created, deleted or changed anywhere
+around it (the workspace of inputs, the shipped reference model and LoRAs, the current folder) — checked by
+hashing those folders before and after.
+
+The cases run `pocketsd.cli.main` in this process (the same code path as the console script, minus the interpreter
+start); `test_console_script_*` checks the real process once. Kill tests: test_hostile_kill.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from hostile_support import PROMPT, Workspace, build_workspace, diff, read_only_folder, snapshot
+from pocketsd.cli import main
+from pocketsd.data import REFERENCE_LORAS, REFERENCE_MODEL
+
+
+@pytest.fixture(scope="session")
+def ws(tmp_path_factory, ref_model_path) -> Workspace:
+    return build_workspace(tmp_path_factory.mktemp("hostile"), ref_model_path)
+
+
+@dataclass
+class Case:
+    id: str
+    argv: Callable[[Workspace, Path], list[str]]  # (workspace, the case's current folder) → argv
+    match: str | tuple[str, ...]  # must appear in the one error line: it names the culprit
+    rc: int = 2
+    setup: Callable[[Workspace, Path], None] | None = None
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+
+def G(*args):  # noqa: N802 — `pocketsd generate PROMPT --quiet …`
+    return lambda w, cwd: ["generate", PROMPT, "--quiet", *[a(w, cwd) if callable(a) else str(a) for a in args]]
+
+
+def C(*args):  # noqa: N802 — compress
+    return lambda w, cwd: ["compress", "--quiet", *[a(w, cwd) if callable(a) else str(a) for a in args]]
+
+
+def M(*args):  # noqa: N802 — lora merge
+    return lambda w, cwd: ["lora", "merge", *[a(w, cwd) if callable(a) else str(a) for a in args]]
+
+
+def V(*args):  # noqa: N802 — convert
+    return lambda w, cwd: ["convert", "--quiet", *[a(w, cwd) if callable(a) else str(a) for a in args]]
+
+
+def I(*args):  # noqa: N802,E743 — info
+    return lambda w, cwd: ["info", *[a(w, cwd) if callable(a) else str(a) for a in args]]
+
+
+def f(name):
+    """A workspace file or folder, as a string argument."""
+    return lambda w, cwd: str(w[name])
+
+
+def attr(name, *sub):
+    return lambda w, cwd: str(Path(getattr(w, name), *sub))
+
+
+def read_only(name):
+    return lambda w, cwd: str(read_only_folder(cwd) / name)
+
+
+def _user_file_here(w, cwd):
+    (cwd / "IMG_0002.jpg").write_bytes(b"\xff\xd8\xff photo")
+
+
+BLUEPRINT = str(Path(REFERENCE_LORAS) / "blueprint.safetensors")
+
+CASES = [
+    # ---- numbers: exit 2 before anything loads --------------------------------------------------------------
+    Case("guidance-inf", G("--guidance", "inf"), "--guidance must be a finite number"),
+    Case("guidance-1e30", G("--guidance", "1e30"), "--guidance must be ≤ 50"),
+    Case("guidance-nan", G("--guidance", "nan"), "--guidance must be a finite number"),
+    Case("guidance-negative", G("--guidance", "-1"), "--guidance must be ≥ 0"),
+    Case("steps-0", G("--steps", "0"), "--steps must be at least 1"),
+    Case("steps-100000", G("--steps", "100000"), "--steps must be at most 1000"),
+    Case("steps-2000-ddim", G("--steps", "2000", "--scheduler", "ddim"), "--steps must be at most 1000"),
+    Case("size-99968", G("--size", "99968x99968"), "over the 4096 px per side"),
+    Case("size-not-multiple", G("--size", "100x100"), "--size 100x100 must be a multiple of 64"),
+    Case("size-words", G("--size", "big"), "is not WIDTHxHEIGHT"),
+    Case("size-zero", G("--size", "0x128"), "must be positive"),
+    Case("seed-2-70", G("--seed", str(2**70)), "--seed must be in 0..2^64-1"),
+    Case("seed-negative", G("--seed", "-1"), "--seed must be in 0..2^64-1"),
+    Case("seed-expression", G("--seed", "2**70"), "invalid int value: '2**70'"),
+    Case("count-0", G("--count", "0"), "--count must be at least 1"),
+    Case("count-huge", G("--count", "1000000"), "--count must be at most"),
+    Case("strength-without-image", G("--strength", "0.5"), "--strength only applies with --image"),
+    Case("strength-above-1", G("--image", f("image"), "--strength", "1.5"), "--strength must be ≤ 1"),
+    Case("strength-nan", G("--image", f("image"), "--strength", "nan"), "--strength must be a finite number"),
+    Case("strength-zero", G("--image", f("image"), "--strength", "0"), "--strength must be in (0, 1]"),
+    # ---- LoRAs ---------------------------------------------------------------------------------------------------
+    Case("lora-scale-abc", G("--lora", f"{BLUEPRINT}:abc"), "scale 'abc' is not a number"),
+    Case("lora-scale-1e30", G("--lora", f"{BLUEPRINT}:1e30"), "blueprint.safetensors scale must be ≤ 100"),
+    Case("lora-scale-nan", G("--lora", f"{BLUEPRINT}:nan"), "blueprint.safetensors scale must be a finite number"),
+    Case("lora-missing", G("--lora", "nowhere.safetensors"), "--lora nowhere.safetensors does not exist"),
+    Case("lora-folder", G("--lora", f("image_dir")), "is a folder; give a LoRA .safetensors file"),
+    Case("lora-wrong-shapes", G("--lora", f("wrong_lora"), "--steps", "1"), "wrong_lora.safetensors does not fit this UNet"),
+    Case("lora-garbage", G("--lora", f("garbage_lora"), "--steps", "1"), "garbage.safetensors is not a readable safetensors"),
+    Case("lora-pickle", G("--lora", f("pickle_lora"), "--steps", "1"), "only .safetensors LoRA files are read"),
+    # ---- output paths ----------------------------------------------------------------------------------------
+    Case("out-equals-report", G("--out", "same.png", "--report", "same.png"), "same file as --out"),
+    Case("out-user-png", G("--out", f("user_png")), "is not a PNG image PocketSD wrote"),
+    Case("report-user-json", G("--out", "x.png", "--report", f("user_json")), "is not a generation report PocketSD wrote"),
+    Case("out-read-only", G("--out", read_only("x.png")), "is not writable"),
+    Case("out-missing-folder", G("--out", "no/such/x.png"), "does not exist (create it first)"),
+    Case("out-is-folder", G("--out", f("image_dir")), "is a folder; give a file name"),
+    Case("out-not-png", G("--out", "x.jpg"), "must end in .png"),
+    Case("out-is-input-image", G("--image", f("image"), "--out", f("image")), "is the same path as --image"),
+    Case("out-inside-model", G("--model", attr("tiny"), "--out", attr("tiny", "x.png")), "lies inside --model"),
+    # ---- images, sketches, masks, depth ------------------------------------------------------------------
+    Case("image-folder", G("--image", f("image_dir")), "is a folder; give an image file"),
+    Case("image-missing", G("--image", "nowhere.png"), "--image nowhere.png does not exist"),
+    Case("image-broken", G("--image", f("broken_png"), "--steps", "1"), "broken.png"),
+    Case("image-not-image", G("--image", f("not_image"), "--steps", "1"), "not_image.png"),
+    Case("image-one-pixel", G("--image", f("one_px"), "--steps", "1"), "one_px.png"),
+    Case("image-and-sketch", G("--image", f("image"), "--sketch", f("image")), "give either --image or --sketch"),
+    Case("sketch-missing", G("--sketch", "nowhere.png"), "--sketch nowhere.png does not exist"),
+    Case("sketch-broken", G("--sketch", f("broken_png"), "--steps", "1"), "broken.png"),
+    Case("mask-without-image", G("--mask", f("mask")), "--mask needs the image it repaints"),
+    Case("mask-folder", G("--image", f("image"), "--mask", f("image_dir")), ("--mask ", "images is a folder")),
+    Case("mask-broken", G("--image", f("image"), "--mask", f("broken_png"), "--steps", "1"), "broken.png"),
+    Case("mask-blur-huge", G("--image", f("image"), "--mask", f("mask"), "--mask-blur", "1000"), "--mask-blur must be"),
+    Case("depth-without-controlnet", G("--depth", f("image")), "--depth needs a depth ControlNet"),
+    Case("controlnet-without-image", G("--controlnet", f("image_dir")), "--controlnet needs a control image"),
+    # ---- models ------------------------------------------------------------------------------------------
+    Case("model-missing", G("--model", "./nowhere/model"), "model path ./nowhere/model does not exist"),
+    Case("model-hub-id-not-cached", G("--model", "nobody/no-such-model"), "is not in the Hugging Face cache"),
+    Case("model-not-pipeline", G("--model", attr("not_pipeline")), "not a diffusers pipeline"),
+    Case("model-sd3", G("--model", attr("sd3")), "StableDiffusion3Pipeline is not supported"),
+    Case("model-pickle", G("--model", f("ckpt")), "--allow-pickle"),
+    Case("model-broken-pickle-allowed", G("--model", f("broken_ckpt"), "--allow-pickle", "--steps", "1"), "broken.ckpt"),
+    Case("model-text-file", G("--model", f("notes")), "notes.txt is not a model checkpoint"),
+    Case("model-truncated-unet", G("--model", attr("trunc"), "--steps", "1"), "diffusion_pytorch_model.safetensors"),
+    Case("model-nan-weights", G("--model", attr("nan_model"), "--steps", "1"),
+         "the UNet (denoising step 1 of 1) produced NaN/inf"),
+    Case("compressed-flipped-byte", G("--model", attr("comp_flipped"), "--steps", "1"),
+         "pocketsd_unet.safetensors does not match the sha256"),
+    Case("bundle-flipped-byte-coreml", G("--model", attr("bundle_flipped")), "Unet.mlpackage does not match the sha256"),
+    # ---- info --------------------------------------------------------------------------------------------
+    Case("info-truncated", I(attr("trunc")), "diffusion_pytorch_model.safetensors is not a readable safetensors"),
+    Case("info-text-file", I(f("notes")), "notes.txt is not a model checkpoint"),
+    Case("info-bundle-flipped", I(attr("bundle_flipped")), "Unet.mlpackage does not match the sha256"),
+    Case("info-compressed-flipped", I(attr("comp_flipped")), "pocketsd_unet.safetensors does not match the sha256"),
+    Case("info-missing", I("./nowhere/model"), "model path ./nowhere/model does not exist"),
+    Case("info-budget-nan", I(attr("bundle_flipped"), "--memory", "--budget-mb", "nan"), "--budget-mb must be a positive"),
+    # ---- compress ----------------------------------------------------------------------------------------
+    Case("compress-out-user-folder", C("--model", attr("tiny"), "--recipe", "w4r0", "--out", f("user_dir")),
+         "already holds files PocketSD did not write (important.txt)"),
+    Case("compress-out-text-file", C("--model", attr("tiny"), "--recipe", "w4r0", "--out", f("text_file")),
+         "is an existing file, not a compressed model folder"),
+    Case("compress-out-is-model", C("--model", attr("tiny"), "--recipe", "w4r0", "--out", attr("tiny")),
+         "is the same path as --model"),
+    Case("compress-out-inside-model", C("--model", attr("tiny"), "--recipe", "w4r0", "--out", attr("tiny", "c")),
+         "lies inside --model"),
+    Case("compress-out-holds-model", C("--model", attr("tiny"), "--recipe", "w4r0", "--out", attr("root")),
+         "holds --model"),
+    Case("compress-budget-nan", C("--bits-budget", "nan", "--out", "c"), "--bits-budget must be a number in (0, 16]"),
+    Case("compress-budget-100", C("--bits-budget", "100", "--out", "c"), "--bits-budget must be a number in (0, 16]"),
+    Case("compress-budget-inf", C("--bits-budget", "inf", "--out", "c"), "--bits-budget must be a number in (0, 16]"),
+    Case("compress-calib-count-0", C("--calib-count", "0", "--out", "c"), "--calib-count must be in"),
+    Case("compress-calib-steps-5000", C("--calib-steps", "5000", "--out", "c"), "--calib-steps must be in"),
+    Case("compress-refine-100", C("--refine-iters", "100", "--out", "c"), "--refine-iters must be in 0..20"),
+    Case("compress-unknown-recipe", C("--recipe", "w3r7", "--out", "c"), "unknown recipe 'w3r7'"),
+    Case("compress-read-only", C("--model", attr("tiny"), "--recipe", "w4r0", "--out", read_only("c")), "is not writable"),
+    Case("compress-compressed-model", C("--model", attr("comp"), "--out", "c"), "is already a compressed model"),
+    Case("compress-truncated-unet", C("--model", attr("trunc"), "--recipe", "w4r0", "--out", "c"),
+         "diffusion_pytorch_model.safetensors is not a readable safetensors"),
+    Case("compress-calib-prompts-missing", C("--calib-prompts", "nowhere.txt", "--out", "c"), "nowhere.txt does not exist"),
+    # ---- lora merge --------------------------------------------------------------------------------------
+    Case("merge-out-photos", M("--model", attr("comp"), "--lora", f("tiny_lora"), "--out", f("photos")),
+         "already holds files PocketSD did not write (IMG_0001.jpg)"),
+    Case("merge-out-dot", M("--model", attr("comp"), "--lora", f("tiny_lora"), "--out", "."),
+         "already holds files PocketSD did not write (IMG_0002.jpg)", setup=_user_file_here),
+    Case("merge-out-is-model", M("--model", attr("comp"), "--lora", f("tiny_lora"), "--out", attr("comp")),
+         "is the same path as --model"),
+    Case("merge-out-is-lora", M("--model", attr("comp"), "--lora", f("tiny_lora"), "--out", f("tiny_lora")),
+         "is the same path as --lora"),
+    Case("merge-diffusers-model", M("--model", attr("tiny"), "--lora", f("tiny_lora"), "--out", "m"),
+         "`lora merge` needs a compressed folder"),
+    Case("merge-scale-1e30", M("--model", attr("comp"), "--lora", lambda w, c: f"{w['tiny_lora']}:1e30", "--out", "m"),
+         "tiny_lora.safetensors: scale 1e+30 must be a finite number"),
+    Case("merge-wrong-shapes", M("--model", attr("comp"), "--lora", f("wrong_lora"), "--out", "m"),
+         "wrong_lora.safetensors does not fit this UNet"),
+    Case("merge-lora-missing", M("--model", attr("comp"), "--lora", "nowhere.safetensors", "--out", "m"),
+         "nowhere.safetensors does not exist"),
+    # ---- convert -----------------------------------------------------------------------------------------
+    Case("convert-out-is-model", V("--model", attr("tiny"), "--out", attr("tiny"), "--only", "TextEncoder"),
+         "is the same path as --model"),
+    Case("convert-out-file", V("--model", attr("tiny"), "--out", f("text_file")), "is an existing file, not a Core ML bundle"),
+    Case("convert-out-user-folder", V("--model", attr("tiny"), "--out", f("user_dir")),
+         "already holds files PocketSD did not write (important.txt)"),
+    Case("convert-ios16-grouped-lut", V("--model", attr("comp"), "--target", "iOS16", "--out", "b"),
+         "--target iOS16 cannot hold compressed weights"),
+    Case("convert-lora-wrong-shapes", V("--lora", f("wrong_lora"), "--out", "b"), "wrong_lora.safetensors does not fit this UNet"),
+    Case("convert-lora-scale-nan", V("--model", attr("tiny"), "--lora", lambda w, c: f"{w['tiny_lora']}:nan", "--out", "b"),
+         "scale nan must be a finite number"),
+    Case("convert-size-99968", V("--model", attr("tiny"), "--size", "99968x99968", "--out", "b"), "over the 4096 px"),
+    Case("convert-only-unknown", V("--model", attr("tiny"), "--only", "Foo", "--out", "b"), "unknown component 'Foo'"),
+    Case("convert-model-bundle", V("--model", attr("bundle_flipped"), "--out", "b"), "is already a Core ML bundle"),
+    # ---- the command line itself ------------------------------------------------------------------------
+    Case("unknown-command", lambda w, cwd: ["fly"], "invalid choice: 'fly'"),
+    Case("unknown-flag", G("--nope"), "unrecognized arguments: --nope"),
+]
+
+
+def _roots(w: Workspace, cwd: Path) -> tuple[Path, ...]:
+    return (w.root, Path(REFERENCE_MODEL).parent, cwd)
+
+
+def run_case(argv: list[str], capsys) -> tuple[int, str, str]:
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_hostile_input(case: Case, ws: Workspace, tmp_path, capsys, monkeypatch):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    if case.setup:
+        case.setup(ws, cwd)
+    argv = case.argv(ws, cwd)
+    before = snapshot(*_roots(ws, cwd))
+    rc, _out, err = run_case(argv, capsys)
+    after = snapshot(*_roots(ws, cwd))
+    lines = err.strip().splitlines()
+    assert rc == case.rc, err
+    assert "Traceback" not in err
+    assert len(lines) == 1, f"expected one line, got {len(lines)}:\n{err}"
+    assert lines[0].startswith("pocketsd: error: "), lines[0]
+    for part in (case.match,) if isinstance(case.match, str) else case.match:
+        assert part in lines[0], lines[0]
+    assert diff(before, after) == []
+
+
+def test_suite_size():
+    """The issue asks for at least 60 cases over CLI numbers, paths, images, masks, LoRAs, models, bundles and the web
+    app's uploads (those are in test_web_uploads below)."""
+    assert len(CASES) + len(UPLOAD_CASES) >= 60
+    ids = [c.id for c in CASES]
+    assert len(ids) == len(set(ids))
+
+
+# ---- the web app's uploads (app/uploads.py, app/ui.py): the same one-line BadInput, nothing written -----------
+def _upload_cases():
+    def bomb(tmp):  # 4 MP of zeros: a few kB of PNG, refused from its header before decoding
+        from PIL import Image
+
+        p = tmp / "bomb.png"
+        Image.new("L", (2000, 2000)).save(p)
+        return p
+
+    def big(tmp):
+        p = tmp / "big.png"
+        from PIL import Image
+
+        Image.new("RGB", (8, 8)).save(p)
+        with open(p, "ab") as fh:
+            fh.write(os.urandom(3 * 2**20))
+        return p
+
+    return [
+        ("upload-none", lambda w, tmp: None, "no image uploaded"),
+        ("upload-gone", lambda w, tmp: tmp / "gone.png", "is gone from the server"),
+        ("upload-too-big", lambda w, tmp: big(tmp), "over the 2.0 MB limit"),
+        ("upload-too-many-pixels", lambda w, tmp: bomb(tmp), "over the 1.0 MP limit"),
+        ("upload-not-image", lambda w, tmp: w["not_image"], "is not an image this page can read"),
+        ("upload-truncated", lambda w, tmp: w["broken_png"], "broken.png"),
+    ]
+
+
+UPLOAD_CASES = _upload_cases()
+
+
+@pytest.mark.parametrize("case", UPLOAD_CASES, ids=[c[0] for c in UPLOAD_CASES])
+def test_web_uploads(case, ws, tmp_path):
+    from pocketsd.app.uploads import check_upload
+    from pocketsd.errors import BadInput
+
+    _id, make, match = case
+    path = make(ws, tmp_path)
+    before = snapshot(ws.root, tmp_path)
+    with pytest.raises(BadInput) as err:
+        check_upload(path, 2 * 2**20, 10**6)
+    assert match in str(err.value) and "\n" not in str(err.value)
+    assert diff(before, snapshot(ws.root, tmp_path)) == []
+
+
+@pytest.mark.parametrize("field_values,match", [
+    ({"seed": float("nan")}, "the seed must be a whole number"),
+    ({"seed": 1.5}, "the seed must be a whole number"),
+    ({"lora": "nope"}, "unknown LoRA 'nope'"),
+    ({"sketch": None, "source": "sketch"}, "the sketch is empty"),
+], ids=["seed-nan", "seed-fraction", "unknown-lora", "empty-sketch"])
+def test_web_form_fields(field_values, match, ws, tmp_path):
+    from pocketsd.app.config import AppConfig
+    from pocketsd.app.ui import build_options
+    from pocketsd.errors import BadInput
+
+    fields = dict(source="text", prompt=PROMPT, domain="", lora="", lora_scale=1.0, seed=0, steps=4, guidance=5.0,
+                  scheduler="euler", negative="", upload=None, strength=0.8, sketch=None, config=AppConfig(),
+                  sketch_dir=tmp_path / "sketches", loras={})
+    fields.update(field_values)
+    before = snapshot(ws.root, tmp_path)
+    with pytest.raises(BadInput, match=match):
+        build_options(**fields)
+    assert diff(before, snapshot(ws.root, tmp_path)) == []
+
+
+# ---- what --out may replace: the allowed side of the rule, and the guard's pieces ----------------------------
+def test_generate_may_replace_its_own_png_and_force_replaces_a_users(ws, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = ["generate", PROMPT, "--quiet", "--steps", "1", "--out", "me.png"]
+    assert run_case(argv, capsys)[0] == 0
+    first = (tmp_path / "me.png").read_bytes()
+    assert run_case(argv + ["--seed", "1"], capsys)[0] == 0  # ours: replaced without --force
+    assert (tmp_path / "me.png").read_bytes() != first
+    user = tmp_path / "user.png"
+    user.write_bytes(ws["user_png"].read_bytes())
+    rc, _, err = run_case(["generate", PROMPT, "--quiet", "--steps", "1", "--out", str(user)], capsys)
+    assert rc == 2 and user.read_bytes() == ws["user_png"].read_bytes()
+    assert run_case(["generate", PROMPT, "--quiet", "--steps", "1", "--out", str(user), "--force"], capsys)[0] == 0
+    from pocketsd.pipeline.report import read_png_metadata
+
+    assert read_png_metadata(user)["prompt"] == PROMPT
+    report = json.loads(user.with_suffix(".json").read_text())  # valid JSON (no Infinity/NaN tokens)
+    assert report["guidance"] == 5.0
+
+
+def test_merge_replaces_its_own_folder_and_out_dot_resolves(ws, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "merged"
+    base = ["lora", "merge", "--model", str(ws.comp), "--lora", str(ws["tiny_lora"])]
+    monkeypatch.chdir(tmp_path)
+    assert run_case(base + ["--out", str(out)], capsys)[0] == 0
+    first = json.loads((out / "pocketsd.json").read_text())["created_utc"]
+    before = snapshot(ws.root, Path(REFERENCE_MODEL).parent)
+    assert run_case(base[:-1] + [f"{ws['tiny_lora']}:0.5", "--out", str(out)], capsys)[0] == 0  # a compressed folder: replaced
+    assert json.loads((out / "pocketsd.json").read_text())["loras"][-1]["scale"] == 0.5
+    assert diff(before, snapshot(ws.root, Path(REFERENCE_MODEL).parent)) == []
+    assert first
+    # `--out .` in an empty folder: the folder itself becomes the compressed model, nothing left beside it
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    rc, out_text, err = run_case(base + ["--out", "."], capsys)
+    assert rc == 0, err
+    assert (here / "pocketsd.json").is_file()
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+
+
+def test_atomic_dir_never_replaces_an_uncleared_folder(tmp_path):
+    from pocketsd.artifacts.atomic import atomic_dir
+    from pocketsd.artifacts.outputs import check_out
+
+    target = tmp_path / "user"
+    target.mkdir()
+    (target / "important.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="not cleared"):
+        with atomic_dir(target) as tmp:
+            (tmp / "a").write_text("new")
+    assert (target / "important.txt").read_text() == "x"
+    assert [p.name for p in tmp_path.iterdir()] == ["user"]  # no temp left either
+    check_out(target, "compressed", force=True)  # the guard clears it (with --force) …
+    with atomic_dir(target) as tmp:  # … and only then may it be replaced
+        (tmp / "a").write_text("new")
+    assert sorted(p.name for p in target.iterdir()) == ["a"]
+
+
+def test_stale_temps_of_dead_runs_are_removed_live_ones_kept(tmp_path):
+    from pocketsd.artifacts.outputs import check_out
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    stale = tmp_path / f".c.tmp-{dead_pid}-abc"
+    stale.mkdir()
+    (stale / "weights").write_bytes(b"half")
+    old = tmp_path / f".c.old-{dead_pid}-x"
+    old.mkdir()
+    live = tmp_path / f".c.tmp-{os.getpid()}-def"  # this process: alive
+    live.mkdir()
+    legacy = tmp_path / ".c.tmp-k2j3h4"  # an older version's name, no pid: stale
+    legacy.mkdir()
+    check_out(tmp_path / "c", "compressed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name]
+
+
+def test_write_json_is_always_valid_json(tmp_path):
+    from pocketsd.artifacts import write_json
+
+    write_json(tmp_path / "r.json", {"guidance": float("inf"), "x": [float("nan"), 1.0], "ok": 2})
+    text = (tmp_path / "r.json").read_text()
+    assert "Infinity" not in text and "NaN" not in text
+    assert json.loads(text) == {"guidance": None, "x": [None, 1.0], "ok": 2}
+
+
+def test_convert_may_resume_into_a_partial_bundle(tmp_path):
+    """A bundle a killed convert left before its first manifest (Resources/ with tokenizer files only) is ours."""
+    from pocketsd.artifacts.outputs import check_out
+
+    out = tmp_path / "b"
+    (out / "Resources").mkdir(parents=True)
+    (out / "Resources" / "vocab.json").write_text("{}")
+    (out / "Resources" / "merges.txt").write_text("#version: 0.2\n")
+    assert check_out(out, "coreml") == out.resolve()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(Exception, match="notes.txt"):
+        check_out(out, "coreml")
+
+
+def test_limits_agree_across_stages():
+    from pocketsd.convert.plan import MAX_SIDE as CONVERT_SIDE
+    from pocketsd.palettize.lora import MAX_LORA_SCALE
+    from pocketsd.palettize.recipes import MAX_BUDGET
+    from pocketsd.pipeline import options
+
+    assert options.MAX_SIDE == CONVERT_SIDE == 4096
+    assert options.MAX_LORA_SCALE == MAX_LORA_SCALE
+    assert MAX_BUDGET == 16 and options.MAX_STEPS == 1000 and options.SEED_MAX == 2**64 - 1
+    assert 30 < options.decode_memory_bytes(4096, 4096) / 2**30 < 60  # the estimate the size error quotes
+
+
+def test_console_script_one_line_and_no_file(tmp_path, ws):
+    """The real process once: a data-loss case refused with exit 2, one stderr line, the user's file intact."""
+    before = snapshot(ws.root, tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "pocketsd", "compress", "--model", str(ws.tiny), "--out",
+                           str(ws["text_file"])], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and "is an existing file" in proc.stderr
+    assert diff(before, snapshot(ws.root, tmp_path)) == []
