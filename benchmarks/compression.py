@@ -9,9 +9,13 @@ Every method sees the same calibration prompts, the same evaluation prompts and 
     ours w4r32 · ours at budget 4.5 · ours without smoothing · ours calibrated on the first / last 25% of timesteps
 
 Reported per method: effective bits per UNet parameter and UNet bytes (one accounting for all: format.accounting),
-latent PSNR after the first denoising step over 8 prompts (Apple's MBP measure 20·log10(max|ref|/RMSE)),
-final-image PSNR and SSIM against fp16 over the 54 adherence prompts at 20 steps, and adherence (colour and
-shape read back right by pocketsd.eval.classify). Writes compression.{json,md} and compression_psnr_vs_bits.png.
+latent PSNR after the first denoising step over 8 prompts (Apple's MBP measure 20·log10(max|ref|/RMSE)), and —
+through `pocketsd eval`'s protocol, the one the command runs (`pocketsd.evaluate.model_side` with the method's UNet
+in place of the model's) — final-image PSNR and SSIM against fp16 over the 54 adherence prompts at 20 steps, each
+prompt's seed a hash of its id, with 95 % intervals, and adherence (colour, shape and background all read back
+right by pocketsd.eval.classify). The images and each method's eval.json/md/grid stay in `--work`
+(default build/bench-compression; fp16's images are made once and reused). Writes compression.{json,md} and
+compression_psnr_vs_bits.png.
 """
 
 from __future__ import annotations
@@ -30,9 +34,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python"))
 
 from pocketsd.artifacts import write_json  # noqa: E402
-from pocketsd.eval.metrics import adherence, image_psnr, image_ssim, latent_psnr  # noqa: E402
+from pocketsd.eval.metrics import latent_psnr  # noqa: E402
 from pocketsd.data import REFERENCE_MODEL  # noqa: E402
-from pocketsd.data.grammar import adherence_scenes, calibration_prompts  # noqa: E402
+from pocketsd.data.grammar import calibration_prompts  # noqa: E402
+from pocketsd.data.prompt_sets import REFERENCE_SET, load_prompt_set  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 GUIDANCE = 5.0
@@ -41,14 +46,19 @@ TARGET_DB = 3.0
 TARGET_ADHERENCE_POINTS = 3.0
 
 
-# ---- evaluation -----------------------------------------------------------------------------------
+# ---- evaluation ----------------------------------------------------------------------------------
 class Evaluator:
-    """Runs a pipeline whose UNet is swapped per method; prompts, seeds and steps fixed once."""
+    """Every method judged the same way: Apple's latent PSNR after the first step (the diffusers pipeline with the
+    method's UNet swapped in), then the final images through `pocketsd eval`'s protocol against the fp16 model."""
 
-    def __init__(self, pipe, latent_prompts: list[str], scenes, steps: int, batch: int = 27):
-        self.pipe, self.latent_prompts, self.scenes, self.steps, self.batch = pipe, latent_prompts, scenes, steps, batch
+    def __init__(self, pipe, model: Path, latent_prompts: list[str], prompts, steps: int, work: Path):
+        from pocketsd.pipeline.options import GenerateOptions
+
+        self.pipe, self.latent_prompts, self.prompts, self.steps, self.work = pipe, latent_prompts, prompts, steps, work
         pipe.set_progress_bar_config(disable=True)
-        self.ref_latents = self.ref_images = None
+        self.ref_latents = None
+        self.options = GenerateOptions(prompt="(each prompt of the set)", model=str(model), steps=steps,
+                                       guidance=GUIDANCE, device="cpu")
 
     def _gens(self, n: int, seed: int = 0):
         # One generator per image: image k never depends on its batch neighbours.
@@ -69,30 +79,46 @@ class Evaluator:
                   callback_on_step_end=stop_after_first)
         return captured["latents"]
 
-    @torch.no_grad()
-    def images(self):
-        out = []
-        for i in range(0, len(self.scenes), self.batch):
-            chunk = self.scenes[i : i + self.batch]
-            gens = [torch.Generator().manual_seed(i + k) for k in range(len(chunk))]
-            out += self.pipe([s.caption for s in chunk], num_inference_steps=self.steps, guidance_scale=GUIDANCE,
-                             generator=gens).images
-        return out
+    def images(self, name: str, unet) -> dict:
+        """`pocketsd eval`'s protocol: A = the fp16 model with this method's UNet, B = the fp16 model from disk."""
+        from pocketsd.eval.protocol import EvalPlan, run_eval
+        from pocketsd.evaluate import model_side
 
-    def evaluate(self, unet) -> dict:
+        plan = EvalPlan(prompts=self.prompts, out=self.work / name, metrics=("psnr", "ssim", "adherence"),
+                        images=self.work / "images", device="cpu", grid_pairs=8)
+        (self.work).mkdir(parents=True, exist_ok=True)
+        return run_eval(plan, model_side(self.options, unet=unet, unet_name=name), model_side(self.options))
+
+    def evaluate(self, name: str, unet) -> tuple[dict, list]:
         self.pipe.unet = unet
         t0 = time.time()
         lat = self.first_step_latents()
-        imgs = self.images()
         if self.ref_latents is None:
-            self.ref_latents, self.ref_images = lat, imgs
+            self.ref_latents = lat
+        doc = self.images(name, unet)
+        m = doc["metrics"]
+        folder = self.work / name / doc["models"]["model"]["images"]
+        from pocketsd.eval.protocol import image_name, load_image
+
+        sheet = [load_image(folder / image_name(i, s)) for i, s in list(zip(doc["ids"], doc["seeds"]))[:6]]
         return {
             "latent_psnr_db": latent_psnr(self.ref_latents, lat),
-            "image_psnr_db": image_psnr(self.ref_images, imgs),
-            "image_ssim": image_ssim(self.ref_images, imgs),
-            "adherence_pct": adherence(imgs, self.scenes),
+            "image_psnr_db": _num(m["psnr"]["value"]), "image_psnr_ci95": _interval(m["psnr"]),
+            "image_ssim": _num(m["ssim"]["value"]), "image_ssim_ci95": _interval(m["ssim"]),
+            "adherence_pct": 100.0 * _num(m["adherence"]["value"]),
+            "adherence_ci95_pct": [100.0 * _num(v) for v in _interval(m["adherence"])],
+            "fp16_adherence_pct": 100.0 * _num(m["adherence_against"]["value"]),
+            "eval_dir": str(self.work / name),
             "eval_seconds": time.time() - t0,
-        }, imgs
+        }, sheet
+
+
+def _num(value) -> float:
+    return float(value)  # eval.json writes non-finite values as "inf"/"nan"
+
+
+def _interval(metric: dict) -> list[float]:
+    return [_num(metric["low"]), _num(metric["high"])] if metric.get("low") is not None else []
 
 
 # ---- methods --------------------------------------------------------------------------------------
@@ -115,6 +141,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=REFERENCE_MODEL)
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--work", type=Path, default=ROOT / "build" / "bench-compression",
+                    help="pocketsd eval's run folders and images (fp16's images are made once and reused)")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--calib-prompts", type=int, default=64)
     ap.add_argument("--calib-steps", type=int, default=20)
@@ -129,12 +157,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.manual_seed(0)
     pipe = StableDiffusionXLPipeline.from_pretrained(args.model, torch_dtype=torch.float32)
-    scenes = adherence_scenes()
+    prompts = load_prompt_set(REFERENCE_SET)  # the 54 adherence scenes
     latent_prompts = calibration_prompts(8, seed=12345)  # not the calibration set (seed 0)
     steps, calib_n, calib_steps = args.steps, args.calib_prompts, args.calib_steps
     if args.quick:
-        scenes, steps, calib_n, calib_steps = scenes[::9], 6, 8, 6
-    ev = Evaluator(pipe, latent_prompts, scenes, steps)
+        prompts, steps, calib_n, calib_steps = load_prompt_set(REFERENCE_SET, count=6), 6, 8, 6
+    work = args.work / ("quick" if args.quick else "full")
+    ev = Evaluator(pipe, args.model, latent_prompts, prompts, steps, work)
     fp16_unet = pipe.unet
     ctx = MethodContext(pipe=pipe, model=args.model, calib_prompts=calibration_prompts(calib_n, seed=0),
                         calib_steps=calib_steps, latent_prompts=latent_prompts, quick=args.quick)
@@ -147,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
         t0 = time.time()
         unet, info = build(ctx, fp16_unet)
         build_s = time.time() - t0
-        metrics, imgs = ev.evaluate(unet)
+        metrics, imgs = ev.evaluate(name, unet)
         row = {"method": name, **info, **metrics, "build_seconds": build_s}
         rows.append(row)
         sheets[name] = imgs[:6]
@@ -163,7 +192,9 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "model": str(args.model),
         "model_unet_mtime_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unet_file.stat().st_mtime)), "quick": args.quick, "steps": steps, "guidance": GUIDANCE,
-        "scheduler": type(pipe.scheduler).__name__, "n_image_prompts": len(scenes),
+        "scheduler": type(pipe.scheduler).__name__, "n_image_prompts": len(prompts),
+        "image_protocol": "pocketsd eval (eval.protocol.run_eval): seed per prompt = prompt_seed(id, 0); PSNR/SSIM "
+                          "t-intervals, adherence Wilson; adherence = colour, shape and background all right",
         "n_latent_prompts": len(latent_prompts), "calibration": {"prompts": calib_n, "steps": calib_steps},
         "torch_threads": torch.get_num_threads(), "rows": rows,
         "target": verdict(rows),
@@ -243,6 +274,12 @@ def markdown(result: dict) -> str:
         f"({result['scheduler']}, guidance {result['guidance']}), latent PSNR after the first step over "
         f"{result['n_latent_prompts']} prompts; calibration {result['calibration']['prompts']} prompts × "
         f"{result['calibration']['steps']} steps.",
+    ]
+    if result.get("image_protocol"):
+        lines += ["", "Images through `pocketsd eval`'s protocol (seed per prompt from its id); image PSNR and SSIM "
+                      "against fp16 with 95 % t-intervals over images; adherence = colour, shape and background all "
+                      "read back right."]
+    lines += [
         "",
         "| method | bits/param | UNet MB | latent PSNR dB | image PSNR dB | SSIM | adherence % |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -250,6 +287,8 @@ def markdown(result: dict) -> str:
     for r in result["rows"]:
         lat = "∞" if r["latent_psnr_db"] == float("inf") else f"{r['latent_psnr_db']:.2f}"
         img = "∞" if r["image_psnr_db"] == float("inf") else f"{r['image_psnr_db']:.2f}"
+        if r.get("image_psnr_ci95"):
+            img += f" [{r['image_psnr_ci95'][0]:.2f}, {r['image_psnr_ci95'][1]:.2f}]"
         lines.append(f"| {r['method']} | {r['bits_per_param']:.3f} | {r['unet_bytes'] / 1e6:.3f} | {lat} | {img} | "
                      f"{r['image_ssim']:.4f} | {r['adherence_pct']:.1f} |")
     t = result["target"]

@@ -3,6 +3,7 @@ the reference model (2 steps, 3 prompts), bad input, and the two-process run aga
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -287,3 +288,22 @@ def test_two_processes_equal_one_process(nudged_model, tmp_path):
         assert len(names) == 3 and names == sorted(p.name for p in folder_two.glob("*.png"))
         for n in names:
             assert np.array_equal(np.asarray(Image.open(folder_one / n)), np.asarray(Image.open(folder_two / n))), n
+
+
+def test_an_in_memory_unet_generates_as_its_model_folder_does(nudged_model, tmp_path):
+    """What benchmarks/compression.py relies on: `model_side(opts, unet=…)` puts a UNet held in memory in place of the
+    model's own, and its images equal those of a folder holding that UNet (PSNR infinite on every prompt)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from pocketsd.evaluate import model_side
+    from pocketsd.pipeline.options import GenerateOptions
+
+    unet = UNet2DConditionModel.from_pretrained(nudged_model / "unet", torch_dtype=torch.float32)
+    opts = GenerateOptions(prompt="-", steps=2, device="cpu")
+    plan = EvalPlan(prompts=load_prompt_set("reference", count=2), out=tmp_path / "run", metrics=("psnr",))
+    doc = run_eval(plan, model_side(opts, unet=unet, unet_name="nudged in memory"),
+                   model_side(dataclasses.replace(opts, model=str(nudged_model))))
+    assert doc["models"]["model"]["settings"]["unet"] == "nudged in memory"
+    assert doc["models"]["model"]["images"] != doc["models"]["against"]["images"]
+    assert doc["metrics"]["psnr"]["per_item"] == ["inf", "inf"]

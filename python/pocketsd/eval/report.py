@@ -187,7 +187,11 @@ def plot_metrics(doc: dict, path: Path) -> bool:
                     ax.axvline(r.value, color=colour, lw=1.5)
                 if r.low is not None:
                     ax.axvspan(r.low, r.high, color=colour, alpha=0.15)
-            ax.legend(fontsize=7)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
+            else:  # every value infinite (identical images): nothing to draw
+                ax.text(0.5, 0.5, "all values infinite\n(identical images)", ha="center", va="center",
+                        transform=ax.transAxes, fontsize=8)
             ax.set_title(title, fontsize=9)
             ax.set_ylabel("images")
         ax.grid(alpha=0.3)
