@@ -234,6 +234,8 @@ def test_command_on_the_reference_model(nudged_model, tmp_path, capsys, monkeypa
     (["--reference-images", "/no/such/folder", "--metrics", "fid"], "--reference-images /no/such/folder is not a folder"),
     (["--out", "/no/such/parent/run"], "does not exist (create it first)"),
     (["--fid-bootstrap", "1"], "--fid-bootstrap must be 0"),
+    pytest.param(["--model", str(Path(__file__).parent / "fixtures" / "bundle_v1")], "Core ML prediction needs macOS",
+                 marks=pytest.mark.skipif(sys.platform == "darwin", reason="macOS runs Core ML bundles")),
 ])
 def test_bad_input_is_one_line_and_exit_2(extra, match, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import sys
 from pathlib import Path
 
 from .errors import BadInput
@@ -176,6 +177,7 @@ def unet_fingerprint(unet) -> str:
 def model_side(opts, *, name: str | None = None, unet=None, unet_name: str | None = None):
     """A `ModelSide` for the eval protocol: generation with `opts` (a `GenerateOptions`; its prompt is replaced per
     image) — optionally with `unet` in place of the model's own UNet."""
+    from .artifacts import COREML
     from .eval.protocol import ModelSide
     from .models import precheck, resolve_model
     from .models.resolve import hub_snapshot
@@ -184,6 +186,9 @@ def model_side(opts, *, name: str | None = None, unet=None, unet_name: str | Non
 
     source = resolve_model(opts.model)
     precheck(source, opts.allow_pickle)
+    if source.kind == COREML and sys.platform != "darwin":  # fail before any image folder is made
+        raise BadInput(f"{source.spec} is a Core ML bundle: Core ML prediction needs macOS (this is {sys.platform}); "
+                       "here, evaluate the model folder it was converted from (the torch backend)")
     path = hub_snapshot(source.spec) if source.kind == "hub" else source.path
     resolved = resolve_settings(opts)
     settings = {
