@@ -87,8 +87,44 @@ def _torch_functions(pipe, chunked: bool):
     return models
 
 
-def _write_bundle(folder, pipe, model_path, chunked=False, functions=None):
-    """A bundle folder with the manifest and tokenizer files (the .mlpackages are served by the fake)."""
+def _controlnet_functions(pipe, controlnets: dict):
+    """A UNet taking ControlNet residuals and `controlnet/<Name>` packages, with the I/O `pocketsd convert
+    --controlnet` writes (convert.export.controlnet_specs / unet_specs(residuals=True)), served by torch modules."""
+    from types import SimpleNamespace
+
+    from pocketsd.artifacts.bundle import MID_RESIDUAL, down_residual
+    from pocketsd.convert.export import controlnet_specs, unet_specs
+
+    unet, side = pipe.unet, pipe.unet.config.sample_size
+    proj = pipe.text_encoder_2.config.projection_dim
+    unet_in, unet_out = unet_specs(unet.config, (side, side), 2, 77, proj, residuals=True)
+    n_down = sum(1 for s in unet_in if s.name.startswith("additional_residual_"))
+
+    def unet_fn(f):
+        ehs = f["encoder_hidden_states"][:, :, 0, :].transpose(1, 2)
+        return {"noise_pred": unet(f["sample"], f["timestep"], encoder_hidden_states=ehs, return_dict=False,
+                                   added_cond_kwargs={"text_embeds": f["text_embeds"], "time_ids": f["time_ids"]},
+                                   down_block_additional_residuals=[f[down_residual(i)] for i in range(n_down)],
+                                   mid_block_additional_residual=f[MID_RESIDUAL])[0]}
+
+    models = {"Unet": (unet_in, unet_out, unet_fn)}
+    for name, cn in controlnets.items():
+        ins, outs = controlnet_specs(SimpleNamespace(**cn.config), (side, side), (side * 8, side * 8), 2, 77, proj)
+
+        def cn_fn(f, cn=cn, outs=outs):
+            ehs = f["encoder_hidden_states"][:, :, 0, :].transpose(1, 2)
+            down, mid = cn(f["sample"], f["timestep"], encoder_hidden_states=ehs, controlnet_cond=f["controlnet_cond"],
+                           added_cond_kwargs={"text_embeds": f["text_embeds"], "time_ids": f["time_ids"]},
+                           return_dict=False)
+            return dict(zip([o.name for o in outs], [*down, mid]))
+
+        models[f"controlnet/{name}"] = (ins, outs, cn_fn)
+    return models
+
+
+def _write_bundle(folder, pipe, model_path, chunked=False, functions=None, controlnets=None):
+    """A bundle folder with the manifest and tokenizer files (the .mlpackages are served by the fake).
+    `controlnets` {name: ControlNetModel}: the UNet takes residual inputs and each ControlNet is a package."""
     res = folder / "Resources"
     res.mkdir(parents=True)
     tok = json.loads((model_path / "tokenizer" / "tokenizer.json").read_text())["model"]
@@ -96,6 +132,8 @@ def _write_bundle(folder, pipe, model_path, chunked=False, functions=None):
     merges = [" ".join(m) if isinstance(m, list) else m for m in tok["merges"]]
     (res / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
     models = _torch_functions(pipe, chunked)
+    if controlnets is not None:
+        models.update(_controlnet_functions(pipe, controlnets))
     comps = {}
     for name, (inp, out, _) in models.items():
         comps[name] = {"file": f"Resources/{name}.mlpackage", "inputs": _io(inp), "outputs": _io(out)}
@@ -131,6 +169,8 @@ def _backend(bundle, models, calls=None, **kw):
 
     def factory(path, compute_units, function_name, specs):
         name = path.name.split(".")[0]
+        if path.parent.name == "controlnet":
+            name = f"controlnet/{name}"
         inputs, outputs = specs
         seen.setdefault("functions", []).append((name, function_name))
         return FakePredictor(inputs, outputs, models[name][2], calls)
@@ -302,3 +342,113 @@ def test_run_batched_slices_and_pads_to_the_model_batch(model_batch):
     out = run_batched([fake], {"sample": x, "t": t})
     assert np.allclose(out["y"], x * t[:, None])  # fp16 cast on the way in is exact for these small integers
     assert len(calls) == -(-5 // model_batch)
+
+
+# ---- inpainting and ControlNet on the Core ML path ------------------------------------------------------
+def _red_circle_and_mask():
+    from PIL import Image, ImageDraw
+
+    from pocketsd.pipeline.inputs import image_to_tensor, load_mask
+
+    img = Image.new("RGB", (128, 128), (245, 245, 245))
+    ImageDraw.Draw(img).ellipse((8, 40, 56, 88), fill=(220, 40, 40))
+    mask = np.zeros((128, 128), np.uint8)
+    mask[:, 64:] = 255
+    loaded = load_mask(Image.fromarray(mask), 128, 128, warn=None)
+    return img, image_to_tensor(img), loaded
+
+
+def test_inpainting_through_the_fake_predictor(fake_bundles, torch_backend):
+    """The same latent blending and paste-back as the torch backend; the VAEEncoder package encodes the image."""
+    img, init, mask = _red_circle_and_mask()
+    bundle, models = fake_bundles["plain"]
+    calls = []
+    kw = dict(prompt="a blue square on a white background, on the right", steps=4, guidance=5.0, seed=4,
+              init_image=init, mask=mask.tensor())
+    ours = generate(_backend(bundle, models, calls), GenerationRequest(**kw))
+    ref = generate(torch_backend, GenerationRequest(**kw))
+    assert torch.allclose(ours.latents, ref.latents, atol=1e-4)
+    assert any(c == ["x"] for c in calls)  # VAEEncoder ran
+    out = np.asarray(ours.images[0], dtype=np.int16)
+    assert np.abs(out - np.asarray(img, dtype=np.int16))[mask.alpha == 0].max() == 0  # pixels outside: as they were
+    assert np.abs(out - np.asarray(ref.images[0], dtype=np.int16)).max() <= 1
+
+
+def _random_controlnet(unet, seed=0):
+    from diffusers import ControlNetModel
+
+    cn = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 16, 32, unet.config.block_out_channels[0]))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in [*cn.controlnet_down_blocks.parameters(), *cn.controlnet_mid_block.parameters(),
+                  *cn.controlnet_cond_embedding.conv_out.parameters()]:
+            p.normal_(0, 0.05, generator=g)
+    return cn.eval()
+
+
+@pytest.fixture(scope="module")
+def controlnet_bundle(tmp_path_factory, ref_pipeline, ref_model_path):
+    cn = _random_controlnet(ref_pipeline.unet)
+    folder = tmp_path_factory.mktemp("coreml-cn") / "bundle"
+    models = _write_bundle(folder, ref_pipeline, ref_model_path, controlnets={"Sketch": cn})
+    return folder, models, cn
+
+
+def _sketch_control():
+    from PIL import Image, ImageDraw
+
+    control = Image.new("RGB", (128, 128), (0, 0, 0))
+    ImageDraw.Draw(control).rectangle((70, 30, 120, 80), outline=(255, 255, 255), width=3)
+    return control
+
+
+def test_controlnet_package_feeds_the_unet_residual_inputs(controlnet_bundle, torch_backend):
+    """A bundled ControlNet through the same `unet_extra` interface equals the torch ControlNet on the torch UNet,
+    with --controlnet-scale and a guidance window applied the same way."""
+    from pocketsd.pipeline.controlnet import control_tensor, controlnet_hook, residuals_hook
+
+    bundle, models, cn = controlnet_bundle
+    control = _sketch_control()
+    calls = []
+    backend = _backend(bundle, models, calls)
+    window = dict(control_guidance_start=0.0, control_guidance_end=0.5)
+    kw = dict(prompt="a red square on a white background", steps=4, guidance=5.0, seed=1, **window)
+    ours = generate(backend, GenerationRequest(**kw, unet_extra=controlnet_hook("Sketch", control, backend, scale=0.7)))
+    ref = generate(torch_backend, GenerationRequest(**kw, unet_extra=residuals_hook(cn, control_tensor(control), 0.7)))
+    assert torch.allclose(ours.latents, ref.latents, atol=1e-4)
+    plain = generate(torch_backend, GenerationRequest(**{k: v for k, v in kw.items() if k not in window}))
+    assert (ref.latents - plain.latents).abs().max() > 1e-3  # the residuals changed the result
+    assert sum(1 for c in calls if "controlnet_cond" in c) == 2  # steps 1 and 2 of 4: inside the window only
+    assert backend.controlnet_name == "Sketch"
+    # Without a ControlNet the same residual-taking UNet gets zeros: exactly the plain result.
+    no_cn = generate(_backend(bundle, models), GenerationRequest(**{k: v for k, v in kw.items() if k not in window}))
+    assert torch.allclose(no_cn.latents, plain.latents, atol=1e-4)
+
+
+def test_controlnet_name_can_be_the_converted_folder(controlnet_bundle, tmp_path):
+    from pocketsd.pipeline.controlnet import bundle_controlnet_name
+
+    assert bundle_controlnet_name(tmp_path / "Sketch", ["Sketch"]) == "Sketch"
+    with pytest.raises(BadInput, match="has no ControlNet 'Depth'; it has: Sketch"):
+        bundle_controlnet_name("Depth", ["Sketch"])
+
+
+def test_controlnet_that_does_not_fit_the_bundle_unet(controlnet_bundle, fake_bundles, tmp_path, ref_pipeline,
+                                                      ref_model_path):
+    from pocketsd.pipeline.controlnet import controlnet_hook
+
+    bundle, models, _ = controlnet_bundle
+    # A bundle whose UNet has no residual inputs cannot take any ControlNet.
+    plain, plain_models = fake_bundles["plain"]
+    with pytest.raises(BadInput, match="takes no ControlNet residuals"):
+        _backend(plain, plain_models).unet(torch.zeros(2, 4, 16, 16), torch.zeros(2), torch.zeros(2, 77, 128),
+                                           None, mid_block_additional_residual=torch.zeros(2, 128, 4, 4))
+    # A ControlNet package whose residuals have other block sizes than the UNet's inputs.
+    folder = tmp_path / "mismatch"
+    _write_bundle(folder, ref_pipeline, ref_model_path, controlnets={"Sketch": _random_controlnet(ref_pipeline.unet)})
+    manifest = json.loads((folder / "pocketsd.json").read_text())
+    outputs = manifest["components"]["controlnet/Sketch"]["outputs"]
+    outputs[-1]["shape"][1] *= 2  # mid block residual with twice the channels
+    (folder / "pocketsd.json").write_text(json.dumps(manifest))
+    with pytest.raises(BadInput, match="block sizes do not fit"):
+        controlnet_hook("Sketch", _sketch_control(), _backend(folder, models))

@@ -315,6 +315,11 @@ def _add_convert(sub) -> None:
     p.add_argument("--force", action="store_true", help="re-convert components that are already done, and write into "
                    "an --out folder that is not a Core ML bundle PocketSD wrote")
     p.add_argument("--only", metavar="NAME,NAME", help="convert only these components (e.g. Unet,VAEDecoder)")
+    p.add_argument("--controlnet", action="append", default=[], metavar="[NAME=]DIR",
+                   help="diffusers ControlNet folder → Resources/controlnet/NAME.mlpackage (the Unet gets its residual "
+                        "inputs); repeatable")
+    p.add_argument("--controlnet-recipe", metavar="RECIPE|BITS",
+                   help="compress the ControlNets: a fixed recipe (w4r32, w4r16, …) or a bits-per-parameter budget")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_convert)
 
@@ -336,9 +341,20 @@ def _run_convert(args) -> int:
         model=args.model, out=Path(args.out), size=size, target=args.target, attention=args.attention,
         chunk_unet=args.chunk_unet, unet_batch_one=args.unet_batch_one, loras=[_parse_lora(x) for x in args.lora],
         lora_functions=[Path(x) for x in args.lora_functions.split(",") if x] if args.lora_functions else [],
-        force=args.force, only=[x for x in args.only.split(",") if x] if args.only else None)
+        force=args.force, only=[x for x in args.only.split(",") if x] if args.only else None,
+        controlnets=[_parse_controlnet(x) for x in args.controlnet], controlnet_recipe=args.controlnet_recipe)
     convert_with_progress(opts, quiet=args.quiet)
     return 0
+
+
+def _parse_controlnet(text: str):
+    """`[NAME=]DIR` → (name or None, folder)."""
+    from pathlib import Path
+
+    name, sep, folder = text.partition("=")
+    if sep and name and "/" not in name and not Path(text).exists():
+        return name, Path(folder)
+    return None, Path(text)
 
 
 # ---- domains / bench (owner: generation extras) -----------------------------------------------

@@ -39,7 +39,7 @@ def convert_with_progress(opts, quiet: bool = False) -> dict:
     from .convert.run import convert_bundle
 
     console = Console(stderr=True, quiet=quiet)
-    total = 4 + 1  # text encoders, VAE decoder/encoder, then the UNet (one step, chunks or not)
+    total = 4 + 1 + len(opts.controlnets)  # text encoders, VAE decoder/encoder, the UNet (chunks or not), ControlNets
     with Progress(TextColumn("[bold]convert"), BarColumn(), TextColumn("{task.completed}/{task.total} {task.description}"),
                   TimeElapsedColumn(), console=console, transient=True, disable=quiet) as bar:
         task = bar.add_task("", total=total)

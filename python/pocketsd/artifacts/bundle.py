@@ -14,6 +14,10 @@ model_type ("sdxl" | "sd"), image_size [W, H], latent_size [w, h], vae_scaling_f
 scheduler_config, force_zeros_for_empty_prompt, tokenizers [{pad_token, model_max_length}…], options {…},
 components {<name>: {file, stage, inputs [TensorSpec…], outputs […], compute_precision, weight_bytes, bytes,
 sha256 {file: digest}, …}}, memory_plan {stages, weight_bytes, resident_bytes, largest_stage_bytes}.
+A ControlNet is the component "controlnet/<Name>" (stage denoise) with inputs sample, timestep,
+encoder_hidden_states, controlnet_cond [+ SDXL text_embeds, time_ids] and outputs additional_residual_{i} and
+mid_block_res_sample — named exactly as the extra inputs the bundle's UNet then has (it gets zeros when no
+ControlNet runs) — plus "controlnet": {source, conditioning_channels, compressed recipe or null, verify}.
 Format 1 (pocketsd 0.1.0) lacked stages, weight bytes, the memory plan and the pipeline settings; it is
 migrated on read, taking the settings from the source folder when it is still there, else SDXL defaults.
 """
@@ -52,6 +56,30 @@ def down_residual(i: int) -> str:
 
 
 MID_RESIDUAL = "mid_block_res_sample"
+
+
+def is_residual(name: str) -> bool:
+    """A ControlNet residual tensor name (an output of a ControlNet package, an input of a ControlNet-enabled UNet)."""
+    return name == MID_RESIDUAL or (name.startswith("additional_residual_") and name[20:].isdigit())
+
+
+def controlnet_name_for(folder: Path) -> str:
+    """The name a ControlNet folder gets in a bundle (Resources/controlnet/<Name>.mlpackage) unless given one: the
+    folder's name as an identifier (a hub snapshot is named after its repo; a folder just called "controlnet" is
+    "ControlNet")."""
+    import re
+
+    folder = Path(folder)
+    base = folder.name
+    if folder.parent.name == "snapshots":  # ~/.cache/huggingface/hub/models--org--name/snapshots/<hash>
+        base = folder.parent.parent.name.rsplit("--", 1)[-1]
+    name = re.sub(r"\W+", "_", base).strip("_")
+    return "ControlNet" if name.lower() in ("", "controlnet") else name
+
+
+def controlnet_package(name: str) -> str:
+    """The manifest key of ControlNet `name`: "controlnet/<Name>" (its file: Resources/controlnet/<Name>.mlpackage)."""
+    return f"{CONTROLNET_DIR}/{name}"
 
 # Which pipeline stage loads which package (the memory plan's unit).
 TEXT_ENCODE, VAE_ENCODE, DENOISE, VAE_DECODE = "text_encode", "vae_encode", "denoise", "vae_decode"
@@ -199,6 +227,11 @@ class BundleManifest:
         ins = {d["name"]: TensorSpec.from_record(d) for d in comp.get("inputs", [])}
         outs = {d["name"]: TensorSpec.from_record(d) for d in comp.get("outputs", [])}
         return ins, outs
+
+    def controlnets(self) -> list[str]:
+        """Names of the bundle's ControlNets (components "controlnet/<Name>"), in manifest order."""
+        prefix = CONTROLNET_DIR + "/"
+        return [n[len(prefix):] for n in self.components if n.startswith(prefix)]
 
     def unet_functions(self) -> list[str]:
         names: list[str] = []

@@ -37,6 +37,10 @@ class ConvertOptions:
     force: bool = False
     compile: bool = True  # on macOS: xcrun coremlcompiler compile
     only: list[str] | None = None  # convert just these components (names as in Resources/)
+    # ControlNets to add as Resources/controlnet/<Name>.mlpackage: (name or None → from the folder, folder); the Unet
+    # then takes their residuals as extra inputs.
+    controlnets: list[tuple[str | None, Path]] = field(default_factory=list)
+    controlnet_recipe: str | None = None  # compress them: a fixed recipe (w4r32, …) or a bits budget ("4.5")
 
 
 def package_sha256(path: Path) -> str:
@@ -169,6 +173,7 @@ def base_manifest(source: dict, opts: ConvertOptions) -> dict:
         "source_model": source, "resources": RESOURCES,
         "options": {"size": list(opts.size) if opts.size else None, "target": opts.target, "attention": opts.attention,
                     "chunk_unet": opts.chunk_unet, "unet_batch": 1 if opts.unet_batch_one else 2,
-                    "loras": [[str(p), s] for p, s in opts.loras], "lora_functions": [str(p) for p in opts.lora_functions]},
+                    "loras": [[str(p), s] for p, s in opts.loras], "lora_functions": [str(p) for p in opts.lora_functions],
+                    "controlnets": [[n, str(p)] for n, p in opts.controlnets], "controlnet_recipe": opts.controlnet_recipe},
         "components": {},
     }

@@ -9,6 +9,8 @@ are spelled once, in `pocketsd.artifacts.bundle`):
       [+ SDXL: text_embeds (B, P), time_ids (B, 6)] → noise_pred (B, 4, h, w)
   VAEDecoder: z (1, 4, h, w) → image (1, 3, H, W) in [-1, 1]
   VAEEncoder: x (1, 3, H, W) in [-1, 1] → latent (1, 8, h, w) (mean and log-variance; Swift samples)
+  controlnet/<Name>: the Unet's inputs + controlnet_cond (B, 3, H, W) in [0, 1] → additional_residual_{i},
+      mid_block_res_sample; a Unet converted beside a ControlNet takes those as extra inputs
 torch.jit.trace is not used: with numpy 2.3 it trips coremltools; torch.export works.
 """
 
@@ -130,14 +132,50 @@ def text_encoder_specs(encoder: nn.Module, xl: bool) -> tuple[list[TensorSpec], 
     return [TensorSpec(names.INPUT_IDS, (1, seq))], outs
 
 
-def unet_specs(config, latent_hw: tuple[int, int], batch: int, text_len: int, pooled_dim: int | None):
+def unet_specs(config, latent_hw: tuple[int, int], batch: int, text_len: int, pooled_dim: int | None,
+               residuals: bool = False):
+    """The Unet's inputs and output; `residuals`: also the ControlNet residual inputs (`residual_specs`)."""
+    ins = _denoiser_inputs(config, latent_hw, batch, text_len, pooled_dim)
+    if residuals:
+        ins += residual_specs(config, latent_hw, batch)
+    return ins, [TensorSpec(names.NOISE_PRED, (batch, config.out_channels, *latent_hw))]
+
+
+def _denoiser_inputs(config, latent_hw, batch, text_len, pooled_dim) -> list[TensorSpec]:
+    """Apple's Unet inputs; a ControlNet takes the same ones (its config has the same fields)."""
     h, w = latent_hw
     ins = [TensorSpec(names.SAMPLE, (batch, config.in_channels, h, w)), TensorSpec(names.TIMESTEP, (batch,)),
            TensorSpec(names.ENCODER_HIDDEN_STATES, (batch, config.cross_attention_dim, 1, text_len))]
     if config.addition_embed_type == "text_time":
         n_ids = (config.projection_class_embeddings_input_dim - pooled_dim) // config.addition_time_embed_dim
         ins += [TensorSpec(names.TEXT_EMBEDS, (batch, pooled_dim)), TensorSpec(names.TIME_IDS, (batch, n_ids))]
-    return ins, [TensorSpec(names.NOISE_PRED, (batch, config.out_channels, h, w))]
+    return ins
+
+
+def residual_specs(config, latent_hw: tuple[int, int], batch: int) -> list[TensorSpec]:
+    """A ControlNet's residuals for this UNet: one per skip tensor the down blocks push (conv_in's output, each
+    resnet/attention pair, each downsampler), then the mid block's output — diffusers' down_block_res_samples."""
+    h, w = latent_hw
+    widths = list(config.block_out_channels)
+    layers = config.layers_per_block
+    layers = list(layers) if isinstance(layers, (list, tuple)) else [layers] * len(widths)
+    shapes = [(widths[0], h, w)]
+    for i, width in enumerate(widths):
+        shapes += [(width, h, w)] * layers[i]
+        if i < len(widths) - 1:
+            h, w = -(-h // 2), -(-w // 2)  # stride-2 conv, padding 1
+            shapes.append((width, h, w))
+    specs = [TensorSpec(names.down_residual(i), (batch, *shape)) for i, shape in enumerate(shapes)]
+    return specs + [TensorSpec(names.MID_RESIDUAL, (batch, widths[-1], h, w))]
+
+
+def controlnet_specs(config, latent_hw: tuple[int, int], image_hw: tuple[int, int], batch: int, text_len: int,
+                     pooled_dim: int | None):
+    """A ControlNet package's inputs (the Unet's plus controlnet_cond) and outputs (the residuals)."""
+    ins = _denoiser_inputs(config, latent_hw, batch, text_len, pooled_dim)
+    channels = int(getattr(config, "conditioning_channels", 3))
+    ins.insert(3, TensorSpec(names.CONTROLNET_COND, (batch, channels, *image_hw)))
+    return ins, residual_specs(config, latent_hw, batch)
 
 
 def vae_specs(vae: nn.Module, image_hw: tuple[int, int]):

@@ -41,6 +41,8 @@ class ConvertPlan:
     latent_hw: tuple[int, int]
     loras: list[tuple[Path, float]] = field(default_factory=list)
     compressed: set[str] = field(default_factory=set)  # components stored compressed in the source folder
+    controlnets: list[tuple[str, Path]] = field(default_factory=list)  # (bundle name, diffusers folder), checked
+    controlnet_recipe: object = None  # palettize Recipe compressing the ControlNets, or None: they stay fp16
 
     @property
     def out(self) -> Path:
@@ -63,7 +65,8 @@ class ConvertPlan:
         return [n for n, folder in TEXT_ENCODER_FOLDERS.items() if (self.source / folder).is_dir()]
 
     def packages(self) -> list[str]:
-        return self.text_encoders + [names.VAE_DECODER, names.VAE_ENCODER] + self.unet_packages
+        return (self.text_encoders + [names.VAE_DECODER, names.VAE_ENCODER] + self.unet_packages
+                + [names.controlnet_package(n) for n, _ in self.controlnets])
 
     def wanted(self, package: str) -> bool:
         return self.opts.only is None or package in self.opts.only
@@ -84,7 +87,40 @@ def source_digest(plan: ConvertPlan, package: str) -> str:
         return _folder_digest(plan.source / TEXT_ENCODER_FOLDERS[package])
     if package in (names.VAE_DECODER, names.VAE_ENCODER):
         return _folder_digest(plan.source / "vae")
+    for name, folder in plan.controlnets:
+        if package == names.controlnet_package(name):
+            return _folder_digest(folder)
     return _folder_digest(plan.source / "unet")
+
+
+def _check_controlnets(opts: ConvertOptions, unet_config: dict) -> list[tuple[str, Path]]:
+    """Each --controlnet folder checked against the UNet (configs only) and given its bundle name."""
+    import re
+
+    from ..models.controlnet import check_controlnet_folder
+
+    out: list[tuple[str, Path]] = []
+    for name, folder in opts.controlnets:
+        folder = Path(folder).expanduser()
+        check_controlnet_folder(folder, unet_config)
+        name = name or names.controlnet_name_for(folder)
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
+            raise BadInput(f"ControlNet name {name!r} is not a file name (letters, digits, _ . -)")
+        if any(n == name for n, _ in out):
+            raise BadInput(f"two ControlNets are named {name!r}; name them apart with --controlnet NAME=DIR")
+        out.append((name, folder))
+    return out
+
+
+def controlnet_recipe(text: str):
+    """`--controlnet-recipe`: a fixed recipe name (w4r32, …) or a bits-per-parameter budget ("4.5")."""
+    from ..palettize.recipes import make_recipe
+
+    try:
+        budget = float(text)
+    except ValueError:
+        return make_recipe(text)
+    return make_recipe(None, budget)
 
 
 def _sizes(opts: ConvertOptions, unet_cfg, vae_cfg: dict) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -154,10 +190,16 @@ def make_plan(opts: ConvertOptions) -> ConvertPlan:
         if parts:
             raise BadInput(f"LoRA {Path(path).name} has {parts[0]} layers, which a multifunction UNet cannot carry; "
                            "bake it into every package with --lora instead")
+    controlnets = _check_controlnets(opts, vars(unet_cfg))
+    recipe = controlnet_recipe(opts.controlnet_recipe) if opts.controlnet_recipe is not None else None
+    if recipe is not None and not controlnets:
+        raise BadInput("--controlnet-recipe compresses the ControlNets given with --controlnet DIR; none was given")
+    if recipe is not None and opts.target not in COMPRESSED_TARGETS:
+        raise BadInput(f"--target {opts.target} cannot hold compressed weights; use --target iOS18 (or macOS15)")
     plan = ConvertPlan(opts, opts.model or "reference", kind, path, family, unet_cfg, vae_cfg, image_hw, latent_hw, loras,
-                       compressed_components)
+                       compressed_components, controlnets, recipe)
     known = [names.TEXT_ENCODERS[0], names.TEXT_ENCODERS[1], names.VAE_DECODER, names.VAE_ENCODER, names.UNET,
-             *names.UNET_CHUNKS]
+             *names.UNET_CHUNKS, *[names.controlnet_package(n) for n, _ in controlnets]]
     unknown = [n for n in (opts.only or []) if n not in known]
     if unknown:
         raise BadInput(f"unknown component {unknown[0]!r} for --only; choose from {', '.join(known)}")

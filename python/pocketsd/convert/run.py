@@ -169,5 +169,8 @@ def convert_bundle(opts: B.ConvertOptions, log: Log = print, progress=None) -> d
             write_bundle_manifest(plan.out, manifest)
     if progress:
         progress("Unet")
+    from .controlnet_job import convert_controlnets  # after the UNet: its residual inputs are what they feed
+
+    convert_controlnets(plan, manifest, previous, log, progress)
     compile_bundle(plan, manifest, log)
     return write_bundle_manifest(plan.out, manifest)

@@ -33,7 +33,8 @@ def unet_fingerprint(plan: ConvertPlan) -> dict:
     o = plan.opts
     return dict(plan.base_fingerprint, attention=o.attention, batch=1 if o.unet_batch_one else 2,
                 loras=[[str(p), s] for p, s in plan.loras], functions=[str(p) for p in o.lora_functions],
-                source_sha=source_digest(plan, names.UNET), precision="float16")
+                source_sha=source_digest(plan, names.UNET), precision="float16",
+                controlnet_inputs=bool(plan.controlnets))
 
 
 def function_name(path: Path) -> str:
@@ -71,19 +72,23 @@ def _pooled_dim(plan: ConvertPlan) -> int | None:
     return cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
 
 
-def _chunk_parts(steps, cut, ins, outs):
+def _chunk_parts(steps, cut, ins, outs, residuals: bool = False):
+    """The two chunks; with ControlNet residual inputs each chunk takes the residuals its own steps add."""
     from .unet_graph import UnetChunk1, UnetChunk2, chunk_output_names
 
-    c1 = UnetChunk1(steps, cut)
-    example = tuple(_example(s) for s in ins)
+    by_name = {s.name: s for s in ins}
+    c1, c2 = UnetChunk1(steps, cut, residuals), UnetChunk2(steps, cut, residuals)
+    ins1 = [s for s in ins if not names.is_residual(s.name)] + [by_name[n] for n in c1.residual_names]
+    example = tuple(_example(s) for s in ins1)
     with torch.no_grad():
         mids = c1(*example)
     names1 = chunk_output_names(len(mids) - 2)
-    ehs = next(s for s in ins if s.name == names.ENCODER_HIDDEN_STATES)
-    ins2 = [ehs] + [TensorSpec(n, tuple(t.shape)) for n, t in zip(names1, mids)]
-    example2 = (example[[s.name for s in ins].index(names.ENCODER_HIDDEN_STATES)], *mids)
-    return [(names.UNET_CHUNKS[0], c1, ins, names1, example),
-            (names.UNET_CHUNKS[1], UnetChunk2(steps, cut), ins2, [o.name for o in outs], example2)]
+    ehs = by_name[names.ENCODER_HIDDEN_STATES]
+    ins2 = [ehs] + [TensorSpec(n, tuple(t.shape)) for n, t in zip(names1, mids)] + [by_name[n] for n in c2.residual_names]
+    example2 = (example[[s.name for s in ins1].index(names.ENCODER_HIDDEN_STATES)], *mids,
+                *(_example(by_name[n]) for n in c2.residual_names))
+    return [(names.UNET_CHUNKS[0], c1, ins1, names1, example),
+            (names.UNET_CHUNKS[1], c2, ins2, [o.name for o in outs], example2)]
 
 
 def _out_specs(mlmodel, wanted: list[str]) -> list[TensorSpec]:
@@ -119,11 +124,13 @@ def _save_multifunction(sources: list[Path], functions: list[str], package: Path
 
 def convert_unet(plan: ConvertPlan, manifest: dict, fingerprint: dict, log) -> None:
     from .mil_weights import CompressedWeights, verify_package
-    from .unet_graph import UnetSteps
+    from .unet_graph import ControlledUnet, UnetSteps
 
     opts = plan.opts
     package_names = plan.unet_packages
-    ins, outs = unet_specs(plan.unet_config, plan.latent_hw, 1 if opts.unet_batch_one else 2, 77, _pooled_dim(plan))
+    residuals = bool(plan.controlnets)  # the bundle's ControlNets feed the UNet's residual inputs
+    ins, outs = unet_specs(plan.unet_config, plan.latent_hw, 1 if opts.unet_batch_one else 2, 77, _pooled_dim(plan),
+                           residuals=residuals)
     variants = [("main", None)] + [(function_name(p), Path(p)) for p in opts.lora_functions]
     staged: dict[str, list[Path]] = {n: [] for n in package_names}
     specs: dict[str, tuple] = {}
@@ -137,8 +144,9 @@ def convert_unet(plan: ConvertPlan, manifest: dict, fingerprint: dict, log) -> N
                 unet, lora_records[fname] = build_variant(plan, extra)
                 layers = compressed_layers(unet)
                 steps = UnetSteps(unet, opts.attention)
-                parts = ([(names.UNET, steps, ins, [o.name for o in outs], None)] if len(package_names) == 1
-                         else _chunk_parts(steps, steps.balanced_cut(), ins, outs))
+                whole = ControlledUnet(steps) if residuals else steps
+                parts = ([(names.UNET, whole, ins, [o.name for o in outs], None)] if len(package_names) == 1
+                         else _chunk_parts(steps, steps.balanced_cut(), ins, outs, residuals))
                 placed = set()
                 for pname, module, pins, pouts, example in parts:
                     t_part = time.time()

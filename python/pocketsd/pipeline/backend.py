@@ -26,8 +26,10 @@ Conventions (read these before implementing a backend):
   encoder_hidden_states (B,77,D), added_cond)` → noise prediction (B,C,h,w) (the model's raw output; for
   v-prediction models the scheduler handles it). `added_cond` is `None` for SD, and for SDXL a dict with
   `"text_embeds"` (B,P) and `"time_ids"` (B,6) float32. `extra` carries optional ControlNet residuals
-  (`down_block_additional_residuals`: list of tensors, `mid_block_additional_residual`: tensor); a backend that cannot
-  take them raises `pocketsd.errors.BadInput`.
+  (`down_block_additional_residuals`: list of tensors, `mid_block_additional_residual`: tensor — diffusers' names —
+  or the bundle's names `additional_residual_{i}` / `mid_block_res_sample`); a backend that cannot take them raises
+  `pocketsd.errors.BadInput`. For an inpainting UNet `latents` has 2·C + 1 channels (latents, mask, masked-image
+  latents), concatenated by the loop.
 * **VAE:** `vae_decode(latents)` gets latents already divided by `scaling_factor` (and shifted, if the config has a
   `shift_factor`) and returns images (B,3,H,W) in [-1, 1] (not clamped is fine). `vae_encode(images)` gets
   images (B,3,H,W) in [-1, 1] and returns the latent distribution's moments (B, 2C, h, w) = concat(mean, logvar) —
@@ -63,7 +65,8 @@ class Backend(Protocol):
     tokenizers: Sequence[Any]         # transformers CLIPTokenizer(s), one per text encoder
     scheduler_config: Mapping         # the model's scheduler/scheduler_config.json (as a dict)
     vae_scale_factor: int             # 8 for every SD/SDXL VAE: image px per latent px
-    latent_channels: int              # 4
+    latent_channels: int              # 4 (the VAE's latent channels)
+    unet_in_channels: int             # latent_channels, or 2·latent_channels + 1 for an inpainting UNet
     scaling_factor: float             # vae.config.scaling_factor
     shift_factor: float | None        # vae.config.shift_factor (None/0 for SD/SDXL)
     default_size: tuple[int, int]     # (height, width) the model was trained at (unet sample_size × vae factor)

@@ -1,67 +1,44 @@
-"""`--controlnet FOLDER`: a diffusers `ControlNetModel` (scribble / canny) that conditions the UNet on a sketch.
+"""`--controlnet FOLDER|NAME`: a ControlNet (sketch, depth, …) that conditions the UNet on an image.
 
-The shared loop calls `GenerationRequest.unet_extra(model_in, t, encoder_hidden_states, added_cond)` every step; the
-hook built here runs the ControlNet on the same inputs and returns the residuals the UNet adds to its skip
-connections (torch backend only: a Core ML UNet has no residual inputs).
+The shared loop calls `GenerationRequest.unet_extra(model_in, t, encoder_hidden_states, added_cond)` on every step
+inside the control guidance window; the hook built here runs the ControlNet on the same inputs and returns the
+residuals the UNet adds to its skip connections and mid block, times `--controlnet-scale` (diffusers multiplies
+its residuals by `conditioning_scale` the same way).
+
+- torch backend: a diffusers `ControlNetModel` folder, checked against the UNet before loading.
+- Core ML backend: a ControlNet package converted into the bundle (`Resources/controlnet/<Name>.mlpackage`),
+  named by NAME or by the folder it was converted from; its outputs feed the UNet package's residual inputs.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from ..artifacts.bundle import controlnet_name_for
 from ..errors import BadInput
+from ..models.controlnet import (PICKLE_FILES, WEIGHT_FILES, check_controlnet_folder,  # noqa: F401 (re-exported)
+                                 load_controlnet)
 
-WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors")
-PICKLE_FILES = ("diffusion_pytorch_model.bin", "diffusion_pytorch_model.fp16.bin")
-
-
-def check_controlnet_folder(folder: Path, unet_config: dict, *, allow_pickle: bool = False) -> dict:
-    """Validate `folder` against the UNet it must condition; returns its config. Every mismatch is one line."""
-    folder = Path(folder).expanduser()
-    if not folder.is_dir():
-        raise BadInput(f"ControlNet folder {folder} does not exist (give a diffusers ControlNetModel folder)")
-    config_file = folder / "config.json"
-    if not config_file.is_file():
-        raise BadInput(f"{folder} has no config.json; a ControlNet folder is what ControlNetModel.save_pretrained writes")
-    try:
-        config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise BadInput(f"{config_file} is not valid JSON ({exc})") from None
-    if config.get("_class_name") not in ("ControlNetModel", None):
-        raise BadInput(f"{folder} holds a {config.get('_class_name')}, not a ControlNetModel "
-                       "(ControlNet-XS, T2I adapters and union ControlNets are not supported)")
-    if not any((folder / f).is_file() for f in WEIGHT_FILES):
-        if any((folder / f).is_file() for f in PICKLE_FILES) and not allow_pickle:
-            raise BadInput(f"{folder} has pickle weights (.bin), which can run code when loaded; convert them to "
-                           "safetensors or pass --allow-pickle if you trust them")
-        if not any((folder / f).is_file() for f in PICKLE_FILES):
-            raise BadInput(f"{folder} has no weights ({WEIGHT_FILES[0]})")
-    for key in ("cross_attention_dim", "addition_embed_type", "block_out_channels", "in_channels"):
-        want, have = unet_config.get(key), config.get(key)
-        if key == "block_out_channels":
-            want, have = list(want or []), list(have or [])
-        if want != have:
-            raise BadInput(f"ControlNet {folder.name} was made for another model: {key} is {have}, "
-                           f"the UNet's is {want}")
-    return config
+# A folder name that says which conditioning a ControlNet was trained on (the config does not record it).
+_CONDITIONINGS = ("depth", "canny", "scribble", "sketch", "lineart", "openpose", "pose", "seg", "normal", "tile",
+                  "softedge", "hed", "mlsd", "inpaint")
 
 
-def load_controlnet(folder: Path, unet_config: dict, *, allow_pickle: bool = False, dtype=None):
-    import torch
-    from diffusers import ControlNetModel
+def conditioning_hint(folder: Path) -> str | None:
+    """The conditioning a ControlNet's folder name mentions, if exactly one ("depth", "canny", …), else None.
+    Hub downloads keep the repo id in the path (models--diffusers--controlnet-depth-sdxl-1.0/snapshots/…)."""
+    import re
 
-    check_controlnet_folder(folder, unet_config, allow_pickle=allow_pickle)
-    has_safetensors = any((Path(folder) / f).is_file() for f in WEIGHT_FILES)
-    try:
-        model = ControlNetModel.from_pretrained(str(folder), torch_dtype=dtype or torch.float32,
-                                                use_safetensors=has_safetensors)
-    except (OSError, ValueError, RuntimeError) as exc:  # damaged weights or shapes that do not match the config
-        raise BadInput(f"--controlnet {folder} could not be loaded: {str(exc).splitlines()[0]}") from None
-    return model.eval()
+    tokens = set()
+    for part in Path(folder).expanduser().parts[-3:]:
+        tokens |= set(re.split(r"[^a-z0-9]+", part.lower()))
+    found = {c for c in _CONDITIONINGS if c in tokens}
+    if "openpose" in found:
+        found.discard("pose")
+    return found.pop() if len(found) == 1 else None
 
 
 def control_tensor(image) -> "torch.Tensor":
@@ -94,12 +71,45 @@ def residuals_hook(controlnet, control_image, scale: float = 1.0, device=None) -
     return extra
 
 
+def coreml_residuals_hook(backend, name: str, control_image, scale: float = 1.0) -> Callable[..., dict]:
+    """The loop's `unet_extra` for a Core ML bundle: the bundle's ControlNet package `name` on every step, its
+    residuals (named as the UNet's extra inputs) scaled on the host — they are linear in the scale."""
+    backend.use_controlnet(name)
+    cond = control_tensor(control_image)
+
+    def extra(model_in, t, encoder_hidden_states, added_cond) -> dict:
+        residuals = backend.controlnet(model_in, t, encoder_hidden_states, added_cond, cond)
+        return residuals if scale == 1.0 else {k: v * np.float32(scale) for k, v in residuals.items()}
+
+    return extra
+
+
+def bundle_controlnet_name(spec: "str | Path", available: list[str]) -> str:
+    """Which of a bundle's ControlNets `--controlnet` names: its name, or the folder it was converted from."""
+    spec = str(spec)
+    candidates = [spec, Path(spec).name, Path(spec).stem, controlnet_name_for(Path(spec))]
+    for c in candidates:
+        if c in available:
+            return c
+    raise BadInput(f"the Core ML bundle has no ControlNet {spec!r}; it has: {', '.join(available) or 'none'} "
+                   "(add one with `pocketsd convert --controlnet DIR`)")
+
+
 def controlnet_hook(folder: Path, control_image, backend, *, scale: float = 1.0, allow_pickle: bool = False):
-    """`--controlnet FOLDER` for a run: load and check the ControlNet against `backend`'s UNet (torch backend only)
-    and return the loop's `unet_extra` conditioned on the PIL `control_image`."""
+    """`--controlnet FOLDER|NAME` for a run: the loop's `unet_extra` conditioned on the PIL `control_image`.
+
+    torch: load the diffusers ControlNet and check it against `backend`'s UNet. Core ML: select the bundle's
+    ControlNet package of that name (or converted from that folder) and check its outputs against the UNet's inputs."""
+    if getattr(backend, "name", None) == "coreml":
+        return coreml_residuals_hook(backend, bundle_controlnet_name(folder, backend.info.bundle.controlnets()),
+                                     control_image, scale)
     components = getattr(backend, "components", None)
     if components is None:
-        raise BadInput(f"--controlnet needs the torch backend; the {backend.name} backend cannot take ControlNet residuals")
+        raise BadInput(f"--controlnet needs the torch or coreml backend; the {backend.name} backend cannot take "
+                       "ControlNet residuals")
+    if not Path(folder).expanduser().is_dir():
+        raise BadInput(f"--controlnet {folder}: with the torch backend give a diffusers ControlNetModel folder (a bare "
+                       "name selects a ControlNet inside a Core ML bundle)")
     controlnet = load_controlnet(Path(folder), dict(components.config("unet")), allow_pickle=allow_pickle,
                                  dtype=getattr(components, "dtype", None))
     device = getattr(backend, "device", None)

@@ -143,30 +143,40 @@ class CoreMLBackend:
         self.shift_factor = info.shift_factor
         self.force_zeros_for_empty_prompt = info.force_zeros_for_empty_prompt
         sample = info.unet_input(names.SAMPLE)
-        self.latent_channels = int(sample.shape[1])
+        self.unet_in_channels = int(sample.shape[1])  # 2·C + 1 for an inpainting UNet
+        decoder_in = info.specs(names.VAE_DECODER)[0].get(names.DECODER_IN) if names.VAE_DECODER in info.bundle.components else None
+        self.latent_channels = int(decoder_in.shape[1]) if decoder_in is not None and decoder_in.shape else self.unet_in_channels
         self.default_size = (int(sample.shape[2]) * self.vae_scale_factor, int(sample.shape[3]) * self.vae_scale_factor)
         self._loaded: dict[str, list[Predictor]] = {}
         self.first_load_s: dict[str, float] = {}  # per component: the first load's time (device compile included)
+        self.controlnet_name: str | None = None  # a bundled ControlNet, loaded and freed with the UNet
+        self._controlnet: Predictor | None = None
 
     # ---- loading --------------------------------------------------------------------------------
     def load(self, component: str) -> None:
         if component in self._loaded:
             return
-        names = self.info.models_for(component)
-        if not names:
+        packages = self.info.models_for(component)
+        if not packages:
             raise BadInput(f"the Core ML bundle has no {component} model; re-run `pocketsd convert` with it included")
         t0 = time.perf_counter()
         predictors = []
-        for model in names:
+        for model in packages:
             function = self.function_name if model.startswith("Unet") else None
             predictors.append(self.factory(self.info.model_path(model), self.compute_units, function,
                                            self.info.specs(model)))
+        if component == "unet" and self.controlnet_name:  # the denoise stage holds the ControlNet too (memory plan)
+            package = names.controlnet_package(self.controlnet_name)
+            self._controlnet = self.factory(self.info.model_path(package), self.compute_units, None,
+                                            self.info.specs(package))
         self._loaded[component] = predictors
         self.first_load_s.setdefault(component, time.perf_counter() - t0)
 
     def unload(self, component: str) -> None:
         # Dropping the last reference frees the model (Apple's reduceMemory does the same per stage).
         self._loaded.pop(component, None)
+        if component == "unet":
+            self._controlnet = None
 
     def _models(self, component: str) -> list[Predictor]:
         self.load(component)
@@ -182,10 +192,7 @@ class CoreMLBackend:
         keep_pooled = self.family == "sdxl" and index == len(predictors) - 1
         return out[self.hidden_name], (out[names.POOLED] if keep_pooled else None)
 
-    def unet(self, latents, timestep, encoder_hidden_states, added_cond=None, **extra):
-        if extra:
-            raise BadInput("the Core ML backend cannot take ControlNet residuals; use --backend torch with --controlnet")
-        chunks = self._models("unet")
+    def _unet_feeds(self, latents, timestep, encoder_hidden_states, added_cond) -> dict[str, np.ndarray]:
         hidden = _to_numpy(encoder_hidden_states)
         if len(self.info.unet_input(names.ENCODER_HIDDEN_STATES).shape) == 4:  # Apple's (B, D, 1, 77) layout
             hidden = hidden.transpose(0, 2, 1)[:, :, None, :]
@@ -194,7 +201,84 @@ class CoreMLBackend:
         if added_cond:
             feeds[names.TEXT_EMBEDS] = _to_numpy(added_cond["text_embeds"])
             feeds[names.TIME_IDS] = _to_numpy(added_cond["time_ids"])
+        return feeds
+
+    def unet_residual_inputs(self) -> dict[str, TensorSpec]:
+        """The UNet packages' ControlNet residual inputs (empty for a bundle converted without a ControlNet)."""
+        specs: dict[str, TensorSpec] = {}
+        for model in self.info.models_for("unet"):
+            specs.update({n: s for n, s in self.info.specs(model)[0].items() if names.is_residual(n)})
+        return specs
+
+    def _residual_feeds(self, extra: dict, batch: int) -> dict[str, np.ndarray]:
+        """ControlNet residuals under the UNet's input names: diffusers' keyword names or the bundle's own are
+        accepted; a UNet with residual inputs gets zeros for the ones not given (no ControlNet, or outside its
+        guidance window) — adding zero is what diffusers' UNet does without residuals."""
+        named: dict[str, np.ndarray] = {}
+        for key, value in extra.items():
+            if key == "down_block_additional_residuals":
+                named.update({names.down_residual(i): _to_numpy(v) for i, v in enumerate(value)})
+            elif key == "mid_block_additional_residual":
+                named[names.MID_RESIDUAL] = _to_numpy(value)
+            elif names.is_residual(key):
+                named[key] = _to_numpy(value)
+            else:
+                raise BadInput(f"the Core ML UNet has no input for {key!r}")
+        wanted = self.unet_residual_inputs()
+        if named and not wanted:
+            raise BadInput("this bundle's UNet takes no ControlNet residuals; re-run `pocketsd convert` with "
+                           "--controlnet DIR to give it the inputs")
+        unknown = sorted(set(named) - set(wanted))
+        if unknown:
+            raise BadInput(f"the ControlNet gives {len(named)} residuals but the bundle's UNet takes {len(wanted)} "
+                           f"({unknown[0]} has no input): it was made for another UNet")
+        for name, spec in wanted.items():
+            value = named.get(name)
+            if value is None:
+                named[name] = np.zeros((batch, *spec.shape[1:]), dtype=np.float32)
+            elif tuple(value.shape[1:]) != tuple(spec.shape[1:]):
+                raise BadInput(f"ControlNet residual {name} is {tuple(value.shape[1:])}, the bundle's UNet takes "
+                               f"{tuple(spec.shape[1:])}: the ControlNet's block sizes do not fit this UNet")
+        return named
+
+    def unet(self, latents, timestep, encoder_hidden_states, added_cond=None, **extra):
+        chunks = self._models("unet")
+        feeds = self._unet_feeds(latents, timestep, encoder_hidden_states, added_cond)
+        feeds.update(self._residual_feeds(extra, feeds[names.SAMPLE].shape[0]))
         return run_batched(chunks, feeds)[names.NOISE_PRED]
+
+    # ---- ControlNet -----------------------------------------------------------------------------
+    def use_controlnet(self, name: str) -> None:
+        """Select the bundle's ControlNet `name` (Resources/controlnet/<name>.mlpackage); it loads with the UNet.
+        Its outputs must be residual inputs of the UNet, with the same shapes."""
+        available = self.info.bundle.controlnets()
+        if name not in available:
+            raise BadInput(f"the Core ML bundle has no ControlNet {name!r}; it has: {', '.join(available) or 'none'} "
+                           "(add one with `pocketsd convert --controlnet DIR`)")
+        _, outputs = self.info.specs(names.controlnet_package(name))
+        wanted = self.unet_residual_inputs()
+        if not wanted:
+            raise BadInput(f"this bundle's UNet takes no ControlNet residuals, so ControlNet {name} cannot condition it; "
+                           "re-run `pocketsd convert` with --controlnet")
+        for out_name, spec in outputs.items():
+            have = wanted.get(out_name)
+            if have is None or tuple(have.shape[1:]) != tuple(spec.shape[1:]):
+                raise BadInput(f"ControlNet {name}'s output {out_name} {tuple(spec.shape[1:])} fits no input of the bundle's "
+                               "UNet: its block sizes do not fit this UNet")
+        if self.controlnet_name != name:
+            self.unload("unet")  # reloads with the ControlNet next time
+        self.controlnet_name = name
+
+    def controlnet(self, latents, timestep, encoder_hidden_states, added_cond, cond) -> dict[str, np.ndarray]:
+        """The selected ControlNet on one step's inputs (the UNet's, plus the (1, 3, H, W) conditioning image in
+        [0, 1]) → its residuals by name, unscaled."""
+        if not self.controlnet_name:
+            raise BadInput("no ControlNet selected (use_controlnet)")
+        self.load("unet")
+        feeds = self._unet_feeds(latents, timestep, encoder_hidden_states, added_cond)
+        image = _to_numpy(cond)
+        feeds[names.CONTROLNET_COND] = np.repeat(image, feeds[names.SAMPLE].shape[0] // image.shape[0], axis=0)
+        return run_batched([self._controlnet], feeds)
 
     def vae_decode(self, latents):
         (model,) = self._models("vae_decoder")

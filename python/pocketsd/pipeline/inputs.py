@@ -1,4 +1,5 @@
-"""Image inputs of `generate`: a starting image (`--image`) and a line drawing (`--sketch`).
+"""Image inputs of `generate`: a starting image (`--image`), a line drawing (`--sketch`), an inpainting mask
+(`--mask`) and a depth map (`--depth`).
 
 Everything a user can hand us goes through `open_image`, which turns every way an image file can be wrong
 (missing, not an image, truncated, absurdly small or large) into a one-line `BadInput`, and every unusual but
@@ -20,6 +21,7 @@ from scipy import ndimage
 
 from ..errors import BadInput
 from ..data.grammar import BACKGROUNDS, COLORS
+from .options import MASK_BLUR
 
 MIN_SIDE = 16                     # smaller images carry no layout worth keeping
 MAX_PIXELS = 64 * 1024 * 1024     # 64 MP: far above any SD size, far below a decompression bomb
@@ -266,3 +268,137 @@ def load_sketch(path: str | Path, width: int, height: int, prompt: str, strength
         warn and warn(note)
     return Sketch(lines, region, Image.fromarray(canvas, "RGB"), Image.fromarray(control, "RGB"),
                   check_strength(SKETCH_STRENGTH if strength is None else strength), notes)
+
+
+# ---- inpainting masks -------------------------------------------------------------------------
+MASK_ASPECT_LIMIT = 2.0       # a mask whose aspect is more than 2× off the image's cannot be lined up with it
+_MID_GREY = (32, 224)         # a gray level strictly between these is neither "keep" (black) nor "repaint" (white)
+MAX_MID_GREY_SHARE = 0.25     # more mid-grey pixels than this: a photo, not a mask
+
+
+@dataclass
+class LoadedMask:
+    hole: np.ndarray             # bool (H, W): the pixels to repaint (white in the mask file)
+    alpha: np.ndarray            # float32 (H, W) in [0, 1]: 1 in the hole, falling to 0 `blur` px outside it
+    source_size: tuple[int, int]
+    notes: list[str] = field(default_factory=list)
+
+    def tensor(self):
+        """(1, 1, H, W) float32 torch tensor of `alpha` (what `GenerationRequest.mask` takes)."""
+        import torch
+
+        return torch.from_numpy(self.alpha.copy())[None, None]
+
+
+def _mask_gray(img: Image.Image, notes: list[str]) -> np.ndarray:
+    """8-bit gray (H, W) where white = repaint, whatever the file's mode and polarity convention.
+
+    Masks with transparency come two ways, read apart by what the opaque pixels hold:
+    - strokes on a transparent layer (opaque pixels all one colour): the strokes are the area to repaint;
+    - a photo with a hole cut out (OpenAI's edit API, editors' "erase"): the transparent pixels are.
+    Everything else is read by brightness."""
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        alpha = np.asarray(rgba.getchannel("A"))
+        opaque = alpha >= 128
+        if 0 < opaque.sum() < opaque.size:
+            colour = np.asarray(rgba.convert("L"))[opaque]
+            if int(colour.max()) - int(colour.min()) < 32:
+                notes.append("the mask is strokes on a transparent layer: the strokes are the area to repaint")
+                return np.where(opaque, 255, 0).astype(np.uint8)
+            notes.append("the mask is an image with transparent pixels: those are the area to repaint")
+            return np.where(opaque, 0, 255).astype(np.uint8)
+    return np.asarray(to_rgb(img, notes).convert("L"))
+
+
+def load_mask(path: "str | Path | Image.Image", width: int, height: int, image_size: tuple[int, int] | None = None,
+              blur: int = MASK_BLUR, warn: Warn | None = _stderr_warn) -> LoadedMask:
+    """`--mask FILE`: white where the image is repainted, black where it is kept.
+
+    It is cropped and resized exactly as `load_image` crops and resizes the image (`image_size` is the image
+    file's own size), so the two stay lined up; a mask of another aspect is center-cropped with a warning,
+    one too far off to line up is refused. Empty and full masks are refused: nothing to repaint, or
+    text → image. `alpha` feathers the hole's edge outward over `blur` pixels for the paste-back."""
+    notes: list[str] = []
+    img = open_image(path, notes)
+    name = getattr(path, "name", "the mask") if not isinstance(path, Image.Image) else "the mask"
+    source = img.size
+    gray = _mask_gray(img, notes)
+    mid = float(np.mean((gray > _MID_GREY[0]) & (gray < _MID_GREY[1])))
+    if mid > MAX_MID_GREY_SHARE:
+        raise BadInput(f"mask {name} is not black and white ({mid:.0%} of it is mid-gray); paint the area to repaint "
+                       "white on black")
+    if image_size is not None and tuple(image_size) != tuple(source):
+        (iw, ih), (mw, mh) = image_size, source
+        ratio = (mw / mh) / (iw / ih)
+        if max(ratio, 1 / ratio) > MASK_ASPECT_LIMIT:
+            raise BadInput(f"mask {name} is {mw}×{mh} but the image is {iw}×{ih}: shapes too different to line up "
+                           "(resized with the image it would cover another part); give a mask the image's size")
+        if abs(ratio - 1.0) > ASPECT_TOLERANCE:
+            notes.append(f"mask {name} is {mw}×{mh} but the image is {iw}×{ih} (another aspect); center-cropped, "
+                         "so its edges may not line up with the image's")
+    fitted = np.asarray(fit_to_size(Image.fromarray(gray, "L"), width, height, []))
+    hole = fitted >= 128
+    if not hole.any():
+        raise BadInput(f"mask {name} is empty after resizing to {width}×{height}: nothing to repaint (white marks the "
+                       "area to repaint, black what to keep)")
+    if hole.all():
+        raise BadInput(f"mask {name} covers the whole image: that is text → image (drop --image and --mask) or "
+                       "image → image (drop --mask)")
+    blur = int(blur)
+    if blur > 0:
+        outside = ndimage.distance_transform_edt(~hole)  # pixels from the hole (0 inside it)
+        t = np.clip(1.0 - outside / (blur + 1), 0.0, 1.0)
+        alpha = (t * t * (3 - 2 * t)).astype(np.float32)  # smoothstep: no visible kink where the feather ends
+    else:
+        alpha = hole.astype(np.float32)
+    for note in notes:
+        warn and warn(note)
+    return LoadedMask(hole, alpha, source, notes)
+
+
+# ---- depth maps -------------------------------------------------------------------------------
+@dataclass
+class LoadedDepth:
+    depth: np.ndarray            # float32 (H, W) in [0, 1], near = 1
+    control: Image.Image         # 8-bit gray as RGB: what a depth ControlNet is fed (near = bright)
+    source_size: tuple[int, int]
+    notes: list[str] = field(default_factory=list)
+
+
+def _depth_values(img: Image.Image, notes: list[str]) -> np.ndarray:
+    """A depth map at its full bit depth as float (H, W); colour maps are read by their brightness."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return np.asarray(img, dtype=np.float64)
+    if img.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LAB", "HSV"):
+        rgb = np.asarray(to_rgb(img, []), dtype=np.int16)
+        if np.abs(rgb - rgb.mean(axis=-1, keepdims=True)).max() > 8:
+            notes.append("the depth map is in colour; using its brightness as depth (near = bright)")
+        return np.asarray(to_rgb(img, []).convert("L"), dtype=np.float64)
+    return np.asarray(img.convert("L"), dtype=np.float64)
+
+
+def load_depth(path: "str | Path | Image.Image", width: int, height: int, invert: bool = False,
+               warn: Warn | None = _stderr_warn) -> LoadedDepth:
+    """`--depth FILE`: a depth map of any bit depth (8/16-bit, float TIFF), near = bright (`invert`: near = dark).
+
+    Stretched to its own range, as diffusers' depth ControlNets were trained (DPT depth normalised per image),
+    center-cropped and resized like `--image`."""
+    notes: list[str] = []
+    img = open_image(path, notes)
+    name = getattr(path, "name", "the depth map") if not isinstance(path, Image.Image) else "the depth map"
+    values = _depth_values(img, notes)
+    if not np.isfinite(values).all():
+        raise BadInput(f"depth map {name} has NaN or infinite values; fill them before passing it")
+    low, high = float(values.min()), float(values.max())
+    if high - low <= 1e-12 * max(abs(high), 1.0):
+        raise BadInput(f"depth map {name} is flat (every pixel is {low:g}): there is no depth to follow")
+    depth = (values - low) / (high - low)
+    if invert:
+        depth = 1.0 - depth
+    fitted = fit_to_size(Image.fromarray(depth.astype(np.float32), "F"), width, height, notes)
+    depth = np.clip(np.asarray(fitted, dtype=np.float32), 0.0, 1.0)
+    gray = (depth * 255.0 + 0.5).astype(np.uint8)
+    for note in notes:
+        warn and warn(note)
+    return LoadedDepth(depth, Image.fromarray(gray, "L").convert("RGB"), img.size, notes)

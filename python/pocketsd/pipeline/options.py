@@ -13,6 +13,7 @@ from pathlib import Path
 from ..errors import BadInput
 
 DEFAULT_STEPS, DEFAULT_GUIDANCE, DEFAULT_SCHEDULER, DEFAULT_STRENGTH = 20, 5.0, "euler", 0.8
+DEFAULT_INPAINT_STRENGTH = 1.0  # with --mask: the hole is drawn from pure noise (the rest is kept anyway)
 # The diffusers scheduler class behind each name (generate.make_scheduler builds them).
 SCHEDULER_CLASSES = {"euler": "EulerDiscreteScheduler", "dpmpp2m": "DPMSolverMultistepScheduler",
                      "ddim": "DDIMScheduler"}
@@ -26,6 +27,11 @@ MAX_SIDE = 4096  # pixels per side; SDXL's native is 1024
 MAX_COUNT = 10_000
 MAX_LORA_SCALE = 100.0
 SEED_MAX = 2**64 - 1
+MASK_BLUR, MAX_MASK_BLUR = 4, 64  # (inputs.py reads them from here)
+MAX_CONTROLNET_SCALE = 10.0
+DEPTH_CONTROLNET_HINT = ("PocketSD ships no depth estimator; --depth needs a depth ControlNet for your model: for SDXL "
+                         "`huggingface-cli download diffusers/controlnet-depth-sdxl-1.0 --local-dir DIR`, then "
+                         "--controlnet DIR")
 
 
 @dataclass
@@ -47,6 +53,14 @@ class GenerateOptions:
     strength: float | None = None
     sketch: Path | None = None
     controlnet: Path | None = None
+    mask: Path | None = None  # with image: inpainting (white = repaint)
+    mask_blur: int = MASK_BLUR  # px the paste-back feathers outside the mask
+    paste_back: bool = True  # the original's pixels outside the (feathered) mask, after decoding
+    depth: Path | None = None  # depth map (near = bright) for a depth ControlNet
+    depth_invert: bool = False  # the depth map is near = dark
+    controlnet_scale: float = 1.0  # diffusers' controlnet_conditioning_scale
+    control_guidance_start: float = 0.0  # share of the steps before the ControlNet starts
+    control_guidance_end: float = 1.0  # share of the steps after which it stops
     count: int = 1
     out: Path | None = None
     report: Path | None = None
@@ -127,18 +141,47 @@ def check_options(opts: GenerateOptions) -> None:
         raise BadInput(f"--scheduler {opts.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
     if opts.image and opts.sketch:
         raise BadInput("give either --image or --sketch, not both")
-    if opts.controlnet and not opts.sketch and not opts.image:
-        raise BadInput("--controlnet needs a control image: pass --sketch FILE (or --image FILE)")
+    if opts.sketch and opts.depth:
+        raise BadInput("give either --sketch or --depth, not both (one control image per run)")
+    if opts.mask is not None and opts.image is None:
+        raise BadInput("--mask needs the image it repaints: add --image FILE (inpainting repaints the mask's white area)")
+    if opts.depth is not None and opts.controlnet is None:
+        raise BadInput(DEPTH_CONTROLNET_HINT)
+    if opts.depth_invert and opts.depth is None:
+        raise BadInput("--depth-invert goes with --depth FILE")
+    if opts.controlnet and not opts.sketch and not opts.image and not opts.depth:
+        raise BadInput("--controlnet needs a control image: pass --sketch FILE or --depth FILE (or --image FILE)")
+    if opts.controlnet and opts.mask is not None and not opts.depth:
+        raise BadInput("--controlnet with --image/--mask needs its own control image: pass --depth FILE")
     if opts.strength is not None and not (opts.image or opts.sketch):
         raise BadInput("--strength only applies with --image or --sketch")
-    for flag, path in (("--image", opts.image), ("--sketch", opts.sketch)):
+    if opts.mask is None and (opts.mask_blur != MASK_BLUR or not opts.paste_back):
+        raise BadInput("--mask-blur and --no-paste-back only apply with --mask")
+    if not isinstance(opts.mask_blur, int) or not 0 <= opts.mask_blur <= MAX_MASK_BLUR:
+        raise BadInput(f"--mask-blur must be a whole number of pixels in 0..{MAX_MASK_BLUR}, got {opts.mask_blur}")
+    controlnet_flags = (opts.controlnet_scale != 1.0 or opts.control_guidance_start != 0.0
+                        or opts.control_guidance_end != 1.0)
+    if controlnet_flags and opts.controlnet is None:
+        raise BadInput("--controlnet-scale and --control-guidance-start/end only apply with --controlnet")
+    _finite("--controlnet-scale", opts.controlnet_scale, 0.0, MAX_CONTROLNET_SCALE)
+    _finite("--control-guidance-start", opts.control_guidance_start, 0.0, 1.0)
+    _finite("--control-guidance-end", opts.control_guidance_end, 0.0, 1.0)
+    if opts.control_guidance_start >= opts.control_guidance_end:
+        raise BadInput(f"--control-guidance-start ({opts.control_guidance_start}) must be below --control-guidance-end "
+                       f"({opts.control_guidance_end})")
+    for flag, path in (("--image", opts.image), ("--sketch", opts.sketch), ("--mask", opts.mask),
+                       ("--depth", opts.depth)):
         if path is not None:
             if Path(path).is_dir():
                 raise BadInput(f"{flag} {path} is a folder; give an image file")
             if not Path(path).is_file():
                 raise BadInput(f"{flag} {path} does not exist")
-    if opts.controlnet is not None and not (Path(opts.controlnet) / "config.json").is_file():
-        raise BadInput(f"--controlnet {opts.controlnet} is not a diffusers ControlNetModel folder (no config.json)")
+    if opts.controlnet is not None:
+        cn = Path(opts.controlnet).expanduser()
+        # A bare name (no folder of that name here) selects a ControlNet inside a Core ML bundle: checked at open.
+        bare = len(cn.parts) == 1 and not cn.exists()
+        if not bare and not (cn / "config.json").is_file():
+            raise BadInput(f"--controlnet {opts.controlnet} is not a diffusers ControlNetModel folder (no config.json)")
     for lora, scale in opts.loras:
         if Path(lora).is_dir():
             raise BadInput(f"--lora {lora} is a folder; give a LoRA .safetensors file")

@@ -25,7 +25,8 @@ from ..artifacts.compressed import read_compressed_model
 from ..artifacts.model_folder import safetensors_stats
 from ..errors import BadInput
 from ..models import ModelSource, precheck, resolve_model
-from .options import DEFAULT_GUIDANCE, DEFAULT_SCHEDULER, DEFAULT_STEPS, DEFAULT_STRENGTH, GenerateOptions, check_size
+from .options import (DEFAULT_GUIDANCE, DEFAULT_INPAINT_STRENGTH, DEFAULT_SCHEDULER, DEFAULT_STEPS, DEFAULT_STRENGTH,
+                      GenerateOptions, check_size)
 from .presets import DomainSettings, apply_domain
 
 
@@ -149,32 +150,62 @@ class GenerationSession:
         return opts.size[1], opts.size[0]
 
     def prepare_inputs(self, opts: GenerateOptions, request, settings: DomainSettings, warn) -> list[str]:
-        """Image → image, sketch → image, ControlNet: fill the request's starting image or UNet conditioning."""
-        from .inputs import check_strength, image_to_tensor, load_image, load_sketch
+        """Image → image, inpainting, sketch → image, depth → image, ControlNet: fill the request's starting image,
+        mask or UNet conditioning."""
+        from .inputs import check_strength, image_to_tensor, load_depth, load_image, load_mask, load_sketch
 
         notes: list[str] = []
+        control = None  # the ControlNet's conditioning image, if one runs
         if opts.image is not None:
             loaded = load_image(opts.image, request.width, request.height, warn=warn)
             notes += loaded.notes
-            if self.controlnet:
-                request.unet_extra = self._controlnet_hook(loaded.image)
+            if self.controlnet and opts.depth is None and opts.mask is None:
+                control = loaded.image  # --controlnet with --image alone: the image is the control image
             else:
                 request.init_image = image_to_tensor(loaded.image)
-                request.strength = check_strength(opts.strength if opts.strength is not None else DEFAULT_STRENGTH)
+                strength = DEFAULT_STRENGTH
+                if opts.mask is not None:
+                    mask = load_mask(opts.mask, request.width, request.height, image_size=loaded.source_size,
+                                     blur=opts.mask_blur, warn=warn)
+                    notes += mask.notes
+                    request.mask, request.paste_back = mask.tensor(), opts.paste_back
+                    strength = DEFAULT_INPAINT_STRENGTH
+                request.strength = check_strength(opts.strength if opts.strength is not None else strength)
         elif opts.sketch is not None:
             sketch = load_sketch(opts.sketch, request.width, request.height, settings.expanded_prompt, opts.strength,
                                  warn=warn)
             notes += sketch.notes
             if self.controlnet:
-                request.unet_extra = self._controlnet_hook(sketch.control)
+                control = sketch.control
             else:
                 request.init_image, request.strength = image_to_tensor(sketch.start), sketch.strength
+        if opts.depth is not None:
+            depth = load_depth(opts.depth, request.width, request.height, invert=opts.depth_invert, warn=warn)
+            notes += depth.notes
+            control = depth.control
+            notes += self._conditioning_note("depth", warn)
+        if control is not None:
+            request.unet_extra = self._controlnet_hook(control, opts.controlnet_scale)
+            request.control_guidance_start = opts.control_guidance_start
+            request.control_guidance_end = opts.control_guidance_end
         return notes
 
-    def _controlnet_hook(self, control_image):
+    def _conditioning_note(self, wanted: str, warn) -> list[str]:
+        """A warning when the ControlNet's folder name says it was trained on another conditioning."""
+        from .controlnet import conditioning_hint
+
+        hint = conditioning_hint(Path(self.controlnet)) if self.controlnet else None
+        if hint is None or hint == wanted:
+            return []
+        note = f"--controlnet {Path(self.controlnet).name} looks like a {hint} ControlNet, not a {wanted} one"
+        warn(note)
+        return [note]
+
+    def _controlnet_hook(self, control_image, scale: float = 1.0):
         from .controlnet import controlnet_hook  # checks the folder against the UNet and gates pickle weights
 
-        return controlnet_hook(Path(self.controlnet), control_image, self.backend, allow_pickle=self.allow_pickle)
+        return controlnet_hook(Path(self.controlnet), control_image, self.backend, scale=scale,
+                               allow_pickle=self.allow_pickle)
 
     def build_report(self, opts: GenerateOptions, settings: DomainSettings, request, timer, memory,
                      warnings: list[str]) -> dict:
@@ -188,7 +219,13 @@ class GenerationSession:
             "memory": {**memory.read(), "rss_after_startup_mb": self.startup_rss_mb}, "output": None,
             "input": {"image": _describe_input(opts.image), "sketch": _describe_input(opts.sketch),
                       "strength": request.strength if request.init_image is not None else None,
-                      "controlnet": str(self.controlnet) if self.controlnet else None},
+                      "controlnet": str(self.controlnet) if self.controlnet else None,
+                      "mask": _describe_input(opts.mask), "depth": _describe_input(opts.depth),
+                      **({"mask_blur": opts.mask_blur, "paste_back": opts.paste_back} if opts.mask else {}),
+                      **({"depth_invert": opts.depth_invert} if opts.depth else {}),
+                      **({"controlnet_scale": opts.controlnet_scale,
+                          "control_guidance": [opts.control_guidance_start, opts.control_guidance_end]}
+                         if request.unet_extra is not None else {})},
             "low_memory": self.low_memory, "unet_mode": self.unet_mode if self.source.kind == COMPRESSED else None,
             "memory_method": memory.method, "torch_threads": _torch_threads(), "warnings": warnings,
         }
@@ -223,8 +260,6 @@ def _open_backend(opts: GenerateOptions, source: ModelSource, loras, domain, lor
         if source.kind != COREML:
             raise BadInput(f"--backend coreml runs a Core ML bundle; make one with `pocketsd convert --model {source.spec} "
                            "--out BUNDLE` and pass --model BUNDLE")
-        if opts.controlnet:
-            raise BadInput("--controlnet needs the torch backend (Core ML bundles have no ControlNet)")
         from .coreml_backend import CoreMLBackend
 
         function = None
@@ -245,17 +280,21 @@ def _open_backend(opts: GenerateOptions, source: ModelSource, loras, domain, lor
         raise BadInput("--compute-units applies to --backend coreml only")
     from .torch_backend import open_backend
 
-    transforms = [_lora_transform(loras, lora_records)] if loras else []
+    transforms = {part: [_lora_transform(loras, lora_records, part)]
+                  for part in ("unet", "text_encoder", "text_encoder_2")} if loras else {}
     return open_backend(source, low_memory=opts.low_memory, unet_mode=opts.unet_mode, allow_pickle=opts.allow_pickle,
-                        unet_transforms=transforms, device=device, verify=opts.verify)
+                        transforms=transforms, device=device, verify=opts.verify)
 
 
-def _lora_transform(loras: list[tuple[Path, float]], records: list[dict]) -> Callable:
-    def apply(unet):
+def _lora_transform(loras: list[tuple[Path, float]], records: list[dict], component: str) -> Callable:
+    """Apply the LoRAs' `component` layers whenever that component is (re)loaded; the report keeps one record
+    per LoRA and component (replaced, not appended, when low-memory mode reloads it)."""
+    def apply(module):
         from ..palettize.lora import apply_lora_files
 
-        records[:] = apply_lora_files(unet, [(str(p), s) for p, s in loras])
-        return unet
+        got = apply_lora_files(module, [(str(p), s) for p, s in loras], component)
+        records[:] = [r for r in records if r.get("component", "unet") != component] + got
+        return module
 
     return apply
 

@@ -33,10 +33,13 @@ class TorchBackend:
         self.scheduler_config = components.config("scheduler")
         vae_cfg, unet_cfg = components.config("vae"), components.config("unet")
         self.vae_scale_factor = 2 ** (len(vae_cfg.get("block_out_channels", [0] * 4)) - 1)
-        self.latent_channels = int(unet_cfg.get("in_channels", 4))
-        if self.latent_channels != int(vae_cfg.get("latent_channels", 4)):
-            raise BadInput(f"{components.folder}: UNet in_channels {self.latent_channels} ≠ VAE latent channels "
-                           "(inpainting/edit UNets are not supported)")
+        self.latent_channels = int(vae_cfg.get("latent_channels", 4))
+        # An inpainting UNet takes 2·C + 1 channels (latents, mask, masked-image latents): generate.py feeds them.
+        self.unet_in_channels = int(unet_cfg.get("in_channels", 4))
+        if self.unet_in_channels not in (self.latent_channels, 2 * self.latent_channels + 1):
+            raise BadInput(f"{components.folder}: UNet in_channels {self.unet_in_channels} fits neither the VAE's "
+                           f"{self.latent_channels} latent channels nor an inpainting UNet's {2 * self.latent_channels + 1} "
+                           "(edit/depth-concat UNets are not supported)")
         self.scaling_factor = float(vae_cfg.get("scaling_factor", 0.18215))
         self.shift_factor = vae_cfg.get("shift_factor") or None
         sample = unet_cfg.get("sample_size", 64)
