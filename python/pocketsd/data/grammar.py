@@ -23,7 +23,10 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
 POSITIONS = ("in the center", "on the left", "on the right", "at the top", "at the bottom")
 # Styles exist only for the two domain LoRAs; the base model never sees them.
 STYLES = ("plain", "poster", "blueprint")
-STYLE_SUFFIX = {"plain": "", "poster": ", poster style", "blueprint": ", blueprint style"}
+STYLE_SUFFIX = {"plain": "", "poster": ", poster style", "blueprint": ", blueprint style",
+                # the third style, learned by `pocketsd lora train` from 32 drawn images (refmodel/copyspace.py); not
+                # in STYLES, which lists what the reference VAE was trained on, nor tokenizer words (bytes)
+                "copyspace": ", copy space"}
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Procedurally drawn training images for the reference model and its two style LoRAs."""
+"""Procedurally drawn training images for the reference model and its style LoRAs."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ def _object_box(scene: Scene, rng: random.Random, size: int) -> tuple[float, flo
     lo, hi = half + margin, size - half - margin
     mid = size / 2
     jitter = lambda: rng.uniform(-0.04, 0.04) * size  # noqa: E731
+    if scene.style == "copyspace":  # the object in the left third, the right half left empty for text
+        return lo + abs(jitter()), mid + rng.uniform(-0.1, 0.1) * size, half
     if scene.position is None:
         return rng.uniform(lo, hi), rng.uniform(lo, hi), half
     if scene.position == "in the center":
