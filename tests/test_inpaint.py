@@ -244,3 +244,38 @@ def test_cli_inpaints_and_reports(tmp_path, capsys):
     assert report["input"]["paste_back"] is True and report["input"]["strength"] == 1.0
     kept = np.asarray(Image.open(out).convert("RGB"), dtype=np.int16)[:, :60]
     assert np.array_equal(kept, np.asarray(red_circle_image(), dtype=np.int16)[:, :60])
+
+
+def _bad(argv, tmp_path, capsys, monkeypatch, match):
+    from pocketsd.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    rc = main(["generate", PROMPT, *argv, "--steps", "1", "--out", str(tmp_path / "o.png"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert match in err, err
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written
+    return err
+
+
+@pytest.mark.parametrize("case,match", [
+    ("no-image", "--mask needs the image it repaints"),
+    ("empty", "nothing to repaint"),
+    ("full", "that is text → image"),
+    ("shape", "too different to line up"),
+    ("blur", "--mask-blur must be"),
+    ("blur-alone", "only apply with --mask"),
+])
+def test_cli_bad_masks_exit_2_and_write_nothing(tmp_path, capsys, monkeypatch, case, match):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    red_circle_image().save(inputs / "img.png")
+    mask = inputs / "m.png"
+    {"empty": lambda: right_half_mask(mask, value=0), "full": lambda: right_half_mask(mask, left=0),
+     "shape": lambda: right_half_mask(mask, (512, 64))}.get(case, lambda: right_half_mask(mask))()
+    argv = {"no-image": ["--mask", str(mask)],
+            "blur": ["--image", str(inputs / "img.png"), "--mask", str(mask), "--mask-blur", "100"],
+            "blur-alone": ["--mask-blur", "2"]}.get(case, ["--image", str(inputs / "img.png"), "--mask", str(mask)])
+    _bad(argv, tmp_path, capsys, monkeypatch, match)

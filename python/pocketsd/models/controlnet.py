@@ -60,9 +60,11 @@ def load_controlnet(folder: Path, unet_config: dict, *, allow_pickle: bool = Fal
 
     check_controlnet_folder(folder, unet_config, allow_pickle=allow_pickle)
     has_safetensors = any((Path(folder) / f).is_file() for f in WEIGHT_FILES)
+    # A download of the fp16 file alone (half the size) is diffusers' "fp16" variant.
+    only_fp16 = not any((Path(folder) / f).is_file() for f in (WEIGHT_FILES[0], PICKLE_FILES[0]))
     try:
         model = ControlNetModel.from_pretrained(str(folder), torch_dtype=dtype or torch.float32,
-                                                use_safetensors=has_safetensors)
+                                                use_safetensors=has_safetensors, variant="fp16" if only_fp16 else None)
     except (OSError, ValueError, RuntimeError) as exc:  # damaged weights or shapes that do not match the config
         raise BadInput(f"--controlnet {folder} could not be loaded: {str(exc).splitlines()[0]}") from None
     return model.eval()

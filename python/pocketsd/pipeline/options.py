@@ -29,9 +29,9 @@ MAX_LORA_SCALE = 100.0
 SEED_MAX = 2**64 - 1
 MASK_BLUR, MAX_MASK_BLUR = 4, 64  # (inputs.py reads them from here)
 MAX_CONTROLNET_SCALE = 10.0
-DEPTH_CONTROLNET_HINT = ("PocketSD ships no depth estimator; --depth needs a depth ControlNet for your model: for SDXL "
-                         "`huggingface-cli download diffusers/controlnet-depth-sdxl-1.0 --local-dir DIR`, then "
-                         "--controlnet DIR")
+DEPTH_CONTROLNET_HINT = ("--depth needs a depth ControlNet (--controlnet DIR); PocketSD ships none and no depth "
+                         "estimator. For SDXL: `huggingface-cli download diffusers/controlnet-depth-sdxl-1.0 config.json "
+                         "diffusion_pytorch_model.fp16.safetensors --local-dir DIR`")
 
 
 @dataclass
