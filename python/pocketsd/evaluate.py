@@ -296,5 +296,7 @@ def print_summary(doc: dict, out: Path) -> None:
     made = ", ".join(f"{'A' if role == 'model' else 'B'} {m['made']} made / {m['reused']} reused"
                      for role, m in doc["models"].items())
     print(f"images: {made}")
+    if doc["outputs"].get("plot_skipped"):
+        print(doc["outputs"]["plot_skipped"])
     print(f"wrote {Path(out) / 'eval.json'}, {Path(out) / 'eval.md'}"
           + "".join(f", {Path(out) / doc['outputs'][k]}" for k in ("grid", "plot") if doc["outputs"].get(k)))

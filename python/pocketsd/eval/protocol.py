@@ -406,8 +406,11 @@ def _write_outputs(plan: EvalPlan, doc: dict, folders: dict[str, Path]) -> None:
     if plan.grid_pairs > 0:
         grid_image(doc, folders, plan, out / "eval_grid.png")
         doc["outputs"]["grid"] = "eval_grid.png"
-    if plot_metrics(doc, out / "eval_plot.png"):
-        doc["outputs"]["plot"] = "eval_plot.png"
+    try:
+        if plot_metrics(doc, out / "eval_plot.png"):
+            doc["outputs"]["plot"] = "eval_plot.png"
+    except ImportError:  # matplotlib comes with the bench extra; the numbers do not need it
+        doc["outputs"]["plot_skipped"] = "eval_plot.png not drawn: matplotlib is not installed (pip install matplotlib)"
     write_json(out / "eval.json", doc)
     with atomic_file(out / "eval.md", "w") as fh:
         fh.write(eval_markdown(doc))

@@ -98,6 +98,8 @@ def eval_markdown(doc: dict) -> str:
         lines += ["", f"![A | B, worst PSNR first]({outputs['grid']})"]
     if outputs.get("plot"):
         lines += ["", f"![per-image values]({outputs['plot']})"]
+    elif outputs.get("plot_skipped"):
+        lines += ["", outputs["plot_skipped"] + "."]
     return "\n".join(lines) + "\n"
 
 
