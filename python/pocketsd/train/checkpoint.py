@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ..artifacts import atomic_dir
+from ..artifacts.outputs import clear_for_replacement
 from ..errors import BadInput
 
 FORMAT = "pocketsd-lora-checkpoint"
@@ -61,6 +62,7 @@ def save(folder: Path, params: dict[str, torch.Tensor], optimizer: torch.optim.O
             "train_seconds": state.train_seconds, "cpu_seconds": state.cpu_seconds,
             "param_groups": opt["param_groups"], "param_names": list(params)}
     remove_stale(folder)
+    clear_for_replacement(folder)  # the trainer owns its checkpoint folder (atomic_dir replaces only cleared folders)
     with atomic_dir(folder) as tmp:
         save_file(tensors, str(tmp / "state.safetensors"))
         (tmp / "state.json").write_text(json.dumps(meta, indent=1))
