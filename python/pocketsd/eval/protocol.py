@@ -41,7 +41,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from ..artifacts import atomic_file, write_json
 from ..data.prompt_sets import Prompt, PromptSet, prompt_seed
@@ -458,11 +458,3 @@ def results_of(doc: dict) -> dict[str, MetricResult]:
             d["per_item"] = [float(v) for v in d["per_item"]]
         out[key] = MetricResult(**d)
     return out
-
-
-def image_path(folders: dict[str, Path], role: str, prompt: Prompt, plan: EvalPlan) -> Path:
-    return folders[role] / image_name(prompt.id, plan.seed_of(prompt))
-
-
-__all__: Sequence[str] = ("EvalPlan", "ModelSide", "run_eval", "check_plan", "image_name", "settings_key",
-                          "reference_files", "results_of", "ROLES")
