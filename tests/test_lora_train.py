@@ -306,3 +306,32 @@ def test_compressed_training_only_moves_the_new_factors_and_merges_byte_identica
             assert torch.equal(a.lowrank_down[:b.rank], b.lowrank_down)
         up, down = lora.layers[name].factors(1.0)
         assert torch.equal(a.lowrank_up[:, b.rank:], up.half())
+
+
+def test_sd_family_with_v_prediction_trains(tmp_path, images, ref_model_path):
+    """SD 1.x/2.x layout (one text encoder, no size conditioning), its scheduler set to v-prediction as SD 2.x's."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from pocketsd.palettize.lora import read_lora
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=16, block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=16,
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=64,
+                                attention_head_dim=2)
+    scheduler = EulerDiscreteScheduler.from_pretrained(ref_model_path / "scheduler", prediction_type="v_prediction")
+    StableDiffusionPipeline(
+        vae=AutoencoderKL.from_pretrained(ref_model_path / "vae"), unet=unet,
+        text_encoder=CLIPTextModel.from_pretrained(ref_model_path / "text_encoder", dtype=torch.float32),
+        tokenizer=CLIPTokenizer.from_pretrained(ref_model_path / "tokenizer"), scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False).save_pretrained(tmp_path / "sd")
+    out = tmp_path / "sd.safetensors"
+    argv = ["lora", "train", "--images", str(images), "--model", str(tmp_path / "sd"), "--out", str(out),
+            "--steps", "2", "--preview-steps", "2"] + [a for a in FAST if a not in ("--preview-every", "0")]
+    assert cli(argv + ["--preview-every", "2"]) == 0
+    lora = read_lora(out)
+    assert lora.layers and all(n.startswith(("down_blocks", "up_blocks", "mid_block")) for n in lora.layers)
+    assert (tmp_path / "sd.previews" / "step_000002.png").is_file()
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["model"]["family"] == "sd" and all(np.isfinite(report["curve"]))

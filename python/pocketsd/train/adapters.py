@@ -137,8 +137,10 @@ def lora_config(rank: int, alpha: float, targets: list[str]):
 
 
 def add_lora(model: nn.Module, rank: int, alpha: float, targets: list[str], seed: int) -> list[nn.Parameter]:
-    """Freeze `model` and give it one LoRA adapter (diffusers' / transformers' `add_adapter`); returns the new
-    factors, the only trainable parameters. The factors' initial values depend only on `seed`."""
+    """Freeze `model` and give it one LoRA adapter; returns the new factors, the only trainable parameters. The
+    factors' initial values depend only on `seed`."""
+    from peft import inject_adapter_in_model
+
     model.requires_grad_(False)
     config = lora_config(rank, alpha, targets)
     compressed = [m for m in model.modules() if isinstance(m, CompressedLayer)]
@@ -147,7 +149,8 @@ def add_lora(model: nn.Module, rank: int, alpha: float, targets: list[str], seed
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # PEFT's gaussian init draws from the global generator
-            model.add_adapter(config)
+            # PEFT's own injection (what diffusers' `add_adapter` calls; transformers 5's wants a PEFT not yet released)
+            inject_adapter_in_model(config, model)
     finally:
         for layer in compressed:
             del layer.qweight

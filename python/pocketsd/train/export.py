@@ -2,7 +2,7 @@
 
 `unet.<module>.lora_A.weight` (down, r × in[·k·k]), `unet.<module>.lora_B.weight` (up), fp16, with PEFT's adapter
 config (r, lora_alpha, target_modules) in the safetensors header, written by diffusers' own `save_lora_weights`
-as its training scripts do; text-encoder factors (when trained) under `text_encoder.` / `text_encoder_2.`.
+as its training scripts do (with PEFT's key names kept); text-encoder factors (when trained) under `text_encoder.` / `text_encoder_2.`.
 The file is written beside `out` and renamed into place. The UNet part is then read back through
 `palettize.lora.read_lora`, the reader every other command uses, so a file that would not load is never left.
 """
@@ -21,10 +21,9 @@ from .adapters import TEXT_TARGETS, UNET_TARGETS, lora_state_dict
 
 
 def _fp16(layers: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    from diffusers.utils import convert_state_dict_to_diffusers
-
-    return {k: v.detach().cpu().to(torch.float16).contiguous()
-            for k, v in convert_state_dict_to_diffusers(layers).items()}
+    # PEFT's own key names, kept as they are (diffusers' convert_state_dict_to_diffusers would rename the attention
+    # layers to the older `.lora.down/.lora.up`, mixing two spellings in one file); diffusers loads these directly.
+    return {k: v.detach().cpu().to(torch.float16).contiguous() for k, v in layers.items()}
 
 
 def write_lora(out: Path, comps: ModelComponents, modules: dict[str, torch.nn.Module], rank: int, alpha: float) -> int:

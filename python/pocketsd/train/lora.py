@@ -39,6 +39,22 @@ def _peak_rss_mb() -> float:
     return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
 
+def _rss_mb() -> float:
+    import psutil
+
+    return round(psutil.Process().memory_info().rss / 2**20, 1)
+
+
+def _held_bytes(module: torch.nn.Module) -> int:
+    """Bytes of every tensor a module holds (parameters and buffers, derived ones included)."""
+    seen, total = set(), 0
+    for t in list(module.parameters()) + list(module.buffers()):
+        if id(t) not in seen:
+            seen.add(id(t))
+            total += t.numel() * t.element_size()
+    return total
+
+
 def _cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -158,6 +174,9 @@ def train_lora(opts: TrainOptions, on_progress: Progress | None = None, log: Cal
     prepared = prepare_images(examples, resolution)
     device = opts.device
     import diffusers
+    import peft  # noqa: F401  (imported here so the RSS below is the libraries' alone)
+
+    rss_before_weights = _rss_mb()
 
     # Frozen inputs, computed once: latent distributions, and text embeddings unless the encoders learn too.
     means, stds = encode_latents(comps, prepared.pixels, device)
@@ -200,10 +219,14 @@ def train_lora(opts: TrainOptions, on_progress: Progress | None = None, log: Cal
     state = ckpt.TrainState()
     if ck_dir.exists():
         state = ckpt.load(ck_dir, named, optimizer, generator, settings)
+        if state.step > opts.steps:
+            raise BadInput(f"the checkpoint at {ck_dir} is at step {state.step}, past --steps {opts.steps}; "
+                           f"give --steps ≥ {state.step}")
         log(f"resumed from {ck_dir} at step {state.step}")
     elif opts.resume:
         log(f"no checkpoint at {ck_dir}; starting at step 0")
     n_params = sum(p.numel() for p in named.values())
+    unet_bytes_held = _held_bytes(unet)
     previews: list[str] = []
     preview_seconds = 0.0
 
@@ -284,6 +307,7 @@ def train_lora(opts: TrainOptions, on_progress: Progress | None = None, log: Cal
         "preview_seconds": round(preview_seconds, 2), "previews": previews,
         "process_seconds": round(time.time() - started, 2), "process_cpu_seconds": round(_cpu_seconds() - cpu_started, 2),
         "peak_rss_mb": _peak_rss_mb(), "memory_method": "getrusage ru_maxrss (process lifetime)",
+        "rss_before_weights_mb": rss_before_weights, "unet_bytes_held": unet_bytes_held,
     }
     write_json(opts.report_path, report)
     return report
