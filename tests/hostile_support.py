@@ -211,3 +211,22 @@ def read_only_folder(base: Path) -> Path:
         folder.chmod(0o555)
         return folder
     return Path("/sys/kernel")
+
+
+# ---- kill tests: a forkserver child runs the CLI and SIGKILLs itself at a kill point ----------------------------
+def cli_child(argv: list[str], cwd: str, env: dict[str, str], log: str) -> None:
+    """Runs in a process forked from a server that already imported torch/diffusers/coremltools (seconds saved per
+    kill); its output goes to `log`. `pocketsd.artifacts.atomic.kill_point` reads POCKETSD_KILL_AT."""
+    import sys
+
+    os.environ.update(env)
+    os.chdir(cwd)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    from pocketsd.cli import main
+
+    code = main(argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -208,6 +208,8 @@ CASES = [
          "scale nan must be a finite number"),
     Case("convert-size-99968", V("--model", attr("tiny"), "--size", "99968x99968", "--out", "b"), "over the 4096 px"),
     Case("convert-only-unknown", V("--model", attr("tiny"), "--only", "Foo", "--out", "b"), "unknown component 'Foo'"),
+    Case("convert-truncated-unet", V("--model", attr("trunc"), "--out", "b"),
+         "diffusion_pytorch_model.safetensors is not a readable safetensors"),
     Case("convert-model-bundle", V("--model", attr("bundle_flipped"), "--out", "b"), "is already a Core ML bundle"),
     # ---- the command line itself ------------------------------------------------------------------------
     Case("unknown-command", lambda w, cwd: ["fly"], "invalid choice: 'fly'"),
@@ -440,3 +442,13 @@ def test_console_script_one_line_and_no_file(tmp_path, ws):
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "is an existing file" in proc.stderr
     assert diff(before, snapshot(ws.root, tmp_path)) == []
+
+
+def test_convert_prints_only_its_own_lines(tmp_path, ws):
+    """coremltools' version notices, tqdm bars over ops and passes and torch's FutureWarnings stay behind --debug:
+    a real conversion's stderr is our log alone."""
+    proc = subprocess.run([sys.executable, "-m", "pocketsd", "convert", "--model", str(ws.tiny), "--out", str(tmp_path / "b"),
+                           "--only", "TextEncoder"], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert lines and all(line.startswith("TextEncoder: ") for line in lines), lines

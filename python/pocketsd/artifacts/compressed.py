@@ -238,8 +238,8 @@ class CompressedModel:
         path = self.folder / record.weights
         if not path.is_file():
             raise BadInput(f"{self.folder} lacks {record.weights}; the compressed folder is incomplete, re-run `pocketsd compress`")
-        if verify:
-            self.verify([record.weights])
+        if verify:  # the weights and the component's config, streamed through sha256 before anything parses them
+            self.verify([record.weights] + [rel for rel in self.files if rel.startswith(f"{component}/")])
         try:
             return load_file(str(path), device=device)
         except (SafetensorError, OSError, RuntimeError) as exc:

@@ -24,10 +24,11 @@ from typing import Iterable
 from ..errors import BadInput
 from .manifest import COMPRESSED, COREML, MANIFEST
 
-IMAGE, REPORT, FILE = "image", "report", "file"  # file kinds (COMPRESSED and COREML are folder kinds)
+IMAGE, REPORT, LORA, FILE = "image", "report", "lora", "file"  # file kinds (COMPRESSED and COREML are folders)
 FOLDER_KINDS = (COMPRESSED, COREML)
 _NAMES = {COMPRESSED: "compressed model folder", COREML: "Core ML bundle", IMAGE: "PNG image",
-          REPORT: "generation report", FILE: "file"}
+          REPORT: "generation report", LORA: "LoRA file", FILE: "file"}
+LORA_MARKER = "pocketsd_version"  # safetensors metadata key a LoRA written by `pocketsd lora train` carries
 _CLEARED: set[Path] = set()  # existing targets this process's guard accepted (atomic_dir may replace them)
 
 
@@ -129,6 +130,14 @@ def written_by_pocketsd(path: Path, kind: str) -> bool:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             return False
         return isinstance(data, dict) and "pocketsd_version" in data and "seed" in data
+    if kind == LORA:
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as fh:
+                return LORA_MARKER in (fh.metadata() or {})
+        except Exception:  # not a safetensors file at all (safetensors raises its own types): not ours
+            return False
     return False
 
 

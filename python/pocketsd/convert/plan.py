@@ -14,7 +14,7 @@ from types import SimpleNamespace
 from ..artifacts import COMPRESSED, COREML
 from ..artifacts import bundle as names
 from ..artifacts.compressed import read_compressed_model
-from ..artifacts.model_folder import detect_family, read_config
+from ..artifacts.model_folder import check_weight_files, detect_family, read_config
 from ..artifacts.outputs import check_out
 from ..errors import BadInput
 from ..models import model_folder, resolve_model
@@ -161,6 +161,7 @@ def make_plan(opts: ConvertOptions) -> ConvertPlan:
     if kind == "diffusers" and not (path / "unet" / "config.json").is_file():
         raise BadInput(f"{opts.model} has no UNet (no unet/config.json); give a full SD/SDXL pipeline folder")
     family = detect_family(path)
+    check_weight_files(path)  # a truncated download fails now, naming the file, not after converting other packages
     compressed_components: set[str] = set()
     if kind == COMPRESSED:
         compressed = read_compressed_model(path)

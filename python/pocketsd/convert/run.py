@@ -48,7 +48,7 @@ def prepare_bundle(plan: ConvertPlan) -> tuple[dict, dict]:
     """(previous manifest for resuming, the new manifest with everything the pipeline needs recorded)."""
     plan.resources.mkdir(parents=True, exist_ok=True)
     # Left by a run killed too hard to clean up after itself (SIGKILL, power loss).
-    for stale in [*plan.resources.glob(".*.tmp-*"), *plan.out.glob(".unet-functions-*")]:
+    for stale in [*plan.resources.glob(".*.tmp-*"), *plan.resources.glob(".*.old-*"), *plan.out.glob(".unet-functions-*")]:
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink()
     previous = load_partial_manifest(plan.out)
     manifest = B.base_manifest({"spec": plan.spec, "path": str(plan.source), "kind": plan.kind}, plan.opts)
@@ -134,6 +134,15 @@ def compile_bundle(plan: ConvertPlan, manifest: dict, log: Log) -> None:
     manifest["compiled"] = True
 
 
+def _unlist(plan: ConvertPlan, manifest: dict, packages: list[str]) -> None:
+    """A package about to be rewritten leaves the manifest first: a run killed half-way leaves a bundle that lacks
+    it (the next run converts it) rather than one whose manifest lists a digest the new package does not match."""
+    if any(p in manifest["components"] for p in packages):
+        for p in packages:
+            manifest["components"].pop(p, None)
+        write_bundle_manifest(plan.out, manifest)
+
+
 def convert_bundle(opts: B.ConvertOptions, log: Log = print, progress=None) -> dict:
     """Run the stage; returns the written manifest. `progress(name)` is called after each package."""
     from .unet_job import convert_unet, unet_fingerprint
@@ -149,6 +158,7 @@ def convert_bundle(opts: B.ConvertOptions, log: Log = print, progress=None) -> d
         if not opts.force and B.component_done(plan.out, previous, package, fingerprint):
             log(f"{package}: already converted (sha256 matches), skipping; --force to redo")
         else:
+            _unlist(plan, manifest, [package])
             convert_component(plan, manifest, package, precision=precision, build=build, fingerprint=fingerprint,
                               log=log)
             write_bundle_manifest(plan.out, manifest)
@@ -160,6 +170,7 @@ def convert_bundle(opts: B.ConvertOptions, log: Log = print, progress=None) -> d
         if not opts.force and all(B.component_done(plan.out, previous, n, fingerprint) for n in unet_packages):
             log(f"{' + '.join(unet_packages)}: already converted (sha256 matches), skipping; --force to redo")
         else:
+            _unlist(plan, manifest, unet_packages)
             convert_unet(plan, manifest, fingerprint, log)
             # A bundle holds either Unet or the chunks (Swift prefers chunks): drop the other kind once the new one is in.
             for stale in ({names.UNET} if opts.chunk_unet else set(names.UNET_CHUNKS)):
