@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..artifacts import atomic_dir, atomic_file, folder_bytes
-from ..artifacts.bundle import MERGES, RESOURCES, VOCAB, stage_of
+from ..artifacts.bundle import CONTROLNET_DIR, MERGES, RESOURCES, VOCAB, stage_of
 from ..artifacts.integrity import tree_sha256
 from ..errors import BadInput
 
@@ -155,8 +155,11 @@ def compile_on_macos(package: Path) -> Path | None:
 
 def compile_hint(out: Path) -> str:
     res = Path(out) / RESOURCES
+    extra = ""
+    if any((res / CONTROLNET_DIR).glob("*.mlpackage")):  # ControlNets compile beside their packages
+        extra = f"; for p in {CONTROLNET_DIR}/*.mlpackage; do xcrun coremlcompiler compile \"$p\" {CONTROLNET_DIR}; done"
     return (f"Core ML packages need compiling on a Mac for Apple's Swift pipeline: "
-            f"cd {res} && for p in *.mlpackage; do xcrun coremlcompiler compile \"$p\" .; done")
+            f"cd {res} && for p in *.mlpackage; do xcrun coremlcompiler compile \"$p\" .; done{extra}")
 
 
 def base_manifest(source: dict, opts: ConvertOptions) -> dict:
