@@ -50,10 +50,10 @@ def _row(label: str, manifest: dict, compressed: dict | None) -> dict:
                               "peak_rss_mb": c["peak_rss_mb"]} for n, c in comps.items()},
            "unet_bytes": sum(comps[n]["bytes"] for n in unet_names), "unet_weight_blob_bytes": unet_blob}
     if compressed:
-        acc = compressed["accounting"]
+        acc = compressed["components"]["unet"]["accounting"]
         row.update(accounting_bytes=acc["total_bytes"], bits_per_param=acc["bits_per_param"],
                    blob_vs_accounting=unet_blob / acc["total_bytes"],
-                   unet_bits_per_param_in_bundle=8 * unet_blob / acc["unet_params"])
+                   unet_bits_per_param_in_bundle=8 * unet_blob / acc["params"])
     return row
 
 

@@ -59,7 +59,8 @@ def child(config: str, model: str, folder: str | None, steps: int, ref_out: str 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     from diffusers import UNet2DConditionModel
 
-    from pocketsd.palettize.artifact import load_compressed_unet
+    from pocketsd.artifacts.compressed import read_compressed_model
+    from pocketsd.models.components import load_compressed_component
 
     rss0 = _rss_mb()
     t0 = time.perf_counter()
@@ -67,7 +68,8 @@ def child(config: str, model: str, folder: str | None, steps: int, ref_out: str 
         unet = UNet2DConditionModel.from_pretrained(Path(model) / "unet", torch_dtype=torch.float16).float().eval()
     else:
         mode = "dense" if config == "dense" else "packed"
-        unet = load_compressed_unet(folder, mode, int4_kernel=config == "packed+int4mm")
+        unet = load_compressed_component(read_compressed_model(folder), "unet", mode,
+                                         int4_kernel=config == "packed+int4mm")
     load_s = time.perf_counter() - t0
     rss_loaded = _rss_mb()
     held = sum(t.numel() * t.element_size() for t in list(unet.parameters()) + list(unet.buffers()))
@@ -158,8 +160,9 @@ def main() -> None:
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
         "compress_s": timings,
         "compressed": {n: {"recipe": m["recipe"]["name"], "quantizer": m["recipe"]["quantizer"],
-                           "bits_per_param": m["accounting"]["bits_per_param"],
-                           "unet_bytes": m["accounting"]["total_bytes"]} for n, m in manifests.items()},
+                           "bits_per_param": m["components"]["unet"]["accounting"]["bits_per_param"],
+                           "unet_bytes": m["components"]["unet"]["accounting"]["total_bytes"]}
+                       for n, m in manifests.items()},
         "summary": summary, "runs": runs,
     }
     RESULTS.mkdir(exist_ok=True)

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "python"))
 
 from pocketsd.artifacts import write_json  # noqa: E402
 from pocketsd.palettize.allocate import layer_bytes  # noqa: E402
-from pocketsd.palettize.format import INT, PALETTE  # noqa: E402
+from pocketsd.artifacts.compressed import INT, PALETTE  # noqa: E402
 from pocketsd.palettize.quantizers import QuantSpec  # noqa: E402
 from pocketsd.palettize.recipes import FIXED, compressible_layers  # noqa: E402
 

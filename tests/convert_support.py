@@ -115,3 +115,27 @@ def compressed_unet(folder: Path, mode: str = "dense"):
     from pocketsd.models.components import load_compressed_component
 
     return load_compressed_component(read_compressed_model(folder), "unet", mode)
+
+
+def compress_text_encoders(model_path: Path, out: Path, recipe: str = "w4r0") -> Path:
+    """`model_path` (a compressed or plain folder) with both text encoders compressed by the project's compressor
+    (fixed recipe, no calibration: weight-space error) — seconds on the reference model's encoders."""
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from pocketsd.artifacts.compressed import is_compressed, read_compressed_model
+    from pocketsd.palettize.compress import compress_network
+    from pocketsd.palettize.layer import compressed_layers
+    from pocketsd.palettize.recipes import make_recipe
+
+    payloads = {}
+    for name, cls in (("text_encoder", CLIPTextModel), ("text_encoder_2", CLIPTextModelWithProjection)):
+        encoder = cls.from_pretrained(Path(model_path) / name, dtype=torch.float32).eval()
+        report = compress_network(encoder, make_recipe(recipe))
+        payloads[name] = ComponentPayload(compressed_state_dict(encoder), encoder.config.to_dict(),
+                                          [l.record() for l in compressed_layers(encoder).values()],
+                                          report.fp16_layers, "transformers", cls.__name__, report.recipe)
+    keep = {}
+    if is_compressed(Path(model_path)):
+        keep = {n: c.to_dict() for n, c in read_compressed_model(Path(model_path)).components.items()}
+    write_compressed_model(Path(out), Path(model_path), payloads, source={"path": str(model_path)}, keep=keep)
+    return Path(out)

@@ -235,3 +235,19 @@ def test_folder_without_unet(tiny_model, tmp_path, capsys):
     assert "no UNet" in capsys.readouterr().err
     with pytest.raises(BadInput):
         convert_bundle(ConvertOptions(model=str(broken), out=tmp_path / "b2"))
+
+
+def test_compressed_text_encoders_convert_as_exact_constexpr_ops(compressed_model, tmp_path):
+    """Compressed text encoders land in TextEncoder/TextEncoder2 as our codes, read back bit for bit."""
+    from convert_support import compress_text_encoders
+
+    folder = compress_text_encoders(compressed_model, tmp_path / "te")
+    assert main(["convert", "--model", str(folder), "--out", str(tmp_path / "b"), "--only", "TextEncoder,TextEncoder2",
+                 "--quiet"]) == 0
+    m = _manifest(tmp_path / "b")
+    for package in ("TextEncoder", "TextEncoder2"):
+        entry = m["components"][package]
+        assert entry["verify"]["bit_exact"] and entry["verify"]["layers_matched"] > 10
+        assert entry["census"]["functions"]["main"]["constexpr"].get("constexpr_lut_to_dense", 0) > 10
+    sources = m["compressed_source"]["components"]
+    assert {"unet", "text_encoder", "text_encoder_2"} <= set(sources)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -235,3 +236,69 @@ def test_merged_lora_tracks_fp16_with_fused_lora(compressed_folder, ref_pipeline
     packed = load_compressed_unet(compressed_folder, mode="packed")
     L.apply_loras(packed, L.load_loras(spec))
     assert latent_psnr(_first_latents(pipe, comp_lora), _first_latents(pipe, packed)) > 40
+
+
+def _text_encoder_lora(path: Path, ref_pipeline) -> Path:
+    """kohya-style keys for one layer of each text encoder and one UNet layer (random small factors)."""
+    te1, te2 = ref_pipeline.text_encoder, ref_pipeline.text_encoder_2
+    # transformers 5 dropped CLIP's `text_model` wrapper; LoRA files still name it
+    q = getattr(te1, "text_model", te1).encoder.layers[0].self_attn.q_proj
+    fc1 = getattr(te2, "text_model", te2).encoder.layers[1].mlp.fc1
+    g = torch.Generator().manual_seed(3)
+    sd = {"lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": torch.randn(4, q.in_features, generator=g) * 0.05,
+          "lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight": torch.randn(q.out_features, 4, generator=g) * 0.05,
+          "lora_te1_text_model_encoder_layers_0_self_attn_q_proj.alpha": torch.tensor(4.0),
+          "lora_te2_text_model_encoder_layers_1_mlp_fc1.lora_down.weight": torch.randn(4, fc1.in_features, generator=g) * 0.05,
+          "lora_te2_text_model_encoder_layers_1_mlp_fc1.lora_up.weight": torch.randn(fc1.out_features, 4, generator=g) * 0.05,
+          "lora_te2_text_model_encoder_layers_1_mlp_fc1.alpha": torch.tensor(2.0)}
+    # the UNet layer in kohya's spelling too: real files use one key format throughout
+    w = ref_pipeline.unet.get_submodule(ATTN).weight
+    kohya = "lora_unet_" + ATTN.replace(".", "_")
+    sd[f"{kohya}.lora_down.weight"] = torch.randn(4, w.shape[1], generator=g) * 0.05
+    sd[f"{kohya}.lora_up.weight"] = torch.randn(w.shape[0], 4, generator=g) * 0.05
+    sd[f"{kohya}.alpha"] = torch.tensor(4.0)
+    save_file(sd, path)
+    return path
+
+
+def test_text_encoder_layers_are_read_and_merged_without_requantizing(tmp_path, compressed_folder, ref_pipeline):
+    from convert_support import compressed_unet_layers  # noqa: F401  (the same reader the UNet test uses)
+
+    from pocketsd.artifacts.compressed import read_compressed_model
+    from pocketsd.models.components import load_compressed_component
+    from pocketsd.palettize.layer import compressed_layers
+
+    path = _text_encoder_lora(tmp_path / "te.safetensors", ref_pipeline)
+    lora = L.read_lora(path)
+    assert set(lora.components) == {"unet", "text_encoder", "text_encoder_2"}
+    assert list(lora.components["text_encoder"]) == ["text_model.encoder.layers.0.self_attn.q_proj"]
+    assert lora.components["text_encoder_2"]["text_model.encoder.layers.1.mlp.fc1"].alpha == 2.0
+    before = read_compressed_model(compressed_folder)
+    assert {"text_encoder", "text_encoder_2"} <= set(before.components)  # compress's default components
+    out = tmp_path / "merged"
+    assert cli(["lora", "merge", "--model", str(compressed_folder), "--lora", str(path), "--out", str(out)]) == 0
+    after = read_compressed_model(out)
+    assert {r["component"] for r in after.manifest["loras"]} == {"unet", "text_encoder", "text_encoder_2"}
+    file_name = "text_model.encoder.layers.0.self_attn.q_proj"
+    name = file_name if hasattr(ref_pipeline.text_encoder, "text_model") else file_name[len("text_model."):]
+    b0 = compressed_layers(load_compressed_component(before, "text_encoder", "packed"))[name]
+    a0 = compressed_layers(load_compressed_component(after, "text_encoder", "packed"))[name]
+    assert a0.rank == b0.rank + 4 and torch.equal(a0.residual(), b0.residual())
+    delta = a0.effective_weight() - b0.effective_weight()
+    torch.testing.assert_close(delta, lora.components["text_encoder"][file_name].delta(b0.shape), rtol=2e-2, atol=2e-4)
+    for component in ("text_encoder", "text_encoder_2"):  # residual tensors byte for byte
+        with safe_open(str(compressed_folder / before.components[component].weights), "pt") as f0, \
+                safe_open(str(out / after.components[component].weights), "pt") as f1:
+            for k in (k for k in f0.keys() if k.rsplit(".", 1)[1] in ("codes", "lut", "scales")):
+                assert f0.get_tensor(k).numpy().tobytes() == f1.get_tensor(k).numpy().tobytes(), k
+
+
+def test_generate_applies_text_encoder_layers_of_a_lora(tmp_path, ref_model_path, ref_pipeline):
+    path = _text_encoder_lora(tmp_path / "te.safetensors", ref_pipeline)
+    out = tmp_path / "img.png"
+    assert cli(["generate", "a red circle on a white background", "--model", str(ref_model_path), "--lora", str(path),
+                "--steps", "2", "--out", str(out), "--quiet"]) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    by_component = {r["component"]: r for r in report["loras"]}
+    assert by_component["text_encoder"]["dense_fused"] == 1 and by_component["text_encoder_2"]["dense_fused"] == 1
+    assert by_component["unet"]["layers"] == 1

@@ -156,6 +156,22 @@ def _add_compress(sub) -> None:
                    help=f"sampling steps per calibration prompt (default {C.steps})")
     p.add_argument("--calib-timesteps", default=C.timesteps, choices=["all", "first25", "last25"],
                    help="record layer inputs over all timesteps or only the first/last quarter of sampling")
+    p.add_argument("--distill-steps", type=int, default=R.distill_steps,
+                   help=f"after quantizing, train the UNet's low-rank factors, tables and biases against the fp16 "
+                        f"UNet for this many steps, codes frozen (default {R.distill_steps}; 0: off)")
+    p.add_argument("--distill-minutes", type=float, default=R.distill_minutes,
+                   help=f"stop distilling after this many minutes of wall clock (default {R.distill_minutes:g})")
+    p.add_argument("--distill-tensors", default=",".join(R.distill_tensors),
+                   help="which small tensors to train: any of lowrank, table (palette tables or int4 scales), bias "
+                        f"(default {','.join(R.distill_tensors)})")
+    p.add_argument("--distill-lr", type=float, default=R.distill_lr,
+                   help=f"Adam step relative to each tensor's RMS (default {R.distill_lr:g})")
+    p.add_argument("--distill-batch", type=int, default=R.distill_batch,
+                   help=f"(unconditional, conditional) pairs per step (default {R.distill_batch})")
+    p.add_argument("--distill-seed", type=int, default=R.distill_seed, help="distillation seed (default 0)")
+    p.add_argument("--max-unet-evals", type=int, default=C.max_unet_evaluations,
+                   help=f"UNet evaluations at native size that calibration and the budget's probes may take "
+                        f"(default {C.max_unet_evaluations}; probes use fewer samples or half the latent size to fit)")
     p.add_argument("--components", default="unet,text_encoder,text_encoder_2",
                    help="what to compress: any of unet, text_encoder, text_encoder_2, vae (default: the UNet and "
                         "both text encoders)")
@@ -177,7 +193,10 @@ def _run_compress(args) -> int:
     from .ui import task_progress
 
     recipe = make_recipe(args.recipe, args.bits_budget, args.quantizer, args.group_size, args.block_size,
-                         smoothing=not args.no_smoothing, refine_iters=args.refine_iters)
+                         smoothing=not args.no_smoothing, refine_iters=args.refine_iters,
+                         distill_steps=args.distill_steps, distill_minutes=args.distill_minutes,
+                         distill_tensors=args.distill_tensors, distill_lr=args.distill_lr,
+                         distill_batch=args.distill_batch, distill_seed=args.distill_seed)
     components = tuple(c.strip() for c in args.components.split(",") if c.strip())
     component_recipes = {
         c: make_recipe(None, getattr(args, f"{c}_bits_budget"), args.quantizer, args.group_size, args.block_size,
@@ -185,11 +204,12 @@ def _run_compress(args) -> int:
         for c in ("text_encoder", "text_encoder_2", "vae") if getattr(args, f"{c}_bits_budget") is not None}
     opts = CompressOptions(out=Path(args.out), model=args.model, recipe=recipe,
                            calibration=CalibrationSettings(count=args.calib_count, steps=args.calib_steps,
-                                                           timesteps=args.calib_timesteps),
+                                                           timesteps=args.calib_timesteps,
+                                                           max_unet_evaluations=args.max_unet_evals),
                            calib_prompts=Path(args.calib_prompts) if args.calib_prompts else None, force=args.force,
                            components=components, component_recipes=component_recipes)
     with task_progress(not args.quiet) as on_progress:
-        manifest = compress_model(opts, on_progress)
+        manifest = compress_model(opts, on_progress, on_note=lambda m: print(f"pocketsd: {m}", file=sys.stderr))
     print(summary_line(manifest))
     print(f"wrote {args.out} (took {sum(manifest['timings_s'].values()):.0f} s); inspect it with `pocketsd info {args.out}`")
     return 0
@@ -324,10 +344,26 @@ def _add_convert(sub) -> None:
     p.set_defaults(func=_run_convert)
 
 
+def _quiet_converter() -> None:
+    """coremltools and torch.export print 40–60 lines per package (version notices, tqdm bars over ops and passes,
+    int64→int32 notes, FutureWarnings); our own log and bar say what is happening, so the last line stays ours.
+    `pocketsd --debug convert …` (or POCKETSD_DEBUG=1) shows them all."""
+    import logging
+    import warnings
+
+    if os.environ.get("POCKETSD_DEBUG") or "--debug" in sys.argv[1:]:
+        return
+    logging.getLogger("coremltools").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
 def _run_convert(args) -> int:
     from pathlib import Path
 
     _quiet_libraries()
+    _quiet_converter()
     from .convert.bundle import ConvertOptions
     from .ui import convert_with_progress
 
@@ -532,6 +568,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or bool(os.environ.get("POCKETSD_DEBUG"))
+    if not debug:
+        # Library tqdm bars (coremltools' op and pass bars) off: our rich bars say the same. tqdm ≥ 4.66 reads
+        # TQDM_* defaults when it is first imported, so this must come before any library import.
+        os.environ.setdefault("TQDM_DISABLE", "1")
     try:
         args = build_parser().parse_args(argv)
         _quiet_libraries()

@@ -1,6 +1,8 @@
 """`pocketsd compress`: a model folder → a compressed model folder, as named steps.
 
-    check_inputs → load → check_budget → calibrate → compress (per component) → write
+    check_inputs → load → check_budget → calibrate → record_teacher → compress (per component) → distill → write
+
+(record_teacher and distill run for the UNet when its recipe asks for distillation: `palettize.distill`.)
 
 Everything that can be checked without loading weights is checked first; the folder is written atomically.
 """
@@ -20,8 +22,10 @@ from ..artifacts.outputs import check_out
 from ..errors import BadInput
 from ..models import model_folder, resolve_model
 from ..palettize.calibrate import CalibrationSettings, calibrate
-from ..palettize.compress import check_budget, compress_network, progress_total
+from ..palettize.compress import ProbePlan, check_budget, compress_network, plan_probes, progress_total
+from ..palettize.distill import distill, record_teacher
 from ..palettize.layer import compressed_layers, compressed_state_dict
+from ..palettize.quantizers import BITS
 from ..palettize.recipes import Recipe, compressible_layers
 from .prompts import calibration_prompts
 
@@ -90,8 +94,42 @@ def _pipeline(folder: Path):
         raise BadInput(f"could not load the model in {folder}: {first[:200]}") from None
 
 
-def compress_model(opts: CompressOptions, on_progress: Progress | None = None) -> dict:
-    """Run the stage; returns the written manifest (with per-step seconds under "timings_s")."""
+def unet_probe_plan(unet, recipe: Recipe, settings: CalibrationSettings, n_prompts: int) -> ProbePlan | None:
+    """The budget allocator's probe plan for this UNet (None for a fixed recipe, which probes nothing)."""
+    if recipe.bits is not None:
+        return None
+    cfg = unet.config
+    sample = cfg.sample_size if isinstance(cfg.sample_size, (list, tuple)) else (cfg.sample_size, cfg.sample_size)
+    calibration = n_prompts * settings.steps * (2 if settings.guidance > 1 else 1)
+    return plan_probes(len(compressible_layers(unet)[0]), calibration, BITS[recipe.quantizer],
+                       settings.unet_calls * settings.unet_call_rows, tuple(sample),
+                       2 ** (len(cfg.down_block_types) - 1), settings.max_unet_evaluations)
+
+
+def seconds_per_evaluation(unet) -> float:
+    """One UNet forward on one sample at its native size, timed (what the estimate multiplies)."""
+    import torch
+
+    cfg = unet.config
+    side = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+    x = torch.randn(1, cfg.in_channels, side, side)
+    ehs = torch.randn(1, 77, cfg.cross_attention_dim)
+    kwargs = {}
+    if cfg.addition_embed_type == "text_time":
+        pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
+        kwargs["added_cond_kwargs"] = {"text_embeds": torch.randn(1, pooled), "time_ids": torch.zeros(1, 6)}
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        unet(x, torch.tensor([500.0]), ehs, return_dict=False, **kwargs)
+    return time.perf_counter() - t0
+
+
+def compress_model(opts: CompressOptions, on_progress: Progress | None = None,
+                   on_note: Callable[[str], None] | None = None) -> dict:
+    """Run the stage; returns the written manifest (with per-step seconds under "timings_s").
+
+    on_note(message): the plan (UNet evaluations and a time estimate) before the heavy work starts."""
+    note = on_note or (lambda message: None)
     tick = on_progress or (lambda task, n, total, detail="": None)
     folder, spec = check_inputs(opts)
     prompts = calibration_prompts(folder, opts.calibration, opts.calib_prompts)
@@ -104,15 +142,33 @@ def compress_model(opts: CompressOptions, on_progress: Progress | None = None) -
         check_budget(network, opts.recipe_for(name), what=f"the {name}")
     timings["load"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
     settings = opts.calibration
+    plan = unet_probe_plan(networks["unet"], opts.recipe_for("unet"), settings, len(prompts)) \
+        if "unet" in networks else None
+    if plan is not None:
+        per_eval = seconds_per_evaluation(networks["unet"])
+        over = " — over the limit even at the cheapest probe" if plan.total > plan.limit else ""
+        note(f"plan: {plan.describe()}{over}; about {plan.total * per_eval / 60:.0f} min of UNet time here "
+             f"({per_eval:.2f} s per evaluation)")
+
+    t0 = time.perf_counter()
     layers = {name: compressible_layers(network)[0] for name, network in networks.items()}
     calls = math.ceil(len(prompts) / settings.batch_size) * settings.steps
     encoders = {name: layers[name] for name in networks if name.startswith("text_encoder")}
     calib = calibrate(pipe, layers.get("unet", {}), prompts, settings.steps, settings.timesteps,
                       settings.rows_per_layer, settings.batch_size, settings.guidance, settings.seed,
-                      progress=lambda n: tick("calibrating", n, calls, ""), encoder_modules=encoders)
+                      progress=lambda n: tick("calibrating", n, calls, ""), encoder_modules=encoders,
+                      unet_calls=settings.unet_calls, unet_call_rows=settings.unet_call_rows)
     timings["calibrate"] = time.perf_counter() - t0
+
+    # distillation's teacher: the fp16 pipeline's UNet calls and outputs, recorded before anything is compressed
+    teacher, distill_settings = None, None
+    if "unet" in networks and opts.recipe_for("unet").distill_steps:
+        distill_settings = opts.recipe_for("unet").distill_settings(settings.guidance)
+        t0 = time.perf_counter()
+        teacher = record_teacher(pipe, prompts, settings.steps, settings.guidance, settings.batch_size, settings.seed,
+                                 progress=lambda n: tick("recording fp16 outputs", n, calls, ""))
+        timings["record_teacher"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     payloads = {}
@@ -122,15 +178,26 @@ def compress_model(opts: CompressOptions, on_progress: Progress | None = None) -
         recipe = opts.recipe_for(name)
         total = progress_total(network, recipe)
         report = compress_network(network, recipe, component_calib,
-                                  lambda n, detail="", task=f"compressing {name}": tick(task, n, total, detail))
+                                  lambda n, detail="", task=f"compressing {name}": tick(task, n, total, detail),
+                                  probe=plan if name == "unet" else None)
         info = {**component_calib.info, **report.allocation} if component_calib is not None else \
             {"note": "no calibration: layer weight error, no smoothing"}
+        if name != "unet":  # distillation trains the UNet only
+            report.recipe["distill_steps"] = 0
+        elif teacher is not None:
+            t1 = time.perf_counter()
+            done = distill(network, teacher, distill_settings,
+                           lambda n, detail="": tick("distilling", n, distill_settings.steps, detail))
+            timings["distill"] = time.perf_counter() - t1
+            info["distillation"] = {**done.to_dict(), "teacher": teacher.info,
+                                    "note": "layer snr_db values were measured before distillation"}
+            teacher = None  # free the recorded calls before the next component
         payloads[name] = ComponentPayload(
             state_dict=compressed_state_dict(network), config=read_config(folder, name),
             layers=[layer.record() for layer in compressed_layers(network).values()], fp16_layers=report.fp16_layers,
             library=type(network).__module__.split(".")[0], class_name=type(network).__name__, recipe=report.recipe,
             calibration=info)
-    timings["compress"] = time.perf_counter() - t0
+    timings["compress"] = time.perf_counter() - t0 - timings.get("distill", 0.0)
     del pipe, networks, calib
 
     t0 = time.perf_counter()

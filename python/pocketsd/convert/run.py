@@ -16,7 +16,6 @@ from typing import Callable
 
 import torch
 
-from ..artifacts import COMPRESSED
 from ..artifacts import bundle as names
 from ..artifacts.bundle import load_partial_manifest, write_bundle_manifest
 from ..artifacts.compressed import read_compressed_model
@@ -63,10 +62,14 @@ def prepare_bundle(plan: ConvertPlan) -> tuple[dict, dict]:
         "tokenizers": _tokenizer_settings(plan),
         "tokenizer": B.write_tokenizer_files(plan.source / "tokenizer", plan.resources),
     })
-    if plan.kind == COMPRESSED:
+    if "unet" in plan.compressed:
         compressed = read_compressed_model(plan.source)
         unet = compressed.components["unet"]
-        manifest["compressed_source"] = {"recipe": unet.recipe, "accounting": unet.accounting}
+        manifest["compressed_source"] = {"recipe": unet.recipe, "accounting": unet.accounting,
+                                         "components": {n: {"recipe": c.recipe.get("name"),
+                                                            "bits_per_param": c.accounting.get("bits_per_param"),
+                                                            "total_bytes": c.accounting.get("total_bytes")}
+                                                        for n, c in compressed.components.items()}}
         for key in ("bundle_unet_blob_bytes", "blob_vs_accounting"):  # kept when the UNet is skipped on resume
             if key in previous.get("compressed_source", {}):
                 manifest["compressed_source"][key] = previous["compressed_source"][key]
@@ -81,23 +84,42 @@ def _vae_precision(plan: ConvertPlan) -> tuple[str, str]:
 
 
 def _component_jobs(plan: ConvertPlan):
-    """(package, precision, build) for every package but the UNet; `build` loads the module only when run."""
+    """(package, precision, build) for every package but the UNet; `build` loads the module only when run and
+    returns (module, inputs, outputs, compressed layers to place as constexpr ops — empty for a dense one)."""
     from diffusers import AutoencoderKL
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
+    from ..models.components import load_compressed_component
+    from ..palettize.layer import compressed_layers
+
     classes = {"TextEncoder": CLIPTextModel, "TextEncoder2": CLIPTextModelWithProjection}
 
+    def load(component: str, cls):
+        if component in plan.compressed:  # our codes, in the layer type's export mode
+            return load_compressed_component(read_compressed_model(plan.source), component, mode="export")
+        kwargs = {"dtype": torch.float32} if cls.__module__.startswith("transformers") else {"torch_dtype": torch.float32}
+        return cls.from_pretrained(plan.source / component, **kwargs).eval()
+
     def text_encoder(package):
-        encoder = classes[package].from_pretrained(plan.source / TEXT_ENCODER_FOLDERS[package], dtype=torch.float32).eval()
+        encoder = load(TEXT_ENCODER_FOLDERS[package], classes[package])
+        if plan.loras:  # a LoRA's text-encoder layers are baked in like its UNet layers
+            from ..palettize.lora import apply_lora_files
+
+            apply_lora_files(encoder, plan.loras, TEXT_ENCODER_FOLDERS[package])
         ins, outs = text_encoder_specs(encoder, xl=plan.is_xl)
-        return TextEncoderModule(encoder, penultimate=plan.is_xl), ins, outs
+        return TextEncoderModule(encoder, penultimate=plan.is_xl), ins, outs, compressed_layers(encoder)
 
     def vae(package):
-        model = AutoencoderKL.from_pretrained(plan.source / "vae", torch_dtype=torch.float32).eval()
+        model = load("vae", AutoencoderKL)
         (dec_in, dec_out), (enc_in, enc_out) = vae_specs(model, plan.image_hw)
-        if package == names.VAE_DECODER:
-            return VAEDecoderModule(model), dec_in, dec_out
-        return VAEEncoderModule(model), enc_in, enc_out
+        module = VAEDecoderModule(model) if package == names.VAE_DECODER else VAEEncoderModule(model)
+        ins, outs = (dec_in, dec_out) if package == names.VAE_DECODER else (enc_in, enc_out)
+        layers = compressed_layers(module)
+        if layers and vae_precision == "float32":
+            # constexpr ops decompress to fp16, which an fp32 VAE (SDXL's overflows in fp16) cannot take as is:
+            # its compressed weights go in dequantized, so the package holds dense fp32 weights
+            return module, ins, outs, {}
+        return module, ins, outs, layers
 
     vae_precision, _ = _vae_precision(plan)
     for package in plan.text_encoders:
@@ -108,16 +130,26 @@ def _component_jobs(plan: ConvertPlan):
 
 def convert_component(plan: ConvertPlan, manifest: dict, package: str, *, precision: str, build, fingerprint: dict,
                       log: Log) -> None:
+    from .mil_weights import CompressedWeights, verify_package
+
     log(f"{package}: converting ({precision})")
     t0 = time.time()
+    extra = {}
     with B.PeakRSS() as rss:
-        module, ins, outs = build()
-        mlmodel = convert_module(module, ins, [o.name for o in outs], plan.opts.target, precision=precision)
+        module, ins, outs, layers = build()
+        weights = CompressedWeights(layers) if layers else None
+        mlmodel = convert_module(module, ins, [o.name for o in outs], plan.opts.target, precision=precision,
+                                 compressed=weights)
+        if weights is not None and weights.missing():  # never ship a compressed layer silently dequantized
+            raise RuntimeError(f"{package}: {len(weights.missing())} compressed layers were not placed as constexpr "
+                               f"ops, e.g. {weights.missing()[0]}")
         target = plan.resources / f"{package}.mlpackage"
         B.save_package_atomically(mlmodel, target)
+        if layers:
+            extra["verify"] = verify_package(target, layers)
         del module, mlmodel
     B.record_package(plan.out, manifest, package, target, inputs=ins, outputs=outs, precision=precision,
-                     seconds=time.time() - t0, peak_mb=rss.peak_mb, fingerprint=fingerprint)
+                     seconds=time.time() - t0, peak_mb=rss.peak_mb, fingerprint=fingerprint, extra=extra)
     log(f"{package}: done in {time.time() - t0:.1f} s, peak RSS {rss.peak_mb:.0f} MB")
 
 

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 
-from ..artifacts import COMPRESSED
 from ..artifacts import bundle as names
 from ..artifacts.bundle import TensorSpec
 from ..artifacts.compressed import read_compressed_model
@@ -43,7 +42,7 @@ def function_name(path: Path) -> str:
 
 def load_unet(plan: ConvertPlan, mode: str = "export"):
     """The UNet in fp32: compressed layers in `mode`, or the plain diffusers model."""
-    if plan.kind == COMPRESSED:
+    if "unet" in plan.compressed:
         return load_compressed_component(read_compressed_model(plan.source), "unet", mode=mode)
     from diffusers import UNet2DConditionModel
 
@@ -166,7 +165,7 @@ def convert_unet(plan: ConvertPlan, manifest: dict, fingerprint: dict, log) -> N
                     raise RuntimeError(f"{len(missing)} compressed layers were not placed as constexpr ops, e.g. {missing[0]}")
                 del unet, layers, steps, parts
         seconds = time.time() - t0
-        reference = compressed_layers(load_unet(plan, mode="packed")) if plan.kind == COMPRESSED else {}
+        reference = compressed_layers(load_unet(plan, mode="packed")) if "unet" in plan.compressed else {}
         for pname in package_names:
             package = plan.resources / f"{pname}.mlpackage"
             if len(variants) == 1:

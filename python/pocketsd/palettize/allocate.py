@@ -98,17 +98,28 @@ class EndToEndProbe:
     Assuming layers' errors add up independently, the allocator minimises Σ response instead of Σ error.
     """
 
-    def __init__(self, unet, calls: list[dict]):
-        self.unet = unet
+    def __init__(self, model, calls: list[dict], samples: int | None = None, scale: float = 1.0):
+        """samples: keep this many of the recorded rows (spread over the calls, so over the schedule);
+        scale: 0.5 replays the UNet on latents average-pooled to half the side (a quarter of the cost) — both
+        used when the full probe would cost more UNet evaluations than allowed (see compress.plan_probes)."""
+        self.model = model
         self.calls = 0  # network evaluations made, the baseline included
         self.inputs = _batch_calls(calls)
+        if samples is not None:
+            self.inputs = _pick_rows(self.inputs, samples)
+        if scale != 1.0 and "sample" in self.inputs:
+            factor = round(1 / scale)
+            self.inputs["sample"] = torch.nn.functional.avg_pool2d(self.inputs["sample"], factor)
+        self.samples = len(next(iter(v for v in self.inputs.values() if isinstance(v, torch.Tensor))))
         with torch.no_grad():
             self.base = self._run()
         self.norm = max(float(self.base.pow(2).sum()), 1e-30)
 
     def _run(self) -> torch.Tensor:
         self.calls += 1
-        return self.unet(**self.inputs, return_dict=False)[0]
+        if "input_ids" in self.inputs:  # a text encoder: what the UNet reads from it
+            return encoder_readout(self.model(self.inputs["input_ids"], output_hidden_states=True))
+        return self.model(**self.inputs, return_dict=False)[0]
 
     def response(self, module, probe_weight: torch.Tensor) -> float:
         original = module.weight.data
@@ -150,8 +161,28 @@ class ResponseCurve:
         return math.exp(ys[i - 1] + t * (ys[i] - ys[i - 1]))
 
 
+def encoder_readout(out) -> torch.Tensor:
+    """A CLIP text encoder's output as the UNet sees it: the last two hidden states (SDXL reads the penultimate
+    layer, SD 1.x/2.x the final one after its norm) and the pooled/projected embedding when there is one."""
+    parts = [out.hidden_states[-2].flatten(1), out[0].flatten(1)]
+    return torch.cat(parts, dim=1)
+
+
+def _pick_rows(inputs: dict, n: int) -> dict:
+    """`n` batch rows spread evenly over a batched call (nested dicts such as added_cond_kwargs included)."""
+    total = next(v for v in inputs.values() if isinstance(v, torch.Tensor)).shape[0]
+    idx = torch.linspace(0, total - 1, min(n, total)).round().long().unique()
+
+    def pick(v):
+        return {k: pick(x) for k, x in v.items()} if isinstance(v, dict) else v[idx]
+
+    return {k: pick(v) for k, v in inputs.items()}
+
+
 def _batch_calls(calls: list[dict]) -> dict:
-    """Concatenate recorded UNet calls into one batch (timesteps expanded to one per row)."""
+    """Concatenate recorded network calls into one batch (UNet: timesteps expanded to one per row)."""
+    if "input_ids" in calls[0]:
+        return {"input_ids": torch.cat([c["input_ids"] for c in calls])}
     rows = [c["sample"].shape[0] for c in calls]
     out = {"sample": torch.cat([c["sample"] for c in calls]),
            "timestep": torch.cat([c["timestep"].reshape(-1).expand(n) if c["timestep"].numel() == 1

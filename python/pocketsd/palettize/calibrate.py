@@ -36,9 +36,12 @@ class LayerStats:
 class Calibration:
     stats: dict[str, LayerStats]
     info: dict = field(default_factory=dict)
-    # A few whole-UNet calls (inputs only, batch rows subsampled) spread over the recorded timesteps: the
-    # budget allocator replays them to measure each layer's end-to-end sensitivity.
+    # A few whole-network calls (inputs only, batch rows subsampled; for the UNet spread over the recorded
+    # timesteps, for a text encoder its token ids): the budget allocator replays them to measure each layer's
+    # end-to-end sensitivity.
     unet_inputs: list[dict] = field(default_factory=list)
+    # The text encoders' own statistics, by pipeline component name ("text_encoder", "text_encoder_2").
+    encoders: dict[str, "Calibration"] = field(default_factory=dict)
 
     def rows(self, name: str) -> torch.Tensor | None:
         st = self.stats.get(name)
@@ -60,6 +63,14 @@ class CalibrationSettings:
     batch_size: int = 8
     guidance: float = 5.0
     seed: int = 0
+    unet_calls: int = 8  # whole-UNet calls kept for the budget's probes …
+    unet_call_rows: int = 4  # … and batch rows kept per call
+    max_unet_evaluations: int = 2000  # calibration + probes, in UNet evaluations at native size (see compress.plan_probes)
+
+    @property
+    def unet_evaluations(self) -> int:
+        """UNet evaluations calibration makes: every prompt at every step, twice with guidance (cond + uncond)."""
+        return self.count * self.steps * (2 if self.guidance > 1 else 1)
 
     def check(self) -> "CalibrationSettings":
         if self.timesteps not in TIMESTEP_RANGES:
@@ -68,6 +79,8 @@ class CalibrationSettings:
             raise BadInput(f"--calib-steps must be in 1..1000, got {self.steps}")
         if not 1 <= self.count <= 100_000:
             raise BadInput(f"--calib-count must be in 1..100000, got {self.count}")
+        if self.max_unet_evaluations < 1:
+            raise BadInput(f"--max-unet-evals must be at least 1, got {self.max_unet_evaluations}")
         return self
 
 
@@ -111,9 +124,9 @@ class _Recorder:
         flat = x.reshape(-1, x.shape[-1])
         return flat.abs().amax(0), flat[torch.randint(flat.shape[0], (count,), generator=self.gen)]
 
-    def hook(self, name: str):
+    def hook(self, name: str, gated: bool = True):
         def pre_hook(module, args):
-            if not self.active:
+            if gated and not self.active:
                 return
             amax, rows = self._sample_rows(module, args[0], self.rows_per_call)
             amax = amax.float()
@@ -156,9 +169,13 @@ def _unet_call(args, kwargs, rows: int, gen: torch.Generator) -> dict:
 def calibrate(pipeline, modules: dict[str, nn.Module], prompts: list[str], steps: int = 8,
               timesteps: str = "all", rows_per_layer: int = 512, batch_size: int = 8, guidance: float = 5.0,
               seed: int = 0, progress=None, unet_calls: int = 8, unet_call_rows: int = 4,
-              max_row_bytes: int = 2 << 30) -> Calibration:
-    """Run `pipeline` (any diffusers text-to-image pipeline with a UNet) and collect statistics of `modules`.
+              max_row_bytes: int = 2 << 30, encoder_modules: dict[str, dict[str, nn.Module]] | None = None,
+              encoder_calls: int = 4) -> Calibration:
+    """Run `pipeline` (any diffusers text-to-image pipeline with a UNet) and collect statistics of `modules`
+    (the UNet's layers) and, when given, of `encoder_modules` ({"text_encoder": {name: layer}, …}).
 
+    Text encoders run once per prompt batch, not per step, so their layers are recorded on every call (the
+    timestep gate is the UNet's); their first `encoder_calls` batches of token ids are kept for the probes.
     progress: optional callable(advance: int) called once per sampling step of each batch.
     """
     if timesteps not in TIMESTEP_RANGES:
@@ -194,6 +211,19 @@ def calibrate(pipeline, modules: dict[str, nn.Module], prompts: list[str], steps
 
     handles = [pipeline.unet.register_forward_pre_hook(gate, with_kwargs=True)]
     handles += [m.register_forward_pre_hook(rec.hook(n)) for n, m in modules.items()]
+    encoder_recs, encoder_ids = {}, {}
+    for component, layers in (encoder_modules or {}).items():
+        # every token of every prompt is a row: rows per call sized so each batch contributes its share
+        enc_rec = _Recorder(layers, rows_per_layer, max(8, math.ceil(2 * rows_per_layer / max(batches, 1))), seed + 7)
+        encoder_recs[component], encoder_ids[component] = enc_rec, []
+        handles += [m.register_forward_pre_hook(enc_rec.hook(n, gated=False)) for n, m in layers.items()]
+
+        def keep_ids(_module, args, kwargs, ids=encoder_ids[component]):
+            input_ids = args[0] if args else kwargs.get("input_ids")
+            if input_ids is not None and len(ids) < encoder_calls:
+                ids.append(input_ids.detach().clone())
+
+        handles.append(getattr(pipeline, component).register_forward_pre_hook(keep_ids, with_kwargs=True))
     if hasattr(pipeline, "set_progress_bar_config"):
         pipeline.set_progress_bar_config(disable=True)
 
@@ -216,4 +246,7 @@ def calibrate(pipeline, modules: dict[str, nn.Module], prompts: list[str], steps
     info = {"prompts": len(prompts), "steps": steps, "timesteps": timesteps, "guidance": guidance,
             "rows_per_layer": rows_per_layer, "seed": seed, "cfg": "cond+uncond" if guidance > 1 else "cond"}
     info["unet_calls_kept"] = len(calls)
-    return Calibration(stats, info, calls)
+    encoders = {c: Calibration(r.result(), {"prompts": len(prompts), "rows_per_layer": rows_per_layer, "seed": seed,
+                                            "calls_kept": len(encoder_ids[c])}, [{"input_ids": i} for i in encoder_ids[c]])
+                for c, r in encoder_recs.items()}
+    return Calibration(stats, info, calls, encoders)

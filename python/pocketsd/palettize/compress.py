@@ -22,6 +22,56 @@ from .quantizers import BITS, QuantSpec
 from .recipes import Recipe, compressible_layers
 
 
+@dataclass(frozen=True)
+class ProbePlan:
+    """How the budget allocator's end-to-end probes replay the UNet, and what the whole compression costs in
+    UNet evaluations at the model's native size (one sample, one forward pass = 1; half the latent side = ¼)."""
+
+    samples: int  # recorded batch rows replayed per probe
+    scale: float  # 1: native latent size; 0.5: half the side
+    bits: tuple[int, ...]  # bit widths probed per layer (the response curve's points)
+    layers: int
+    calibration_evaluations: int
+    limit: int
+
+    @property
+    def probe_evaluations(self) -> float:
+        return (1 + self.layers * len(self.bits)) * self.samples * self.scale ** 2
+
+    @property
+    def total(self) -> float:
+        return self.calibration_evaluations + self.probe_evaluations
+
+    def describe(self) -> str:
+        res = "native size" if self.scale == 1 else f"1/{round(1 / self.scale)} of the latent side"
+        return (f"{self.total:,.0f} UNet evaluations at native size (limit {self.limit:,}): calibration "
+                f"{self.calibration_evaluations:,} + probes {self.probe_evaluations:,.0f} ({self.layers} layers × "
+                f"{len(self.bits)} bit widths × {self.samples} samples at {res})")
+
+
+def plan_probes(layers: int, calibration_evaluations: int, bits: tuple[int, ...], available_samples: int,
+                latent_hw: tuple[int, int], down_factor: int, limit: int = 2000) -> ProbePlan:
+    """The most faithful probe that keeps the whole compression within `limit` UNet evaluations.
+
+    Fidelity is given up in this order: fewer replayed samples (down to 4), half the latent side (when the
+    UNet's levels stay whole), fewer samples (down to 1), then only the 1-, 2-, 4- and 8-bit points of the
+    response curve. When even that is over the limit the cheapest plan is returned (the caller says so).
+    """
+    ladder = []
+    half_ok = all(s % (2 * down_factor) == 0 for s in latent_hw)
+    scales = (1.0, 0.5) if half_ok else (1.0,)
+    few_bits = tuple(b for b in bits if b in (1, 2, 4, 8)) or bits
+    counts = [n for n in (32, 16, 8, 4, 2, 1) if n <= available_samples] or [available_samples]
+    for n in [c for c in counts if c >= 4] or counts[:1]:
+        ladder.append((n, 1.0, bits))
+    for scale in scales[1:]:
+        ladder += [(n, scale, bits) for n in counts]
+    ladder += [(n, 1.0, bits) for n in counts if n < 4]
+    ladder += [(n, scales[-1], few_bits) for n in counts]
+    plans = [ProbePlan(n, sc, b, layers, calibration_evaluations, limit) for n, sc, b in ladder]
+    return next((plan for plan in plans if plan.total <= limit), min(plans, key=lambda plan: plan.total))
+
+
 @dataclass
 class CompressionReport:
     """What `compress_network` did, for the manifest: layers kept in fp16 and how sensitivities were read."""
@@ -66,11 +116,13 @@ def check_budget(model: nn.Module, recipe: Recipe, what: str = "the UNet") -> No
 
 
 def compress_network(model: nn.Module, recipe: Recipe, calibration: Calibration | None = None,
-                     progress=None) -> CompressionReport:
+                     progress=None, probe: ProbePlan | None = None) -> CompressionReport:
     """Replace every eligible Linear/Conv2d of `model` (fp32 or fp16 weights) by a `CompressedLayer` (packed).
 
     calibration: statistics from `calibrate` (None: no smoothing, weight-space errors — e.g. random SDXL weights).
     progress: optional callable(advance: int, description: str).
+    probe: how the budget's end-to-end probes replay the network (default: every recorded sample, native size,
+    every bit width).
     """
     tick = progress or (lambda n, d="": None)
     check_budget(model, recipe)
@@ -88,12 +140,17 @@ def compress_network(model: nn.Module, recipe: Recipe, calibration: Calibration 
         return CompressionReport(kept, info)
 
     cands, alphas = {}, {}
-    probe = EndToEndProbe(model, calibration.unet_inputs) if calibration and calibration.unet_inputs else None
+    plan = probe
+    probe = None
+    if calibration and calibration.unet_inputs:
+        probe = EndToEndProbe(model, calibration.unet_inputs, plan.samples if plan else None,
+                              plan.scale if plan else 1.0)
     for name, m in modules.items():
         cands[name], alphas[name], rank0 = measure_candidates(m.weight, m.bias is not None, recipe,
                                                               rows(name), amax(name), grid)
         if probe is not None:  # read this layer's errors through how they reach the network's output
-            curve = ResponseCurve([(err, probe.response(m, w)) for err, w in rank0.values()])
+            points = [(err, w) for bits, (err, w) in rank0.items() if plan is None or bits in plan.bits]
+            curve = ResponseCurve([(err, probe.response(m, w)) for err, w in points])
             cands[name] = [Candidate(c.rank, c.bits, c.bytes, curve(c.rel_error)) for c in cands[name]]
         tick(1, f"measuring {name}")
     params = sum(p.numel() for p in model.parameters())
@@ -105,7 +162,11 @@ def compress_network(model: nn.Module, recipe: Recipe, calibration: Calibration 
         set_submodule(model, name, d.to_layer(name, m).to(m.weight.device))
         tick(1, name)
     info["sensitivity"] = "end_to_end" if probe is not None else "layer_output"
-    return CompressionReport(kept, info, {"probe_calls": probe.calls if probe is not None else 0})
+    allocation = {"probe_calls": probe.calls if probe is not None else 0}
+    if probe is not None:
+        allocation.update(probe_samples=probe.samples, probe_scale=plan.scale if plan else 1.0,
+                          probe_bits=list(plan.bits) if plan else list(rank0))
+    return CompressionReport(kept, info, allocation)
 
 
 def progress_total(model: nn.Module, recipe: Recipe) -> int:
@@ -114,8 +175,4 @@ def progress_total(model: nn.Module, recipe: Recipe) -> int:
     return n if recipe.bits is not None else 2 * n
 
 
-def unet_evaluations(n_layers: int, n_probe_points: int, calibration_calls: int) -> int:
-    """UNet evaluations a budget compression makes: the calibration sampling calls, one baseline, and one
-    replay of the recorded batch per layer and probed bit width."""
-    return calibration_calls + 1 + n_layers * n_probe_points
 

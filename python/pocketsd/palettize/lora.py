@@ -266,6 +266,19 @@ def check_fits(lora: Lora, weight_shapes: Mapping[str, Sequence[int]], layers: M
         raise BadInput(f"LoRA {lora.path.name} does not fit this {what}: {'; '.join(problems[:_SHOW])}{more}")
 
 
+def _aligned(layers: Mapping[str, LoraLayer], names: Mapping[str, object]) -> dict[str, LoraLayer]:
+    """The LoRA's module names as this model spells them: LoRA files name CLIP's layers `text_model.encoder…`,
+    which transformers 5 models call `encoder…` (the `text_model` wrapper is gone)."""
+    out = {}
+    for name, layer in layers.items():
+        if name not in names and name.startswith("text_model.") and name[len("text_model."):] in names:
+            name = name[len("text_model."):]
+        elif name not in names and f"text_model.{name}" in names:
+            name = f"text_model.{name}"
+        out[name] = layer
+    return out
+
+
 def weight_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
     """Weight shapes of every Linear/Conv2d of a model, compressed layers included (what a LoRA may target)."""
     shapes = {}
@@ -308,7 +321,7 @@ def apply_loras(model: torch.nn.Module, loaded: Sequence[tuple[Lora, float]], co
     per LoRA that touches this component (for the generation report and the compressed folder's manifest).
     """
     shapes = weight_shapes(model)
-    parts = [(lora, scale, lora.components.get(component, {})) for lora, scale in loaded]
+    parts = [(lora, scale, _aligned(lora.components.get(component, {}), shapes)) for lora, scale in loaded]
     for lora, _, layers in parts:
         check_fits(lora, shapes, layers, component)
     modules = dict(model.named_modules())

@@ -44,7 +44,7 @@ How a session opens a backend (pipeline/session.py `_open_backend`):
                                                  allow_pickle=False, dtype=torch.float32, unet_transforms=[...])
     pocketsd.pipeline.coreml_backend.CoreMLBackend(bundle, compute_units="all", function_name=None)
 
-`source` is a `pocketsd.models.ModelSource`. LoRAs reach the torch UNet as `unet_transforms` (re-applied whenever the
+`source` is a `pocketsd.models.ModelSource`. LoRAs reach the torch UNet and text encoders as `transforms` (re-applied whenever the
 UNet is (re)loaded); on Core ML a domain/LoRA selects a multifunction UNet function.
 Everything the loop measures goes through `pocketsd.pipeline.report.RunTimer`; a backend that has its own
 figures (e.g. Core ML's first-load / Neural Engine compile time) may expose `report_extras() -> dict`,

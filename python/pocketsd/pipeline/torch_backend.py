@@ -22,12 +22,15 @@ class TorchBackend:
     name = "torch"
 
     def __init__(self, components: ModelComponents, *, device: str | torch.device = "cpu",
-                 unet_transforms: list[Callable[[Any], Any]] | None = None):
+                 unet_transforms: list[Callable[[Any], Any]] | None = None,
+                 transforms: dict[str, list[Callable[[Any], Any]]] | None = None):
         self.components = components
         self.device = torch.device(device)
         self.family = components.family
-        # Applied to the UNet every time it is loaded (LoRAs): low-memory mode reloads it per image.
-        self.unet_transforms = list(unet_transforms or [])
+        # Applied to a component every time it is loaded (LoRAs): low-memory mode reloads it per image.
+        self.transforms = {part: list(fns) for part, fns in (transforms or {}).items()}
+        if unet_transforms:
+            self.transforms.setdefault("unet", []).extend(unet_transforms)
         names = ("tokenizer", "tokenizer_2") if self.family == "sdxl" else ("tokenizer",)
         self.tokenizers = [components.get(n) for n in names]  # small; kept for the whole run
         self.scheduler_config = components.config("scheduler")
@@ -48,14 +51,17 @@ class TorchBackend:
         self.force_zeros_for_empty_prompt = components.force_zeros_for_empty_prompt
         self._stage_parts = {**_STAGE_PARTS[self.family], **_COMMON_PARTS}
 
+    @property
+    def unet_transforms(self) -> list[Callable[[Any], Any]]:
+        return self.transforms.setdefault("unet", [])
+
     # ---- staging ----
     def load(self, component: str) -> None:
         for part in self._parts(component):
             if not self.components.is_loaded(part):
                 module = self.components.get(part).to(self.device)
-                if part == "unet":
-                    for transform in self.unet_transforms:
-                        module = transform(module) or module
+                for transform in self.transforms.get(part, []):
+                    module = transform(module) or module
                 self.components.put(part, module)
 
     def unload(self, component: str) -> None:
@@ -117,10 +123,11 @@ class TorchBackend:
 
 def open_backend(source: ModelSource | str | None, *, low_memory: bool = False, unet_mode: str = "dense",
                  allow_pickle: bool = False, dtype=torch.float32, device="cpu",
-                 unet_transforms: list[Callable[[Any], Any]] | None = None, verify: bool = True) -> TorchBackend:
+                 unet_transforms: list[Callable[[Any], Any]] | None = None, verify: bool = True,
+                 transforms: dict[str, list[Callable[[Any], Any]]] | None = None) -> TorchBackend:
     """A torch backend for any model kind except Core ML bundles. Nothing heavy is loaded until first use
     (the loop times loading as its own stage); `low_memory` only changes what the loop unloads."""
     if not isinstance(source, ModelSource):
         source = resolve_model(source)
     comps = ModelComponents(source, allow_pickle=allow_pickle, dtype=dtype, unet_mode=unet_mode, verify=verify)
-    return TorchBackend(comps, device=device, unet_transforms=unet_transforms)
+    return TorchBackend(comps, device=device, unet_transforms=unet_transforms, transforms=transforms)
