@@ -41,6 +41,7 @@ class Config:
     label: str
     model: str
     unet_mode: str = "dense"
+    device: str = "cpu"  # a concrete device (resolved once by run_bench)
 
 
 # ---- worker (runs in its own process) -----------------------------------------------------------------
@@ -56,10 +57,10 @@ def run_worker(config: Config, prompts: list[str], seeds: list[int], steps: int,
     from pocketsd.pipeline.torch_backend import open_backend
 
     torch.set_num_threads(threads)
-    memory = PeakMemory()
+    memory = PeakMemory(config.device)
     baseline = psutil.Process().memory_info().rss  # interpreter + torch + diffusers, before any weight is read
     source = resolve_model(config.model)
-    backend = open_backend(source, unet_mode=config.unet_mode)
+    backend = open_backend(source, unet_mode=config.unet_mode, device=config.device)
     images = []
     for i, (prompt, seed) in enumerate((p, s) for p in prompts for s in seeds):
         timer = RunTimer()
@@ -71,7 +72,8 @@ def run_worker(config: Config, prompts: list[str], seeds: list[int], steps: int,
                        "unet_steps_s": t["unet_steps"], "vae_decode_s": t["vae_decode"],
                        "image_s": t["total"] - t["load"], "color_ok": reading.color == words[1],
                        "shape_ok": reading.shape == words[2]})
-    peak = memory.read()["peak_rss_mb"]
+    read = memory.read()
+    peak = read["peak_rss_mb"]
     size = "x".join(str(v) for v in result.images[0].size)
     facts = model_facts(source, getattr(backend.components, "folder", None))
     steps_all = [s for im in images for s in im["unet_steps_s"]]
@@ -85,7 +87,8 @@ def run_worker(config: Config, prompts: list[str], seeds: list[int], steps: int,
         # Per image once warm: the first image also pays one-time imports and allocations (reported apart).
         "image_s": mean(im["image_s"] for im in (images[1:] or images)),
         "first_image_s": images[0]["image_s"],
-        "peak_rss_mb": peak, "baseline_rss_mb": round(baseline / 2**20, 1),
+        "peak_rss_mb": peak, "baseline_rss_mb": round(baseline / 2**20, 1), "device": config.device,
+        "cuda_peak_mb": read["cuda_peak_mb"], "mps_peak_mb": read["mps_peak_mb"],
         "model_rss_mb": round(peak - baseline / 2**20, 1),
         "color_right": mean(im["color_ok"] for im in images), "shape_right": mean(im["shape_ok"] for im in images),
         "memory_method": memory.method, "images": images,
@@ -194,10 +197,13 @@ def _plot(doc: dict, path: Path) -> bool:
 
 def run_bench(model: str | None = None, compressed: str | None = None, out_dir: Path = DEFAULT_OUT, *,
               steps: int = 20, prompts=PROMPTS, seeds=SEEDS, threads: int | None = None, keep_compressed: Path | None = None,
-              kinds: tuple[str, ...] = ("fp16", "compressed-dense", "compressed-packed"), progress=None) -> dict:
+              kinds: tuple[str, ...] = ("fp16", "compressed-dense", "compressed-packed"), progress=None,
+              device: str = "cpu") -> dict:
     from pocketsd.artifacts import write_json
     from pocketsd.models import resolve_model
+    from pocketsd.models.device import resolve_device
 
+    device = resolve_device(device)
     threads = threads or max(1, min(2, os.cpu_count() or 1))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -235,9 +241,9 @@ def run_bench(model: str | None = None, compressed: str | None = None, out_dir: 
                 raise
     if compressed is not None and resolve_model(compressed).kind != "compressed":
         raise BadInput(f"--compressed {compressed} is not a compressed model folder (from `pocketsd compress`)")
-    configs = {"fp16": Config("fp16", str(source.path or source.spec)),
-               "compressed-dense": Config("compressed-dense", str(compressed), "dense"),
-               "compressed-packed": Config("compressed-packed", str(compressed), "packed")}
+    configs = {"fp16": Config("fp16", str(source.path or source.spec), device=device),
+               "compressed-dense": Config("compressed-dense", str(compressed), "dense", device),
+               "compressed-packed": Config("compressed-packed", str(compressed), "packed", device)}
     results = []
     started = time.time()
     try:

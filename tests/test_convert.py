@@ -251,3 +251,23 @@ def test_compressed_text_encoders_convert_as_exact_constexpr_ops(compressed_mode
         assert entry["census"]["functions"]["main"]["constexpr"].get("constexpr_lut_to_dense", 0) > 10
     sources = m["compressed_source"]["components"]
     assert {"unet", "text_encoder", "text_encoder_2"} <= set(sources)
+
+
+def test_info_memory_plans_every_stage_of_the_bundle(bundle, capsys):
+    """`pocketsd info BUNDLE --memory`: resident weights per stage, default vs low-memory, against a budget."""
+    m = _manifest(bundle)
+    plan = m["memory_plan"]
+    weights = plan["weight_bytes"]
+    assert [s["stage"] for s in plan["stages"]] == ["text_encode", "vae_encode", "denoise", "vae_decode"]
+    low = plan["resident_bytes"]["low_memory"]
+    assert low["text_encode"] == max(weights["TextEncoder"], weights["TextEncoder2"])
+    assert low["denoise"] == weights["UnetChunk1"] + weights["UnetChunk2"]
+    assert plan["largest_stage_bytes"]["default"] == sum(weights.values())
+    for name, entry in m["components"].items():  # the plan's bytes are the packages' own weight blobs
+        assert weights[name] == entry["census"]["weight_blob_bytes"] and entry["stage"] in low
+    budget = (low["denoise"] + 1) / 2**20  # just enough for the largest low-memory stage
+    assert main(["info", str(bundle), "--memory", "--budget-mb", f"{budget:.6f}"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.strip().startswith(("text_encode", "denoise"))}
+    assert "NO / yes" in rows["denoise"] and "yes / yes" in rows["text_encode"]
+    assert main(["info", str(bundle), "--budget-mb", "5"]) == 2  # --budget-mb needs --memory

@@ -169,6 +169,8 @@ def _add_compress(sub) -> None:
     p.add_argument("--distill-batch", type=int, default=R.distill_batch,
                    help=f"(unconditional, conditional) pairs per step (default {R.distill_batch})")
     p.add_argument("--distill-seed", type=int, default=R.distill_seed, help="distillation seed (default 0)")
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"],
+                   help="where calibration and the budget's probes run (default cpu; auto: CUDA, then MPS, then CPU)")
     p.add_argument("--max-unet-evals", type=int, default=C.max_unet_evaluations,
                    help=f"UNet evaluations at native size that calibration and the budget's probes may take "
                         f"(default {C.max_unet_evaluations}; probes use fewer samples or half the latent size to fit)")
@@ -207,7 +209,7 @@ def _run_compress(args) -> int:
                                                            timesteps=args.calib_timesteps,
                                                            max_unet_evaluations=args.max_unet_evals),
                            calib_prompts=Path(args.calib_prompts) if args.calib_prompts else None, force=args.force,
-                           components=components, component_recipes=component_recipes)
+                           components=components, component_recipes=component_recipes, device=args.device)
     with task_progress(not args.quiet) as on_progress:
         manifest = compress_model(opts, on_progress, on_note=lambda m: print(f"pocketsd: {m}", file=sys.stderr))
     print(summary_line(manifest))
@@ -291,7 +293,7 @@ def _run_lora_train(args) -> int:
     from pathlib import Path
 
     _quiet_libraries()
-    from .pipeline.device import resolve_device
+    from .models.device import resolve_device
     from .train.lora import train_lora, usage_hint
     from .train.options import TrainOptions
     from .ui import task_progress
@@ -428,6 +430,8 @@ def _add_bench(sub) -> None:
     p.add_argument("--kinds", default="fp16,compressed-dense,compressed-packed",
                    help="comma-separated subset of fp16, compressed-dense, compressed-packed")
     p.add_argument("--out-dir", default="benchmarks/results", help="where generate.json/.md/.png go")
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"],
+                   help="torch device (default cpu; auto: CUDA, then MPS, then CPU)")
     p.set_defaults(func=_run_bench)
 
 
@@ -452,7 +456,7 @@ def _run_bench(args) -> int:
     doc = run_bench(args.model, args.compressed, out_dir, steps=args.steps, prompts=PROMPTS[: args.prompts],
                     seeds=tuple(range(args.seeds)), threads=args.threads, kinds=kinds,
                     keep_compressed=Path(args.keep_compressed) if args.keep_compressed else None,
-                    progress=lambda msg: console.log(msg))
+                    progress=lambda msg: console.log(msg), device=args.device)
     print(markdown(doc))
     print(f"wrote {out_dir / 'generate.json'} and {out_dir / 'generate.md'}")
     return 0

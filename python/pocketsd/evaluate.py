@@ -181,7 +181,7 @@ def model_side(opts, *, name: str | None = None, unet=None, unet_name: str | Non
     from .eval.protocol import ModelSide
     from .models import precheck, resolve_model
     from .models.resolve import hub_snapshot
-    from .pipeline.device import resolve_device
+    from .models.device import resolve_device
     from .pipeline.session import resolve_settings
 
     source = resolve_model(opts.model)
@@ -224,7 +224,7 @@ def build_plan(args):
     from .eval.protocol import EvalPlan, check_plan
     from .eval.scoring import MetricWeights
     from .models import resolve_model
-    from .pipeline.device import resolve_device
+    from .models.device import resolve_device
 
     metrics = parse_metrics(args.metrics)
     if args.count is not None and args.count < 1:

@@ -21,6 +21,7 @@ from ..artifacts.model_folder import check_weight_files, read_config
 from ..artifacts.outputs import check_out
 from ..errors import BadInput
 from ..models import model_folder, resolve_model
+from ..models.device import resolve_device
 from ..palettize.calibrate import CalibrationSettings, calibrate
 from ..palettize.compress import ProbePlan, check_budget, compress_network, plan_probes, progress_total
 from ..palettize.distill import distill, record_teacher
@@ -45,6 +46,7 @@ class CompressOptions:
     recipe: Recipe = field(default_factory=Recipe)  # the UNet's, and every other component's unless given below
     calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
     calib_prompts: Path | None = None
+    device: str = "cpu"  # where calibration, probes and distillation run ("auto": CUDA, then MPS, then CPU)
     components: tuple[str, ...] = DEFAULT_COMPONENTS  # those the model has; a missing default one is skipped
     component_recipes: dict[str, Recipe] = field(default_factory=dict)  # per-component budgets
     force: bool = False  # replace an --out that is not a compressed folder PocketSD wrote
@@ -112,15 +114,19 @@ def seconds_per_evaluation(unet) -> float:
 
     cfg = unet.config
     side = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
-    x = torch.randn(1, cfg.in_channels, side, side)
-    ehs = torch.randn(1, 77, cfg.cross_attention_dim)
+    dev = unet.device
+    x = torch.randn(1, cfg.in_channels, side, side, device=dev)
+    ehs = torch.randn(1, 77, cfg.cross_attention_dim, device=dev)
     kwargs = {}
     if cfg.addition_embed_type == "text_time":
         pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
-        kwargs["added_cond_kwargs"] = {"text_embeds": torch.randn(1, pooled), "time_ids": torch.zeros(1, 6)}
+        kwargs["added_cond_kwargs"] = {"text_embeds": torch.randn(1, pooled, device=dev),
+                                       "time_ids": torch.zeros(1, 6, device=dev)}
     t0 = time.perf_counter()
     with torch.inference_mode():
-        unet(x, torch.tensor([500.0]), ehs, return_dict=False, **kwargs)
+        unet(x, torch.tensor([500.0], device=dev), ehs, return_dict=False, **kwargs)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - t0
 
 
@@ -136,7 +142,8 @@ def compress_model(opts: CompressOptions, on_progress: Progress | None = None,
     timings = {}
 
     t0 = time.perf_counter()
-    pipe = _pipeline(folder)
+    device = resolve_device(opts.device)
+    pipe = _pipeline(folder).to(device)
     networks = {name: getattr(pipe, name).eval() for name in opts.components}
     for name, network in networks.items():  # before calibrating: a budget the quantizer cannot reach fails fast
         check_budget(network, opts.recipe_for(name), what=f"the {name}")
@@ -202,7 +209,7 @@ def compress_model(opts: CompressOptions, on_progress: Progress | None = None,
 
     t0 = time.perf_counter()
     manifest = write_compressed_model(opts.out, folder, payloads, source={"spec": spec, "path": str(folder)},
-                                      extra={"timings_s": {k: round(v, 2) for k, v in timings.items()}})
+                                      extra={"timings_s": {k: round(v, 2) for k, v in timings.items()}, "device": device})
     manifest["timings_s"]["write"] = round(time.perf_counter() - t0, 2)
     return manifest
 

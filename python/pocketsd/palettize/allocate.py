@@ -123,7 +123,7 @@ class EndToEndProbe:
 
     def response(self, module, probe_weight: torch.Tensor) -> float:
         original = module.weight.data
-        module.weight.data = probe_weight.to(original.dtype)
+        module.weight.data = probe_weight.to(original.device, original.dtype)
         try:
             with torch.no_grad():
                 return float((self._run() - self.base).pow(2).sum()) / self.norm

@@ -115,23 +115,24 @@ class _Recorder:
             b_, c_, h_, w_ = x.shape
             ho, wo = (h_ + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w_ + 2 * pw - dw * (kw - 1) - 1) // sw + 1
             xp = F.pad(x, (pw, pw, ph, ph))
-            b = torch.randint(b_, (count,), generator=self.gen)
-            i = torch.randint(ho, (count,), generator=self.gen)[:, None] * sh + torch.arange(kh)[None] * dh
-            j = torch.randint(wo, (count,), generator=self.gen)[:, None] * sw + torch.arange(kw)[None] * dw
-            patches = xp[b[:, None, None, None], torch.arange(c_)[None, :, None, None], i[:, None, :, None],
+            dev = x.device  # the draws come from the CPU generator (reproducible on any device), indices go to x
+            b = torch.randint(b_, (count,), generator=self.gen).to(dev)
+            i = (torch.randint(ho, (count,), generator=self.gen)[:, None] * sh + torch.arange(kh)[None] * dh).to(dev)
+            j = (torch.randint(wo, (count,), generator=self.gen)[:, None] * sw + torch.arange(kw)[None] * dw).to(dev)
+            patches = xp[b[:, None, None, None], torch.arange(c_, device=dev)[None, :, None, None], i[:, None, :, None],
                          j[:, None, None, :]]  # (count, in, kh, kw): the order of weight.reshape(out, -1)
             return amax, patches.reshape(count, -1)
         flat = x.reshape(-1, x.shape[-1])
-        return flat.abs().amax(0), flat[torch.randint(flat.shape[0], (count,), generator=self.gen)]
+        return flat.abs().amax(0), flat[torch.randint(flat.shape[0], (count,), generator=self.gen).to(x.device)]
 
     def hook(self, name: str, gated: bool = True):
         def pre_hook(module, args):
             if gated and not self.active:
                 return
             amax, rows = self._sample_rows(module, args[0], self.rows_per_call)
-            amax = amax.float()
+            amax = amax.float().cpu()  # statistics live on the CPU, where the decomposition runs
             self.max[name] = amax if name not in self.max else torch.maximum(self.max[name], amax)
-            self.rows.setdefault(name, []).append(rows.to(torch.float16))
+            self.rows.setdefault(name, []).append(rows.to(torch.float16).cpu())
             self.kept[name] = self.kept.get(name, 0) + rows.shape[0]
             self.calls[name] = self.calls.get(name, 0) + 1
             if self.kept[name] > 2 * self.rows_per_layer:  # bound memory: thin as we go

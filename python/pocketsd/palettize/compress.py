@@ -1,5 +1,8 @@
 """Compress one network: every eligible Linear/Conv2d becomes a `CompressedLayer`, by a fixed recipe or a budget.
 
+The network may sit on an accelerator (its probes then run there); every decomposition runs on the CPU, where the
+scalar k-means lives, and the new layer is moved to the network's device.
+
 Tensors in, tensors out: the caller (the `compress` stage) loads the model, calibrates it and writes the
 result; here only the decomposition and the allocation happen. Layers are replaced in place, one at a time,
 so a model never holds a float and a compressed copy of more than one layer at once.
@@ -134,7 +137,8 @@ def compress_network(model: nn.Module, recipe: Recipe, calibration: Calibration 
     if recipe.bits is not None:
         spec = QuantSpec(recipe.quantizer, recipe.bits, recipe.group_size, recipe.block_size)
         for name, m in modules.items():
-            d = compress_layer(m.weight, recipe.rank, spec, rows(name), amax(name), grid, recipe.refine_iters)
+            d = compress_layer(m.weight.detach().cpu(), recipe.rank, spec, rows(name), amax(name), grid,
+                               recipe.refine_iters)
             set_submodule(model, name, d.to_layer(name, m).to(m.weight.device))
             tick(1, name)
         return CompressionReport(kept, info)
@@ -146,7 +150,7 @@ def compress_network(model: nn.Module, recipe: Recipe, calibration: Calibration 
         probe = EndToEndProbe(model, calibration.unet_inputs, plan.samples if plan else None,
                               plan.scale if plan else 1.0)
     for name, m in modules.items():
-        cands[name], alphas[name], rank0 = measure_candidates(m.weight, m.bias is not None, recipe,
+        cands[name], alphas[name], rank0 = measure_candidates(m.weight.detach().cpu(), m.bias is not None, recipe,
                                                               rows(name), amax(name), grid)
         if probe is not None:  # read this layer's errors through how they reach the network's output
             points = [(err, w) for bits, (err, w) in rank0.items() if plan is None or bits in plan.bits]
@@ -158,7 +162,8 @@ def compress_network(model: nn.Module, recipe: Recipe, calibration: Calibration 
     for name, m in modules.items():
         c = choice[name]
         spec = QuantSpec(recipe.quantizer, c.bits, recipe.group_size, recipe.block_size)
-        d = lowrank_decompose(m.weight, c.rank, spec, rows(name), amax(name), alphas[name], recipe.refine_iters)
+        d = lowrank_decompose(m.weight.detach().cpu(), c.rank, spec, rows(name), amax(name), alphas[name],
+                              recipe.refine_iters)
         set_submodule(model, name, d.to_layer(name, m).to(m.weight.device))
         tick(1, name)
     info["sensitivity"] = "end_to_end" if probe is not None else "layer_output"

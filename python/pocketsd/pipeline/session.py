@@ -87,7 +87,7 @@ class GenerationSession:
     @classmethod
     def open(cls, opts: GenerateOptions) -> "GenerationSession":
         """Resolve the model and open its backend (components load on first use, timed as "load")."""
-        from .device import resolve_device
+        from ..models.device import resolve_device
 
         startup_rss_mb = _current_rss_mb()  # what the libraries alone hold, before any weights
         source = resolve_model(opts.model)
