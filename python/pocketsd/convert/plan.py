@@ -186,10 +186,10 @@ def make_plan(opts: ConvertOptions) -> ConvertPlan:
               force=opts.force, command="pocketsd convert")
     # Before any component converts: a LoRA that does not fit the UNet fails now, not after the text encoders.
     check_lora_files([*loras, *((p, 1.0) for p in opts.lora_functions)], unet_dict)
-    for path in opts.lora_functions:
-        parts = [c for c in read_lora(path).components if c != "unet"]
+    for lora_file in opts.lora_functions:
+        parts = [c for c in read_lora(lora_file).components if c != "unet"]
         if parts:
-            raise BadInput(f"LoRA {Path(path).name} has {parts[0]} layers, which a multifunction UNet cannot carry; "
+            raise BadInput(f"LoRA {Path(lora_file).name} has {parts[0]} layers, which a multifunction UNet cannot carry; "
                            "bake it into every package with --lora instead")
     controlnets = _check_controlnets(opts, vars(unet_cfg))
     recipe = controlnet_recipe(opts.controlnet_recipe) if opts.controlnet_recipe is not None else None
