@@ -83,11 +83,12 @@ def _fingerprint(folder: Path, opts: CompressOptions) -> str:
 
 def prepare_compressed(model: str | None, build_dir: Path, recipe: Recipe | None = None,
                        calibration: CalibrationSettings | None = None,
-                       on_progress: Callable[[str, int, int, str], None] | None = None) -> Path:
+                       on_progress: Callable[[str, int, int, str], None] | None = None, **options) -> Path:
     """The compressed form of `model` under `build_dir/app/`, made once (atomically) and reused after.
 
     The folder's name carries a digest of the source UNet, recipe and calibration, so a retrained model or another
     recipe gets its own folder instead of a stale one. A file lock keeps two starting servers from both compressing.
+    `options`: further `CompressOptions` fields (e.g. `components`), part of the digest too.
     """
     recipe = recipe or Recipe()
     calibration = calibration or CalibrationSettings()
@@ -99,7 +100,7 @@ def prepare_compressed(model: str | None, build_dir: Path, recipe: Recipe | None
     root = Path(build_dir) / "app"
     root.mkdir(parents=True, exist_ok=True)
     name = "reference" if model in (None, "", "reference") else folder.name
-    opts = CompressOptions(out=root / "pending", model=model, recipe=recipe, calibration=calibration)
+    opts = CompressOptions(out=root / "pending", model=model, recipe=recipe, calibration=calibration, **options)
     target = root / f"{name}-{recipe.name}-{_fingerprint(folder, opts)}"
     if (target / "pocketsd.json").is_file():
         return target

@@ -36,6 +36,8 @@ log = logging.getLogger("pocketsd.app")
 
 NO_PRESET, NO_LORA = "none", "none"
 SOURCES = ("text", "sketch", "image")
+SKETCH_SIDE = 384  # the sketchpad's canvas in pixels (the sketch is fitted to the model's size afterwards)
+MAX_STEPS_FIELD = 150  # the steps slider's end (the pipeline itself takes up to 1000)
 SEED_RANGE = 2**32  # the random button's seeds (any seed up to 2^64-1 can be typed)
 PROGRESS_EVERY_S = 0.15  # the status line is refreshed at most this often while steps run
 
@@ -169,8 +171,9 @@ def build_app(config: AppConfig, cache: ModelCache | None = None) -> gr.Blocks:
                         gr.Markdown("Text → image: the prompt alone.")
                     with gr.Tab("Sketch", id="sketch", elem_id="tab-sketch") as tab_sketch:
                         sketch = gr.Sketchpad(label="Draw an outline (mouse or finger)", type="pil", image_mode="RGB",
-                                              canvas_size=(384, 384), elem_id="sketch", layers=False,
-                                              transforms=(), buttons=[])
+                                              canvas_size=(SKETCH_SIDE, SKETCH_SIDE), elem_id="sketch",
+                                              layers=False, transforms=(), buttons=[],
+                                              brush=gr.Brush(colors=["#000000"], color_mode="fixed", default_size=8))
                     with gr.Tab("Image", id="image", elem_id="tab-image") as tab_image:
                         upload = gr.File(label=f"Image (up to {config.max_upload_mb:g} MB)", file_count="single",
                                          type="filepath", elem_id="upload")
@@ -189,7 +192,7 @@ def build_app(config: AppConfig, cache: ModelCache | None = None) -> gr.Blocks:
                     seed = gr.Number(value=0, precision=0, minimum=0, label="Seed", elem_id="seed", scale=3)
                     random_seed = gr.Button("random", elem_id="random-seed", scale=1, min_width=60)
                 with gr.Row():
-                    steps = gr.Slider(1, 100, value=start_steps, step=1, label="Steps", elem_id="steps")
+                    steps = gr.Slider(1, MAX_STEPS_FIELD, value=start_steps, step=1, label="Steps", elem_id="steps")
                     guidance = gr.Slider(0.0, 20.0, value=DEFAULT_GUIDANCE, step=0.5, label="Guidance",
                                          elem_id="guidance")
                 with gr.Row():
@@ -244,13 +247,14 @@ def build_app(config: AppConfig, cache: ModelCache | None = None) -> gr.Blocks:
 
         def on_upload(path):
             if path is None:
-                return None, ""
+                return None, None, ""
             try:
-                return str(check_upload(path, config.max_upload_bytes, config.max_upload_pixels)), ""
-            except BadInput as exc:
-                return None, message_html(error=str(exc))
+                checked = str(check_upload(path, config.max_upload_bytes, config.max_upload_pixels))
+                return gr.update(), checked, ""
+            except BadInput as exc:  # the refused file is dropped, so the next one can be picked at once
+                return None, None, message_html(error=str(exc))
 
-        upload.upload(on_upload, upload, [preview, message], queue=False)
+        upload.upload(on_upload, upload, [upload, preview, message], queue=False)
 
         def arm(request: gr.Request):
             cancels.arm(request.session_hash)
@@ -280,8 +284,10 @@ def build_app(config: AppConfig, cache: ModelCache | None = None) -> gr.Blocks:
             except BadInput as exc:
                 yield {**clear, status: "", message: message_html(error=str(exc))}
                 return
-            yield {**clear, status: "starting…", message: "",
-                   sides[1].title: "" if len(run) > 1 else "<p><i>compare is off</i></p>"}
+            # `shown` is everything the result panels hold; every yield that ends a stage sends all of it, because
+            # Gradio may fold quick successive yields of a generator into one and a partial update would be lost.
+            shown = {**clear, sides[1].title: "" if len(run) > 1 else "<p><i>compare is off</i></p>"}
+            yield {**shown, status: "starting…", message: ""}
             t0 = time.perf_counter()
             events: queue.Queue = queue.Queue()
             worker = threading.Thread(target=_work, daemon=True, name="pocketsd-app-generate",
@@ -300,25 +306,25 @@ def build_app(config: AppConfig, cache: ModelCache | None = None) -> gr.Blocks:
                         elif newest or now - last_status >= PROGRESS_EVERY_S or payload.step == payload.total:
                             last_status = now
                             yield {status: f"{payload.label}: step {payload.step} of {payload.total}"}
-                    elif kind == "result":
-                        index = run.index(payload.choice)
+                        continue
+                    if kind == "result":
                         past.append((str(payload.png), f"{payload.choice.label} · seed {payload.report['seed']}"))
-                        yield {**sides[index].filled(payload), gallery: list(reversed(past)), history: past,
+                        shown.update(sides[run.index(payload.choice)].filled(payload))
+                        shown.update({gallery: list(reversed(past)), history: past})
+                        yield {**shown, message: message_html(warnings=runlog.warnings)}
+                        continue
+                    if kind == "done":
+                        end = {status: f"done in {time.perf_counter() - t0:.2f} s",
                                message: message_html(warnings=runlog.warnings)}
-                    elif kind == "done":
-                        took = time.perf_counter() - t0
-                        yield {status: f"done in {took:.2f} s", message: message_html(warnings=runlog.warnings)}
-                        return
                     elif kind == "cancelled":
-                        yield {status: "", message: message_html(info=f"Stopped: {payload}", warnings=runlog.warnings)}
-                        return
+                        end = {status: "", message: message_html(info=f"Stopped: {payload}", warnings=runlog.warnings)}
                     elif kind == "bad_input":
-                        yield {status: "", message: message_html(error=payload, warnings=runlog.warnings)}
-                        return
+                        end = {status: "", message: message_html(error=payload, warnings=runlog.warnings)}
                     else:  # "failed"
-                        yield {status: "", message: message_html(error=f"generation failed: {payload} (details "
-                                                                       "in the server's log)")}
-                        return
+                        end = {status: "", message: message_html(
+                            error=f"generation failed: {payload} (details in the server's log)")}
+                    yield {**shown, **end}
+                    return
             finally:
                 cancel.set()  # the page went away or the run ended: a worker still running stops at its next step
                 worker.join(timeout=60)
@@ -353,9 +359,9 @@ def launch(demo: gr.Blocks, config: AppConfig, *, prevent_thread_lock: bool = Fa
     demo.queue(max_size=config.queue_size, default_concurrency_limit=1)
     # Gradio's own cap refuses absurd uploads before they reach the disk; the page's limit (with its own message)
     # is checked by uploads.check_upload, so the cap sits well above it.
-    cap_mb = max(2 * config.max_upload_mb, config.max_upload_mb + 10)
+    cap_bytes = int(max(2 * config.max_upload_bytes, config.max_upload_bytes + 10 * 2**20))
     return demo.launch(server_name=config.host, server_port=config.port, prevent_thread_lock=prevent_thread_lock,
-                       quiet=quiet, css=CSS, max_file_size=f"{cap_mb:g}mb", allowed_paths=[str(config.work_dir)],
+                       quiet=quiet, css=CSS, max_file_size=cap_bytes, allowed_paths=[str(config.work_dir)],
                        show_error=False, footer_links=[], inbrowser=False)
 
 
