@@ -16,7 +16,16 @@ in dense modules — exactly what their Core ML constexpr ops would decode to.
   threshold; the highest threshold whose whole-UNet effective bits fit 4.5 wins. (Tables per group of 16 output
   channels like the k-means baseline; k-means by `quantizers.kmeans_1d`, as coremltools at 5 bit widths × every
   layer would take too long on 2 cores.)
-- ours_*: `palettize.compress.compress_network` with the given recipe and calibration, run dense.
+- ours_*: `palettize.compress.compress_network` with the given recipe and calibration, run dense;
+  `*_distilled` then runs `palettize.distill` with the recipe's default distillation settings, paced by its steps
+  alone (no time budget, so the row is reproducible), on the fp16 teacher's calls over the calibration prompts.
+- apple_mbp_*: recipes made by Apple's own pre-analysis code (`benchmarks/apple_mbp.py --apple-src DIR` writes
+  them to results/apple_mbp*.json), applied as Apple applies them — one k-means table per tensor, by
+  coremltools' `_get_kmeans_lookup_table_and_weight`, the function Apple's `fake_palettize` calls — and sized
+  honestly like every other row. `label_bits` keeps Apple's own figure (code bits over its candidate layers).
+
+Every palettized row also reports `label_bits`: Σ bits·weights / Σ weights over the layers it palettized — how
+Apple's recipe names count — beside the honest `bits_per_param` over all UNet parameters.
 """
 
 from __future__ import annotations
@@ -35,6 +44,8 @@ from pocketsd.palettize.packing import pack_codes
 
 MBP_BITS = (1, 2, 4, 6, 8)
 MBP_BUDGET = 4.5
+RESULTS = Path(__file__).resolve().parent / "results"
+GUIDANCE = 5.0
 
 
 @dataclass
@@ -51,6 +62,14 @@ class MethodContext:
         from pocketsd.palettize.recipes import compressible_layers
 
         return compressible_layers(unet)
+
+    def teacher(self):
+        """The fp16 UNet's calls and outputs over the calibration prompts (distillation's teacher), recorded once."""
+        from pocketsd.palettize.distill import record_teacher
+
+        if "teacher" not in self._calibrations:
+            self._calibrations["teacher"] = record_teacher(self.pipe, self.calib_prompts, self.calib_steps, GUIDANCE)
+        return self._calibrations["teacher"]
 
     def calibration(self, timesteps: str = "all"):
         """One calibration per timestep range, shared by every method that uses it."""
@@ -271,13 +290,71 @@ def mbp(ctx, fp16_unet, budget: float = MBP_BUDGET):
     hist = {str(b): sum(1 for v in choice.values() if v == b) for b in MBP_BITS}
     return _finish(fp16_unet, modules, layers, dense,
                    {"psnr_threshold_db": thr, "bits_histogram": hist, "sensitivity_seconds": sensitivity_s,
-                    "budget": budget})
+                    "budget": budget, "label_bits": _label_bits(choice, {n: m.weight.numel() for n, m in modules.items()}),
+                    "label_note": "re-implementation: the honest bits_per_param is what its budget bounds"})
+
+
+def _label_bits(bits: dict[str, int], numel: dict[str, int]) -> float:
+    """Apple's way: Σ bits·weights / Σ weights over the palettized layers only (16 for those it left fp16)."""
+    return sum(bits[n] * numel[n] for n in bits) / max(1, sum(numel[n] for n in bits))
+
+
+# ---- Apple's own recipes (made by benchmarks/apple_mbp.py from Apple's code) --------------------------------
+def _apple_recipe(recipe: dict[str, int], doc: dict):
+    def build(ctx, fp16_unet):
+        from coremltools.models.neural_network.quantization_utils import _get_kmeans_lookup_table_and_weight
+
+        modules = dict(fp16_unet.named_modules())
+        ours, _ = ctx.layers(fp16_unet)
+        layers, dense = {}, {}
+        for name, bits in recipe.items():
+            if bits == 16:
+                continue
+            m = modules[name]
+            w = m.weight.detach().cpu().numpy().astype(np.float16)  # as Apple's fake_palettize
+            lut, idx = _get_kmeans_lookup_table_and_weight(bits, w)
+            lut = torch.from_numpy(lut.astype(np.float16)).reshape(1, -1)
+            codes = torch.from_numpy(np.asarray(idx).astype(np.uint8)).reshape(w.shape)
+            layers[name] = _layer(name, m, codes, bits, PALETTE, lut=lut, group=w.shape[0])
+            dense[name] = lut[0][codes.long()].float()
+        # Layers Apple leaves at 16 bits (under its size threshold or above every PSNR threshold) stay fp16
+        # leftovers, as every row's unquantized layers do.
+        acc = _accounting(layers, _leftover(fp16_unet, layers))
+        unet = copy.deepcopy(fp16_unet)
+        mods = dict(unet.named_modules())
+        with torch.no_grad():
+            for name, w in dense.items():
+                mods[name].weight.copy_(w.to(mods[name].weight.dtype))
+        hist = {str(b): sum(1 for v in recipe.values() if v == b) for b in (*MBP_BITS, 16)}
+        return unet, {"bits_per_param": acc["bits_per_param"], "unet_bytes": acc["total_bytes"], "low_rank": False,
+                      "layers_quantized": len(layers), "label_bits": _label_bits(recipe, {n: modules[n].weight.numel() for n in recipe}),
+                      "bits_histogram": hist, "implementation": "Apple's pre-analysis recipe (apple_mbp.py)",
+                      "palettize_min_size": doc["palettize_min_size"],
+                      "not_in_our_layer_set": sorted(set(layers) - set(ours))}
+    return build
+
+
+def apple_methods(results: Path = RESULTS) -> dict:
+    """One method per recipe in results/apple_mbp*.json (absent until benchmarks/apple_mbp.py has run)."""
+    import json
+
+    out = {}
+    for path in sorted(results.glob("apple_mbp*.json")):
+        if path.stem.endswith("_quick"):
+            continue
+        doc = json.loads(path.read_text())
+        for name, recipe in doc.get("recipes", {}).items():
+            out[f"{name}_min{int(doc['palettize_min_size'])}"] = _apple_recipe(recipe, doc)
+    return out
 
 
 # ---- ours -----------------------------------------------------------------------------------------
-def _ours(recipe_kwargs: dict, timesteps: str = "all"):
+def _ours(recipe_kwargs: dict, timesteps: str = "all", distill: bool = False):
     def build(ctx, fp16_unet):
+        from dataclasses import replace
+
         from pocketsd.palettize.compress import compress_network
+        from pocketsd.palettize.distill import distill as run_distill
         from pocketsd.palettize.layer import compressed_layers, compressed_state_dict, set_mode
         from pocketsd.palettize.recipes import make_recipe
 
@@ -285,6 +362,14 @@ def _ours(recipe_kwargs: dict, timesteps: str = "all"):
         calib = ctx.calibration(timesteps)
         unet = copy.deepcopy(fp16_unet)  # compress_network replaces layers in place
         compress_network(unet, recipe, calib)
+        extra = {}
+        if distill:
+            settings = replace(recipe.distill_settings(GUIDANCE), minutes=None)  # paced by steps: reproducible
+            rep = run_distill(unet, ctx.teacher(), settings)
+            extra = {"distill_steps": rep.steps_done, "distill_seconds": rep.seconds,
+                     "distill_cpu_seconds": rep.cpu_seconds, "distill_tensors": list(settings.trainable),
+                     "held_out_snr_db_before": rep.held_out_snr_db_before,
+                     "held_out_snr_db_after": rep.held_out_snr_db_after}
         layers = compressed_layers(unet)
         acc = accounting(compressed_state_dict(unet), [l.record() for l in layers.values()])
         ranks = [l.rank for l in layers.values()]
@@ -296,6 +381,8 @@ def _ours(recipe_kwargs: dict, timesteps: str = "all"):
             "smoothing": recipe.smoothing, "mean_rank": float(np.mean(ranks)) if ranks else 0.0,
             "bits_histogram": {str(b): bits.count(b) for b in sorted(set(bits))},
             "lowrank_bytes": acc["bytes_by_category"]["lowrank"],
+            "label_bits": _label_bits({n: l.bits for n, l in layers.items()}, {n: l.numel for n, l in layers.items()}),
+            **extra,
         }
     return build
 
@@ -311,4 +398,9 @@ METHODS = {
     "ours_budget4.5_no_smoothing": _ours({"bits_budget": 4.5, "smoothing": False}),
     "ours_budget4.5_calib_first25": _ours({"bits_budget": 4.5}, "first25"),
     "ours_budget4.5_calib_last25": _ours({"bits_budget": 4.5}, "last25"),
+    "ours_budget4.5_distilled": _ours({"bits_budget": 4.5}, distill=True),
+    "ours_budget4.0": _ours({"bits_budget": 4.0}),
+    "ours_budget4.0_distilled": _ours({"bits_budget": 4.0}, distill=True),
+    "ours_budget6.0_distilled": _ours({"bits_budget": 6.0}, distill=True),
 }
+METHODS.update(apple_methods())

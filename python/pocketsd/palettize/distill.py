@@ -29,9 +29,8 @@ from torch import nn
 from ..errors import BadInput
 from .layer import TRAINABLE, compressed_layers, trainable_parameters
 
-# Adam step sizes per kind of tensor, relative to the tensor's own RMS (tables, factors and biases live on
-# very different scales; a relative step keeps one setting right for all of them and for any model size).
-LR_SCALE = {"lowrank_up": 1.0, "lowrank_down": 1.0, "lut": 1.0, "scales": 1.0, "bias": 1.0}
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
 
 
 @dataclass(frozen=True)
@@ -39,9 +38,10 @@ class DistillSettings:
     """How distillation runs; `Recipe` holds the defaults (the `distill_*` fields) and builds this."""
 
     steps: int = 0  # optimizer steps (0: no distillation)
-    minutes: float | None = None  # wall-clock budget for the training loop (None: none)
+    minutes: float | None = None  # time budget for the training loop (None: none)
+    clock: str = "wall"  # what `minutes` counts: "wall" clock or this process's "cpu" time (all its threads)
     trainable: tuple[str, ...] = TRAINABLE
-    lr: float = 1e-2  # Adam step relative to each tensor's RMS
+    lr: float = 1e-3  # Adam step relative to each tensor's RMS (the train mode's parameters are value / RMS)
     batch_pairs: int = 8  # (unconditional, conditional) row pairs per step
     guided_weight: float = 1.0  # weight of the guided output's error beside the two rows' own errors
     guidance: float = 5.0
@@ -54,6 +54,8 @@ class DistillSettings:
             raise BadInput(f"--distill-steps must be an integer in 0..1000000, got {self.steps}")
         if self.minutes is not None and (not math.isfinite(self.minutes) or self.minutes <= 0 or self.minutes > 10_000):
             raise BadInput(f"--distill-minutes must be a number of minutes in (0, 10000], got {self.minutes}")
+        if self.clock not in CLOCKS:
+            raise BadInput(f"the distillation clock must be one of {', '.join(CLOCKS)}, got {self.clock!r}")
         bad = [t for t in self.trainable if t not in TRAINABLE]
         if bad or not self.trainable:
             raise BadInput(f"--distill-tensors must name some of {', '.join(TRAINABLE)}, got {','.join(self.trainable) or 'nothing'}")
@@ -192,6 +194,7 @@ class DistillReport:
     steps_planned: int
     steps_done: int = 0
     stopped_by: str = "steps"  # "steps" | "time"
+    time_paced: bool = False  # the time budget, not the step count, set the learning rate at some step
     seconds: float = 0.0
     cpu_seconds: float = 0.0
     held_out_snr_db_before: float = float("nan")
@@ -236,10 +239,11 @@ def distill(model: nn.Module, teacher: TeacherSet, settings: DistillSettings, pr
             final_mode: str = "packed") -> DistillReport:
     """Train the compressed layers' small tensors of `model` to match `teacher`; codes stay frozen.
 
-    Deterministic for a seed and a step count (the same threads give the same floating-point sums): a time
-    budget only stops it earlier, and the report says which stopped it. The tensors of the best held-out
-    output SNR seen (step 0 included: distillation never leaves the held-out error worse) are written back as
-    fp16, then every compressed layer is put in `final_mode`.
+    The learning rate anneals over whichever limit comes first, the steps or the time budget. A run paced
+    by its steps alone is deterministic for a seed and a step count (the same threads give the same
+    floating-point sums); the report says whether time paced or stopped it (`time_paced`, `stopped_by`).
+    The tensors of the best held-out output SNR seen (step 0 included: distillation never leaves the held-out
+    error worse) are written back as fp16, then every compressed layer is put in `final_mode`.
     progress: optional callable(advance: int, detail: str), once per step.
     """
     settings.check()
@@ -265,20 +269,25 @@ def distill(model: nn.Module, teacher: TeacherSet, settings: DistillSettings, pr
         report.held_out_snr_db_after = best_snr
         return _finish(model, layers, report, final_mode, was_training, t0, c0)
 
-    groups = [{"params": [p], "lr": settings.lr * LR_SCALE[k.rpartition(".")[2]] * _rms(p)} for k, p in params.items()]
-    opt = torch.optim.Adam(groups, betas=(0.9, 0.99))
-    base_lr = [g["lr"] for g in groups]
+    opt = torch.optim.Adam(list(params.values()), lr=settings.lr, betas=(0.9, 0.99))
     gen = torch.Generator().manual_seed(settings.seed)
-    warmup = max(1, settings.steps // 20)
-    deadline = None if settings.minutes is None else t0 + 60 * settings.minutes
+    clock = CLOCKS[settings.clock]
+    start, budget = clock(), None if settings.minutes is None else 60 * settings.minutes
+    warmup = max(1, min(settings.steps // 20, 50))
     loss_avg = None
     for step in range(1, settings.steps + 1):
-        if deadline is not None and time.perf_counter() > deadline:
-            report.stopped_by = "time"
-            break
-        scale = min(1.0, step / warmup) * 0.5 * (1 + math.cos(math.pi * (step - 1) / settings.steps))
-        for g, lr in zip(opt.param_groups, base_lr):
-            g["lr"] = lr * max(scale, 0.02)
+        # the schedule anneals towards whichever limit comes first: the steps, or the time budget
+        progress_done = (step - 1) / settings.steps
+        if budget is not None:
+            spent = (clock() - start) / budget
+            if spent >= 1:
+                report.stopped_by = "time"
+                break
+            if spent > progress_done:
+                progress_done, report.time_paced = spent, True
+        scale = min(1.0, step / warmup) * 0.5 * (1 + math.cos(math.pi * progress_done))
+        for g in opt.param_groups:
+            g["lr"] = settings.lr * max(scale, 0.02)
         pick = train_pairs[torch.randint(len(train_pairs), (settings.batch_pairs,), generator=gen)]
         inputs, target = teacher.batch(pick)
         with torch.enable_grad():
@@ -288,7 +297,7 @@ def distill(model: nn.Module, teacher: TeacherSet, settings: DistillSettings, pr
             loss.backward()
         opt.step()
         report.steps_done = step
-        value = float(loss)
+        value = float(loss.detach())
         loss_avg = value if loss_avg is None else 0.95 * loss_avg + 0.05 * value
         detail = f"loss {loss_avg:.4f} held-out {best_snr:.2f} dB"
         if step % settings.eval_every == 0 or step == settings.steps:
@@ -304,10 +313,6 @@ def distill(model: nn.Module, teacher: TeacherSet, settings: DistillSettings, pr
             p.copy_(best[k])
     report.held_out_snr_db_after = best_snr
     return _finish(model, layers, report, final_mode, was_training, t0, c0)
-
-
-def _rms(p: torch.Tensor) -> float:
-    return max(float(p.detach().float().pow(2).mean().sqrt()), 1e-8)
 
 
 def _finish(model, layers, report: DistillReport, final_mode: str, was_training: bool, t0: float, c0: float):

@@ -21,7 +21,9 @@ One type, four ways to run (`set_mode`):
             `convert/mil_weights` swaps for a constexpr op built from our codes. `channels_first` makes a
             Linear act on the Neural Engine's (B, C, 1, S) layout as a 1×1 conv;
 - "train":  the small tensors chosen by `trainable` (factors, table or scales, bias) become fp32
-            `nn.Parameter`s, held outside the state dict (which stays the format in every mode), and the
+            `nn.Parameter`s — each divided by a power of two near its RMS, so one optimizer step size is a
+            relative step for tables, factors and biases alike — held outside the state dict (which stays the
+            format), and the
             forward rebuilds R from the frozen codes and the current table/scales, so gradients reach only
             them; `commit_trained` rounds them back into the fp16 buffers (`palettize.distill` uses this).
 The LoRA rule lives here once (`append_lowrank`): since the branch acts on x/s, a LoRA (B: out×r', A: r'×in·k)
@@ -58,7 +60,8 @@ class CompressedLayer(nn.Module):
         self.group_size, self.block_size = record.group_size, record.block_size
         self.alpha, self.snr_db = float(record.alpha), record.snr_db
         self.mode, self.compute_dtype, self.channels_first = "packed", torch.float32, False
-        self.trained: dict[str, nn.Parameter] = {}  # "train" mode only: fp32 copies, kept out of the state dict
+        self.trained: dict[str, nn.Parameter] = {}  # "train" mode only: fp32 copies / RMS, out of the state dict
+        self.train_unit: dict[str, float] = {}  # each trained tensor's RMS: value = parameter · unit
         out, cin = self.shape[0], self.shape[1]
         f16 = dict(dtype=torch.float16, device=device)
         self.register_buffer("codes", torch.empty(packed_nbytes(self.numel, self.bits), dtype=torch.uint8, device=device))
@@ -192,10 +195,10 @@ class CompressedLayer(nn.Module):
         """R (fp32) as a differentiable function of the table or scales, from the frozen codes."""
         out = self.shape[0]
         if self.quantizer == PALETTE:
-            lut = self.trained.get("lut", self.lut).float()
+            lut = self.train_value("lut")
             rows = lut.repeat_interleave(self.group_size, 0)
             return torch.gather(rows, 1, self.train_codes).view(self.shape)
-        scales = self.trained.get("scales", self.scales).float().repeat_interleave(self.block_size, dim=1)
+        scales = self.train_value("scales").repeat_interleave(self.block_size, dim=1)
         r = scales * self.train_codes
         # Core ML rounds each product to fp16: the forward does too, the gradient passes straight through
         return r + (r.detach().to(torch.float16).float() - r.detach())
@@ -206,13 +209,17 @@ class CompressedLayer(nn.Module):
             return self.train_frozen_weight
         w = self.train_fixed_residual if self.train_fixed_residual is not None else self._train_residual()
         if self.rank:
-            up = self.trained.get("lowrank_up", self.lowrank_up).float()
-            down = self.trained.get("lowrank_down", self.lowrank_down).float()
+            up, down = self.train_value("lowrank_up"), self.train_value("lowrank_down")
             w = w + (up @ down).view(self.shape)
         return w
 
     def _train_bias(self) -> torch.Tensor | None:
-        return self.trained.get("bias", self.bias if self.bias is None else self.bias.float())
+        return None if self.bias is None else self.train_value("bias")
+
+    def train_value(self, name: str) -> torch.Tensor:
+        """A stored tensor's current fp32 value: the trained one (parameter · unit) or the frozen buffer."""
+        p = self.trained.get(name)
+        return getattr(self, name).float() if p is None else p * self.train_unit[name]
 
     @torch.no_grad()
     def commit_trained(self) -> dict[str, float]:
@@ -222,7 +229,7 @@ class CompressedLayer(nn.Module):
         change = {}
         for name, p in self.trained.items():
             old = getattr(self, name)
-            new = p.detach().float()
+            new = p.detach().float() * self.train_unit[name]
             if not torch.isfinite(new).all() or new.abs().max() > 65504:
                 raise ValueError(f"{self.name}: trained {name} left the fp16 range")
             new16 = new.to(torch.float16)
@@ -246,10 +253,16 @@ class CompressedLayer(nn.Module):
             self._buffers.pop(name, None)
             self._non_persistent_buffers_set.discard(name)
         self._int4 = None
-        self.trained, self._trainable = {}, tuple(trainable)
+        self.trained, self.train_unit, self._trainable = {}, {}, tuple(trainable)
         if mode == "train":
             names = self.trainable_names(trainable)
-            self.trained = {n: nn.Parameter(getattr(self, n).detach().float().clone()) for n in names}
+            for n in names:
+                value = getattr(self, n).detach().float()
+                # a power of two near the RMS: value / unit · unit is then exact, so the untrained forward is
+                # bit for bit the stored one (int products sit on fp16 rounding ties)
+                rms = max(float(value.pow(2).mean().sqrt()), 1e-12)
+                self.train_unit[n] = 2.0 ** round(math.log2(rms))
+                self.trained[n] = nn.Parameter(value / self.train_unit[n])
             inv = None if self.smooth is None else 1.0 / self.smooth.float()
             self.register_buffer("compute_inv_smooth", inv, persistent=False)
             table = "lut" if self.quantizer == PALETTE else "scales"

@@ -52,7 +52,7 @@ class Recipe:
     distill_steps: int = DEFAULT_DISTILL_STEPS  # 0: off
     distill_minutes: float | None = DEFAULT_DISTILL_MINUTES
     distill_tensors: tuple[str, ...] = ("lowrank", "table", "bias")  # of layer.TRAINABLE
-    distill_lr: float = 1e-2  # Adam step relative to each tensor's RMS
+    distill_lr: float = 1e-3  # Adam step relative to each tensor's RMS
     distill_batch: int = 8  # (unconditional, conditional) pairs per step
     distill_seed: int = 0
 
