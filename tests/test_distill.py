@@ -167,6 +167,7 @@ def test_record_teacher_pairs_and_schedule(ref_pipeline):
     (["--distill-tensors", ""], "--distill-tensors"),
     (["--distill-lr", "3"], "--distill-lr"),
     (["--distill-batch", "0"], "--distill-batch"),
+    (["--distill-epochs", "0"], "--distill-epochs"),
 ])
 def test_bad_distill_options_exit_2_with_one_line(tmp_path, capsys, args, needle):
     rc = cli(["compress", "--out", str(tmp_path / "c")] + args)

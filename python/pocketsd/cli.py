@@ -159,6 +159,8 @@ def _add_compress(sub) -> None:
     p.add_argument("--distill-steps", type=int, default=R.distill_steps,
                    help=f"after quantizing, train the UNet's low-rank factors, tables and biases against the fp16 "
                         f"UNet for this many steps, codes frozen (default {R.distill_steps}; 0: off)")
+    p.add_argument("--distill-epochs", type=float, default=R.distill_epochs,
+                   help=f"… but at most this many passes over the recorded fp16 outputs (default {R.distill_epochs:g})")
     p.add_argument("--distill-minutes", type=float, default=R.distill_minutes,
                    help=f"stop distilling after this many minutes of wall clock (default {R.distill_minutes:g})")
     p.add_argument("--distill-tensors", default=",".join(R.distill_tensors),
@@ -196,7 +198,8 @@ def _run_compress(args) -> int:
 
     recipe = make_recipe(args.recipe, args.bits_budget, args.quantizer, args.group_size, args.block_size,
                          smoothing=not args.no_smoothing, refine_iters=args.refine_iters,
-                         distill_steps=args.distill_steps, distill_minutes=args.distill_minutes,
+                         distill_steps=args.distill_steps, distill_epochs=args.distill_epochs,
+                         distill_minutes=args.distill_minutes,
                          distill_tensors=args.distill_tensors, distill_lr=args.distill_lr,
                          distill_batch=args.distill_batch, distill_seed=args.distill_seed)
     components = tuple(c.strip() for c in args.components.split(",") if c.strip())

@@ -24,7 +24,7 @@ from ..models import model_folder, resolve_model
 from ..models.device import resolve_device
 from ..palettize.calibrate import CalibrationSettings, calibrate
 from ..palettize.compress import ProbePlan, check_budget, compress_network, plan_probes, progress_total
-from ..palettize.distill import distill, record_teacher
+from ..palettize.distill import distill, planned_steps, record_teacher
 from ..palettize.layer import compressed_layers, compressed_state_dict
 from ..palettize.quantizers import BITS
 from ..palettize.recipes import Recipe, compressible_layers
@@ -192,9 +192,8 @@ def compress_model(opts: CompressOptions, on_progress: Progress | None = None,
         if name != "unet":  # distillation trains the UNet only
             report.recipe["distill_steps"] = 0
         elif teacher is not None:
-            t1 = time.perf_counter()
-            done = distill(network, teacher, distill_settings,
-                           lambda n, detail="": tick("distilling", n, distill_settings.steps, detail))
+            t1, steps = time.perf_counter(), planned_steps(teacher, distill_settings)
+            done = distill(network, teacher, distill_settings, lambda n, detail="": tick("distilling", n, steps, detail))
             timings["distill"] = time.perf_counter() - t1
             info["distillation"] = {**done.to_dict(), "teacher": teacher.info,
                                     "note": "layer snr_db values were measured before distillation"}

@@ -37,7 +37,8 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 class DistillSettings:
     """How distillation runs; `Recipe` holds the defaults (the `distill_*` fields) and builds this."""
 
-    steps: int = 0  # optimizer steps (0: no distillation)
+    steps: int = 0  # optimizer steps (0: no distillation) …
+    max_epochs: float | None = None  # … but at most this many passes over the training pairs (None: no cap)
     minutes: float | None = None  # time budget for the training loop (None: none)
     clock: str = "wall"  # what `minutes` counts: "wall" clock or this process's "cpu" time (all its threads)
     trainable: tuple[str, ...] = TRAINABLE
@@ -61,6 +62,8 @@ class DistillSettings:
             raise BadInput(f"--distill-tensors must name some of {', '.join(TRAINABLE)}, got {','.join(self.trainable) or 'nothing'}")
         if not (math.isfinite(self.lr) and 0 < self.lr <= 1):
             raise BadInput(f"--distill-lr must be in (0, 1], got {self.lr}")
+        if self.max_epochs is not None and not (math.isfinite(self.max_epochs) and self.max_epochs > 0):
+            raise BadInput(f"--distill-epochs must be a positive number, got {self.max_epochs}")
         if not 1 <= self.batch_pairs <= 4096:
             raise BadInput(f"--distill-batch must be in 1..4096, got {self.batch_pairs}")
         return self
@@ -235,6 +238,15 @@ def output_snr_db(model: nn.Module, teacher: TeacherSet, pairs: torch.Tensor, ch
     return 10 * math.log10(max(sig, 1e-30) / max(err, 1e-30))
 
 
+def planned_steps(teacher: TeacherSet, settings: DistillSettings) -> int:
+    """The steps `distill` will run unless time stops it: `steps`, capped at `max_epochs` passes over the
+    training pairs (a small teacher set is not worth more: the held-out SNR stops rising)."""
+    if settings.max_epochs is None or settings.steps == 0:
+        return settings.steps
+    train_pairs = len(teacher.split(settings.held_out_share)[0])
+    return min(settings.steps, max(1, math.ceil(settings.max_epochs * train_pairs / settings.batch_pairs)))
+
+
 def distill(model: nn.Module, teacher: TeacherSet, settings: DistillSettings, progress=None,
             final_mode: str = "packed") -> DistillReport:
     """Train the compressed layers' small tensors of `model` to match `teacher`; codes stay frozen.
@@ -251,8 +263,9 @@ def distill(model: nn.Module, teacher: TeacherSet, settings: DistillSettings, pr
     layers = compressed_layers(model)
     if not layers:
         raise ValueError("the model has no compressed layers to distill")
-    report = DistillReport(steps_planned=settings.steps)
     train_pairs, held_pairs = teacher.split(settings.held_out_share)
+    steps = planned_steps(teacher, settings)
+    report = DistillReport(steps_planned=steps)
     held_pairs = held_pairs[: max(8, min(len(held_pairs), 64))]  # a fixed, small held-out set: cheap to score
     for layer in layers.values():
         layer.set_mode("train", trainable=settings.trainable)
@@ -265,7 +278,7 @@ def distill(model: nn.Module, teacher: TeacherSet, settings: DistillSettings, pr
     best = {k: p.detach().clone() for k, p in params.items()}
     report.held_out_snr_db_before = best_snr = output_snr_db(model, teacher, held_pairs)
     report.history.append((0, float("nan"), best_snr, 0.0, 0.0))
-    if not params or settings.steps == 0 or len(train_pairs) == 0:
+    if not params or steps == 0 or len(train_pairs) == 0:
         report.held_out_snr_db_after = best_snr
         return _finish(model, layers, report, final_mode, was_training, t0, c0)
 
@@ -273,11 +286,11 @@ def distill(model: nn.Module, teacher: TeacherSet, settings: DistillSettings, pr
     gen = torch.Generator().manual_seed(settings.seed)
     clock = CLOCKS[settings.clock]
     start, budget = clock(), None if settings.minutes is None else 60 * settings.minutes
-    warmup = max(1, min(settings.steps // 20, 50))
+    warmup = max(1, min(steps // 20, 50))
     loss_avg = None
-    for step in range(1, settings.steps + 1):
+    for step in range(1, steps + 1):
         # the schedule anneals towards whichever limit comes first: the steps, or the time budget
-        progress_done = (step - 1) / settings.steps
+        progress_done = (step - 1) / steps
         if budget is not None:
             spent = (clock() - start) / budget
             if spent >= 1:
@@ -300,7 +313,7 @@ def distill(model: nn.Module, teacher: TeacherSet, settings: DistillSettings, pr
         value = float(loss.detach())
         loss_avg = value if loss_avg is None else 0.95 * loss_avg + 0.05 * value
         detail = f"loss {loss_avg:.4f} held-out {best_snr:.2f} dB"
-        if step % settings.eval_every == 0 or step == settings.steps:
+        if step % settings.eval_every == 0 or step == steps:
             snr = output_snr_db(model, teacher, held_pairs)
             report.history.append((step, loss_avg, snr, time.perf_counter() - t0, time.process_time() - c0))
             if snr > best_snr:

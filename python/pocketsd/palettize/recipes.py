@@ -50,6 +50,7 @@ class Recipe:
     # Distillation of the small tensors against the fp16 model after quantization (`palettize.distill`);
     # it runs until `distill_steps` or `distill_minutes` (wall clock), whichever comes first.
     distill_steps: int = DEFAULT_DISTILL_STEPS  # 0: off
+    distill_epochs: float = 10.0  # at most this many passes over the recorded teacher pairs
     distill_minutes: float | None = DEFAULT_DISTILL_MINUTES
     distill_tensors: tuple[str, ...] = ("lowrank", "table", "bias")  # of layer.TRAINABLE
     distill_lr: float = 1e-3  # Adam step relative to each tensor's RMS
@@ -65,7 +66,7 @@ class Recipe:
         """The `palettize.distill.DistillSettings` this recipe asks for (checked: bad values are BadInput)."""
         from .distill import DistillSettings
 
-        return DistillSettings(steps=self.distill_steps, minutes=self.distill_minutes,
+        return DistillSettings(steps=self.distill_steps, max_epochs=self.distill_epochs, minutes=self.distill_minutes,
                                trainable=tuple(self.distill_tensors), lr=self.distill_lr,
                                batch_pairs=self.distill_batch, guidance=guidance, seed=self.distill_seed).check()
 
