@@ -8,5 +8,8 @@ every `__main__` module there); the eval stage's own modules still import nothin
 import sys
 
 from pocketsd.cli import main
+from pocketsd.eval.sharding import finish
 
-sys.exit(main(["eval", *sys.argv[1:]]))
+code = main(["eval", *sys.argv[1:]])
+finish()
+sys.exit(code)

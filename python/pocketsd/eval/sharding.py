@@ -68,3 +68,14 @@ def map_sharded(fn: Callable[[T], R], items: Sequence[T], state=None) -> list[R]
 
 def wait_for_everyone(state=None) -> None:
     (state or process_state()).wait_for_everyone()
+
+
+def finish(state=None) -> None:
+    """End a multi-process run cleanly: wait for every process, then tear the process group down. A process that
+    exits with gloo's threads still running is killed by C++'s `terminate` (SIGABRT, "terminate called without an
+    active exception"), which fails the launch although every process had finished its work."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        (state or process_state()).wait_for_everyone()
+        dist.destroy_process_group()
