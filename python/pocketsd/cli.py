@@ -173,6 +173,10 @@ def _add_compress(sub) -> None:
     p.add_argument("--distill-seed", type=int, default=R.distill_seed, help="distillation seed (default 0)")
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"],
                    help="where calibration and the budget's probes run (default cpu; auto: CUDA, then MPS, then CPU)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="dtype the model is held in while it calibrates (auto: fp32 up to 4 GB of fp32 weights, else "
+                        "bf16 on the CPU, fp16 on a GPU); every decomposition is computed in fp32")
+    p.add_argument("--calib-size", metavar="WxH", help="image size calibration samples at (default: native)")
     p.add_argument("--max-unet-evals", type=int, default=C.max_unet_evaluations,
                    help=f"UNet evaluations at native size that calibration and the budget's probes may take "
                         f"(default {C.max_unet_evaluations}; probes use fewer samples or half the latent size to fit)")
@@ -185,6 +189,17 @@ def _add_compress(sub) -> None:
                        help=f"budget for the {component} (default: the UNet's --bits-budget or --recipe)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_compress)
+
+
+def _parse_size(text: str | None, flag: str) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    from .pipeline.options import parse_size
+
+    try:
+        return parse_size(text)
+    except BadInput as exc:
+        raise BadInput(str(exc).replace("--size", flag)) from None
 
 
 def _run_compress(args) -> int:
@@ -210,9 +225,11 @@ def _run_compress(args) -> int:
     opts = CompressOptions(out=Path(args.out), model=args.model, recipe=recipe,
                            calibration=CalibrationSettings(count=args.calib_count, steps=args.calib_steps,
                                                            timesteps=args.calib_timesteps,
-                                                           max_unet_evaluations=args.max_unet_evals),
+                                                           max_unet_evaluations=args.max_unet_evals,
+                                                           size=_parse_size(args.calib_size, "--calib-size")),
                            calib_prompts=Path(args.calib_prompts) if args.calib_prompts else None, force=args.force,
-                           components=components, component_recipes=component_recipes, device=args.device)
+                           components=components, component_recipes=component_recipes, device=args.device,
+                           precision=args.precision)
     with task_progress(not args.quiet) as on_progress:
         manifest = compress_model(opts, on_progress, on_note=lambda m: print(f"pocketsd: {m}", file=sys.stderr))
     print(summary_line(manifest))

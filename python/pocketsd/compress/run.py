@@ -47,6 +47,7 @@ class CompressOptions:
     calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
     calib_prompts: Path | None = None
     device: str = "cpu"  # where calibration, probes and distillation run ("auto": CUDA, then MPS, then CPU)
+    precision: str = "auto"  # the dtype the model is held in while it calibrates (see load_precision)
     components: tuple[str, ...] = DEFAULT_COMPONENTS  # those the model has; a missing default one is skipped
     component_recipes: dict[str, Recipe] = field(default_factory=dict)  # per-component budgets
     force: bool = False  # replace an --out that is not a compressed folder PocketSD wrote
@@ -83,14 +84,35 @@ def check_inputs(opts: CompressOptions) -> tuple[Path, str]:
     return folder, source.spec
 
 
-def _pipeline(folder: Path):
+# Above this many bytes of fp32 weights the pipeline is held in half precision while it calibrates (a real SDXL is
+# 14 GB in fp32: more than a 16 GB Mac can hold beside its activations); every decomposition is still computed in
+# fp32, one layer at a time.
+HALF_PRECISION_ABOVE = 4 << 30
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def load_precision(folder: Path, components: tuple[str, ...], precision: str, device: str) -> str:
+    """The dtype the model is held in: fp32 when it is small, else bf16 on a CPU and fp16 on an accelerator."""
+    if precision != "auto":
+        return precision
+    from ..artifacts.model_folder import safetensors_stats
+
+    params = sum(safetensors_stats(folder / c)[0] for c in ("unet", "text_encoder", "text_encoder_2", "vae")
+                 if (folder / c).is_dir())
+    if 4 * params <= HALF_PRECISION_ABOVE:
+        return "fp32"
+    return "bf16" if device == "cpu" else "fp16"
+
+
+def _pipeline(folder: Path, precision: str = "fp32"):
     import torch
     from diffusers import DiffusionPipeline
     from diffusers.utils import logging as dlogging
 
     dlogging.disable_progress_bar()
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     try:
-        return DiffusionPipeline.from_pretrained(folder, dtype=torch.float32)
+        return DiffusionPipeline.from_pretrained(folder, dtype=dtype)
     except (OSError, ValueError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BadInput(f"could not load the model in {folder}: {first[:200]}") from None
@@ -102,7 +124,8 @@ def unet_probe_plan(unet, recipe: Recipe, settings: CalibrationSettings, n_promp
         return None
     cfg = unet.config
     sample = cfg.sample_size if isinstance(cfg.sample_size, (list, tuple)) else (cfg.sample_size, cfg.sample_size)
-    calibration = n_prompts * settings.steps * (2 if settings.guidance > 1 else 1)
+    vae_factor = 8  # SD/SDXL: native pixels = latent pixels × 64
+    calibration = round(settings.unet_evaluations(n_prompts, sample[0] * sample[1] * vae_factor ** 2))
     return plan_probes(len(compressible_layers(unet)[0]), calibration, BITS[recipe.quantizer],
                        settings.unet_calls * settings.unet_call_rows, tuple(sample),
                        2 ** (len(cfg.down_block_types) - 1), settings.max_unet_evaluations)
@@ -114,14 +137,14 @@ def seconds_per_evaluation(unet) -> float:
 
     cfg = unet.config
     side = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+    like = dict(device=unet.device, dtype=unet.dtype)
     dev = unet.device
-    x = torch.randn(1, cfg.in_channels, side, side, device=dev)
-    ehs = torch.randn(1, 77, cfg.cross_attention_dim, device=dev)
+    x = torch.randn(1, cfg.in_channels, side, side, **like)
+    ehs = torch.randn(1, 77, cfg.cross_attention_dim, **like)
     kwargs = {}
     if cfg.addition_embed_type == "text_time":
         pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
-        kwargs["added_cond_kwargs"] = {"text_embeds": torch.randn(1, pooled, device=dev),
-                                       "time_ids": torch.zeros(1, 6, device=dev)}
+        kwargs["added_cond_kwargs"] = {"text_embeds": torch.randn(1, pooled, **like), "time_ids": torch.zeros(1, 6, **like)}
     t0 = time.perf_counter()
     with torch.inference_mode():
         unet(x, torch.tensor([500.0], device=dev), ehs, return_dict=False, **kwargs)
@@ -143,7 +166,10 @@ def compress_model(opts: CompressOptions, on_progress: Progress | None = None,
 
     t0 = time.perf_counter()
     device = resolve_device(opts.device)
-    pipe = _pipeline(folder).to(device)
+    if opts.precision not in PRECISIONS:
+        raise BadInput(f"--precision must be one of {', '.join(PRECISIONS)}, got {opts.precision!r}")
+    precision = load_precision(folder, opts.components, opts.precision, device)
+    pipe = _pipeline(folder, precision).to(device)
     networks = {name: getattr(pipe, name).eval() for name in opts.components}
     for name, network in networks.items():  # before calibrating: a budget the quantizer cannot reach fails fast
         check_budget(network, opts.recipe_for(name), what=f"the {name}")
@@ -165,7 +191,7 @@ def compress_model(opts: CompressOptions, on_progress: Progress | None = None,
     calib = calibrate(pipe, layers.get("unet", {}), prompts, settings.steps, settings.timesteps,
                       settings.rows_per_layer, settings.batch_size, settings.guidance, settings.seed,
                       progress=lambda n: tick("calibrating", n, calls, ""), encoder_modules=encoders,
-                      unet_calls=settings.unet_calls, unet_call_rows=settings.unet_call_rows)
+                      unet_calls=settings.unet_calls, unet_call_rows=settings.unet_call_rows, size=settings.size)
     timings["calibrate"] = time.perf_counter() - t0
 
     # distillation's teacher: the fp16 pipeline's UNet calls and outputs, recorded before anything is compressed
@@ -208,7 +234,8 @@ def compress_model(opts: CompressOptions, on_progress: Progress | None = None,
 
     t0 = time.perf_counter()
     manifest = write_compressed_model(opts.out, folder, payloads, source={"spec": spec, "path": str(folder)},
-                                      extra={"timings_s": {k: round(v, 2) for k, v in timings.items()}, "device": device})
+                                      extra={"timings_s": {k: round(v, 2) for k, v in timings.items()}, "device": device,
+                                             "precision": precision})
     manifest["timings_s"]["write"] = round(time.perf_counter() - t0, 2)
     return manifest
 

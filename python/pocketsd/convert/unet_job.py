@@ -50,11 +50,25 @@ def load_unet(plan: ConvertPlan, mode: str = "export"):
 
 
 def build_variant(plan: ConvertPlan, extra_lora: Path | None = None):
-    """(UNet with this variant's LoRAs applied, LoRA records)."""
-    unet = load_unet(plan)
+    """(UNet with this variant's LoRAs applied, LoRA records). Its compressed layers stay packed: each part of the
+    conversion materialises only its own layers for export (`_part_layers`), so a chunked SDXL never holds every
+    layer's fp32 residual at once."""
+    unet = load_unet(plan, mode="packed")
     specs = list(plan.loras) + ([(extra_lora, 1.0)] if extra_lora else [])
     records = apply_lora_files(unet, specs) if specs else []
     return unet, records
+
+
+def _part_layers(part: str, steps, cut: int | None, layers: dict) -> dict:
+    """The compressed layers a package computes with: all of them for a whole UNet, one side of the cut for a chunk."""
+    if part not in names.UNET_CHUNKS:
+        return layers
+    if part == names.UNET_CHUNKS[0]:
+        modules = [steps.time_embedding, steps.add_embedding, steps.conv_in] + [s.module for s in steps.steps[:cut]]
+    else:
+        modules = [s.module for s in steps.steps[cut:]] + [steps.conv_norm_out, steps.conv_out]
+    used = {id(sub) for m in modules if m is not None for sub in m.modules()}
+    return {n: layer for n, layer in layers.items() if id(layer) in used}
 
 
 def _pooled_dim(plan: ConvertPlan) -> int | None:
@@ -144,14 +158,20 @@ def convert_unet(plan: ConvertPlan, manifest: dict, fingerprint: dict, log) -> N
                 layers = compressed_layers(unet)
                 steps = UnetSteps(unet, opts.attention)
                 whole = ControlledUnet(steps) if residuals else steps
-                parts = ([(names.UNET, whole, ins, [o.name for o in outs], None)] if len(package_names) == 1
-                         else _chunk_parts(steps, steps.balanced_cut(), ins, outs, residuals))
+                cut = steps.balanced_cut() if len(package_names) > 1 else None
+                parts = ([(names.UNET, whole, ins, [o.name for o in outs], None)] if cut is None
+                         else _chunk_parts(steps, cut, ins, outs, residuals))
                 placed = set()
                 for pname, module, pins, pouts, example in parts:
                     t_part = time.time()
                     log(f"{pname}{'' if fname == 'main' else f' [{fname}]'}: converting (float16, {opts.attention})")
-                    weights = CompressedWeights(layers) if layers else None
+                    active = _part_layers(pname, steps, cut, layers)
+                    for layer in active.values():
+                        layer.set_mode("export")
+                    weights = CompressedWeights(active) if active else None
                     mlmodel = convert_module(module, pins, pouts, opts.target, compressed=weights, example=example)
+                    for layer in active.values():  # drop the fp32 residuals before the next part
+                        layer.set_mode("packed")
                     if weights is not None:
                         placed |= {n for n, c in weights.placed.items() if c}
                     target = tmp / f"{pname}-{fname}.mlpackage"

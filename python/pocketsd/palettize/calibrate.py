@@ -66,11 +66,13 @@ class CalibrationSettings:
     unet_calls: int = 8  # whole-UNet calls kept for the budget's probes …
     unet_call_rows: int = 4  # … and batch rows kept per call
     max_unet_evaluations: int = 2000  # calibration + probes, in UNet evaluations at native size (see compress.plan_probes)
+    size: tuple[int, int] | None = None  # (width, height) to sample at; None: the model's native size
 
-    @property
-    def unet_evaluations(self) -> int:
-        """UNet evaluations calibration makes: every prompt at every step, twice with guidance (cond + uncond)."""
-        return self.count * self.steps * (2 if self.guidance > 1 else 1)
+    def unet_evaluations(self, prompts: int, native_pixels: int) -> float:
+        """UNet evaluations at native size calibration makes: every prompt at every step, twice with guidance
+        (cond + uncond), scaled by the pixels sampled against the native size."""
+        scale = 1.0 if self.size is None else self.size[0] * self.size[1] / native_pixels
+        return prompts * self.steps * (2 if self.guidance > 1 else 1) * scale
 
     def check(self) -> "CalibrationSettings":
         if self.timesteps not in TIMESTEP_RANGES:
@@ -79,6 +81,8 @@ class CalibrationSettings:
             raise BadInput(f"--calib-steps must be in 1..1000, got {self.steps}")
         if not 1 <= self.count <= 100_000:
             raise BadInput(f"--calib-count must be in 1..100000, got {self.count}")
+        if self.size is not None and any(v % 64 for v in self.size):
+            raise BadInput(f"--calib-size {self.size[0]}x{self.size[1]} must be a multiple of 64 on both sides")
         if self.max_unet_evaluations < 1:
             raise BadInput(f"--max-unet-evals must be at least 1, got {self.max_unet_evaluations}")
         return self
@@ -171,7 +175,7 @@ def calibrate(pipeline, modules: dict[str, nn.Module], prompts: list[str], steps
               timesteps: str = "all", rows_per_layer: int = 512, batch_size: int = 8, guidance: float = 5.0,
               seed: int = 0, progress=None, unet_calls: int = 8, unet_call_rows: int = 4,
               max_row_bytes: int = 2 << 30, encoder_modules: dict[str, dict[str, nn.Module]] | None = None,
-              encoder_calls: int = 4) -> Calibration:
+              encoder_calls: int = 4, size: tuple[int, int] | None = None) -> Calibration:
     """Run `pipeline` (any diffusers text-to-image pipeline with a UNet) and collect statistics of `modules`
     (the UNet's layers) and, when given, of `encoder_modules` ({"text_encoder": {name: layer}, …}).
 
@@ -237,14 +241,16 @@ def calibrate(pipeline, modules: dict[str, nn.Module], prompts: list[str], steps
         with torch.inference_mode():
             for b in range(batches):
                 chunk = prompts[b * batch_size:(b + 1) * batch_size]
+                hw = {} if size is None else {"width": size[0], "height": size[1]}
                 pipeline(prompt=chunk, num_inference_steps=steps, guidance_scale=guidance, output_type="latent",
-                         generator=torch.Generator().manual_seed(seed + b), callback_on_step_end=on_step)
+                         generator=torch.Generator().manual_seed(seed + b), callback_on_step_end=on_step, **hw)
                 first_batch[0] = False
     finally:
         for h in handles:
             h.remove()
     stats = rec.result()
     info = {"prompts": len(prompts), "steps": steps, "timesteps": timesteps, "guidance": guidance,
+            "size": list(size) if size else "native",
             "rows_per_layer": rows_per_layer, "seed": seed, "cfg": "cond+uncond" if guidance > 1 else "cond"}
     info["unet_calls_kept"] = len(calls)
     encoders = {c: Calibration(r.result(), {"prompts": len(prompts), "rows_per_layer": rows_per_layer, "seed": seed,

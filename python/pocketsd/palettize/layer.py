@@ -338,6 +338,13 @@ class CompressedLinear(CompressedLayer):
     kind = "linear"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_first and self.mode != "export":
+            # the Neural Engine layout (B, C, 1, S) outside export (e.g. a chunk run in torch to size the other):
+            # the same maths over the channel axis
+            return self._forward(x.movedim(1, -1)).movedim(-1, 1)
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "dense":
             bias = None if self.compute_bias is None else self.compute_bias.to(x.dtype)
             return F.linear(x, self.dense_weight.to(x.dtype), bias)
