@@ -77,6 +77,20 @@ def _flip_byte(path: Path, offset_from_end: int = 100) -> None:
     path.write_bytes(bytes(data))
 
 
+def _flip_code_byte(path: Path) -> None:
+    """Flip one byte inside a compressed layer's packed codes (any value is a valid code: the damage is silent
+    unless the digest is checked)."""
+    import struct
+
+    raw = bytearray(path.read_bytes())
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    key = next(k for k in sorted(header) if k.endswith(".codes"))
+    start = 8 + n + header[key]["data_offsets"][0]
+    raw[start] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
 def lora_for(unet_dir: Path, out: Path, rank: int = 2, wrong_in: bool = False) -> Path:
     """A PEFT-format LoRA (`unet.<module>.lora_A/B.weight`) on a UNet's attention projections, read from its
     weights' shapes; `wrong_in` makes one down matrix one column short (a LoRA for another model)."""
@@ -133,7 +147,7 @@ def build_workspace(root: Path, ref: Path) -> Workspace:
     comp = compress_quickly(tiny, root / "comp", rank=2)
     comp_flipped = root / "comp_flipped"
     shutil.copytree(comp, comp_flipped)
-    _flip_byte(comp_flipped / "unet" / "pocketsd_unet.safetensors")
+    _flip_code_byte(comp_flipped / "unet" / "pocketsd_unet.safetensors")
 
     bundle_flipped = root / "bundle_flipped"
     shutil.copytree(Path(__file__).parent / "fixtures" / "bundle_v1", bundle_flipped)
@@ -224,6 +238,9 @@ def cli_child(argv: list[str], cwd: str, env: dict[str, str], log: str) -> None:
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
+    import faulthandler
+
+    faulthandler.dump_traceback_later(240, repeat=True, file=sys.stderr)  # a stuck run leaves its stacks in the log
     from pocketsd.cli import main
 
     code = main(argv)

@@ -363,6 +363,18 @@ def test_merge_replaces_its_own_folder_and_out_dot_resolves(ws, tmp_path, capsys
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
 
 
+def test_info_reports_a_mismatch_and_no_verify_skips_the_check(ws, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = run_case(["info", str(ws.comp_flipped)], capsys)
+    assert rc == 2 and "integrity: MISMATCH in 1 file(s): unet/pocketsd_unet.safetensors" in out  # described, then the error
+    rc, out, err = run_case(["info", str(ws.comp)], capsys)
+    assert rc == 0 and "files match their sha256" in out
+    assert run_case(["info", str(ws.comp_flipped), "--no-verify"], capsys)[0] == 0
+    rc, _, err = run_case(["generate", PROMPT, "--quiet", "--steps", "1", "--model", str(ws.comp_flipped), "--no-verify",
+                           "--out", "x.png"], capsys)
+    assert rc == 0, err  # a flipped code byte still decodes: --no-verify trusts the files, as asked
+
+
 def test_atomic_dir_never_replaces_an_uncleared_folder(tmp_path):
     from pocketsd.artifacts.atomic import atomic_dir
     from pocketsd.artifacts.outputs import check_out

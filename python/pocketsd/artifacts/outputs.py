@@ -65,7 +65,7 @@ def _overlap(target: Path, inputs: Iterable[tuple[str, str | Path | None]], flag
                            "a path that does not contain it")
 
 
-def _writable_parent(target: Path, flag: str, make_parents: bool) -> None:
+def _writable_parent(target: Path, flag: str, make_parents: bool, probe: bool = True) -> None:
     parent = target.parent
     if parent == target:
         raise BadInput(f"{flag} {target} is the filesystem root; give a folder or file below it")
@@ -76,6 +76,8 @@ def _writable_parent(target: Path, flag: str, make_parents: bool) -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise BadInput(f"{flag} {target}: {existing} is a file, not a folder")
+    if not probe:
+        return
     try:  # a real probe: os.access says yes to root on read-only mounts and sysfs
         fd, probe = tempfile.mkstemp(prefix=".pocketsd-write-test-", dir=existing)
         os.close(fd)
@@ -147,17 +149,18 @@ def _sample(folder: Path) -> str:
 
 
 def check_out(out: str | Path, kind: str, *, inputs: Iterable[tuple[str, str | Path | None]] = (),
-              force: bool = False, command: str = "pocketsd", flag: str = "--out") -> Path:
+              force: bool = False, command: str = "pocketsd", flag: str = "--out", probe: bool = True) -> Path:
     """Check `out` for a command writing a `kind` artifact; returns it resolved. Raises BadInput (one line).
 
     inputs: (name, path) pairs of everything the command reads (`("--model", folder)`, `("--lora", file)`…).
+    probe: create and delete a file where the output will land to prove it can be written (once per folder).
     """
     if out is None or str(out).strip() == "":
         raise BadInput(f"{flag} is empty; give a path")
     target = resolve(out)
     _overlap(target, inputs, flag)
     folder_kind = kind in FOLDER_KINDS
-    _writable_parent(target, flag, make_parents=folder_kind)
+    _writable_parent(target, flag, make_parents=folder_kind, probe=probe)
     clean_stale_temps(target)
     if not target.exists():
         return target
