@@ -87,11 +87,16 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    # One thread: on a shared machine two OpenMP threads per process made each image 10-100× slower (spinning at
+    # barriers while descheduled); the time column is a ratio within this run either way.
+    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
 
     import tempfile
 
+    import torch
     from PIL import Image
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from scipy import ndimage
 
     from pocketsd.artifacts import atomic_file, write_json
@@ -103,6 +108,8 @@ def main() -> None:
     from pocketsd.pipeline.inputs import SKETCH_STRENGTH, image_to_tensor, load_sketch
     from pocketsd.pipeline.torch_backend import open_backend
 
+    torch.set_num_threads(args.threads)
+
     cn_folder = args.controlnet or Path(args.model or REFERENCE_MODEL) / "controlnet"
     if not (cn_folder / "config.json").is_file():
         sys.exit(f"no ControlNet at {cn_folder}: train it with `python -m pocketsd.refmodel.train_controlnet`")
@@ -111,7 +118,9 @@ def main() -> None:
     controlnet = load_controlnet(cn_folder, unet_config)
     methods = [("text only", None)] + [(f"init image {s:g}", s) for s in STRENGTHS] + [(f"ControlNet {c:g}", c) for c in SCALES]
     rows, sheet = [], {}
-    with tempfile.TemporaryDirectory() as tmp:
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with tempfile.TemporaryDirectory() as tmp, bar:
+        task = bar.add_task("sketch benchmark", total=len(CASES) * len(methods) * args.seeds)
         for case in CASES:
             name, shape, prompt = case[0], case[1], case[6]
             color = next(w for w in prompt.split() if w in COLORS)
@@ -143,6 +152,7 @@ def main() -> None:
                            "place_right": bool(off < PLACE_TOLERANCE), "seconds": seconds}
                     row["all_right"] = row["shape_right"] and row["color_right"] and row["place_right"]
                     rows.append(row)
+                    bar.update(task, advance=1, description=f"{name}: {method}")
                     if seed == 0:
                         sheet[name].append(image)
 
@@ -159,7 +169,7 @@ def main() -> None:
         table.append(entry)
 
     doc = {"benchmark": "sketch", "model": args.model or "reference", "controlnet": str(cn_folder), "steps": args.steps,
-           "seeds": args.seeds, "guidance": GenerationRequest("").guidance, "default_strength": SKETCH_STRENGTH,
+           "seeds": args.seeds, "torch_threads": args.threads, "guidance": GenerationRequest("").guidance, "default_strength": SKETCH_STRENGTH,
            "place_tolerance_px": PLACE_TOLERANCE,
            "cases": [{"name": c[0], "shape": c[1], "box": c[2], "pen": c[3], "ink": c[4], "paper": c[5], "prompt": c[6]} for c in CASES],
            "table": table, "rows": rows}

@@ -330,7 +330,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--held-out", type=int, default=96)
     ap.add_argument("--t-sampling", choices=("uniform", "cubic"), default="cubic")
     ap.add_argument("--max-minutes", type=float, default=None, help="wall-clock cap from start to saved weights")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    # One thread by default: on this model's small layers a second thread buys ~1.5× on an idle machine, but on a
+    # shared one OpenMP threads spinning at every barrier made a step 10-20× slower (measured; see the JSON's
+    # uptime); and a fixed count keeps the weights bit-for-bit reproducible from one machine to the next.
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--results", type=Path, default=RESULTS_DIR)
     args = ap.parse_args(argv)
 
@@ -338,8 +341,7 @@ def main(argv: list[str] | None = None) -> None:
 
     t0, cpu0 = time.time(), time.process_time()
     load_before = _uptime()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     out = args.out or args.model / "controlnet"
     pipe = StableDiffusionXLPipeline.from_pretrained(args.model, torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
