@@ -19,7 +19,7 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from .artifacts import read_json
+from .artifacts import MANIFEST, read_json
 
 PROMPT = "a red circle on a white background"
 INPAINT_PROMPT = "a blue square on a white background, on the right"  # into the right half of a red circle's picture
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
                       psnr, f"{1000 * float(np.mean(steps)):.1f}", f"{rep['timings_s']['total']:.2f}",
                       f"{rep['memory']['peak_rss_mb']:.0f}")
     console.print(table)
-    manifest = read_json(out / "coreml" / "pocketsd.json")
+    manifest = read_json(out / "coreml" / MANIFEST)
     sizes = {k: v.get("bytes") for k, v in manifest.get("components", {}).items() if isinstance(v, dict)}
     console.print(f"Core ML bundle {out / 'coreml'}: " + ", ".join(f"{k} {b / 1e6:.2f} MB" for k, b in sizes.items() if b))
     sketch_cn = manifest.get("components", {}).get("controlnet/Sketch", {})

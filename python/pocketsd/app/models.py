@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
+from ..artifacts import MANIFEST
 from ..compress.run import CompressOptions, compress_model
 from ..errors import BadInput
 from ..models import resolve_model
@@ -102,11 +103,11 @@ def prepare_compressed(model: str | None, build_dir: Path, recipe: Recipe | None
     name = "reference" if model in (None, "", "reference") else folder.name
     opts = CompressOptions(out=root / "pending", model=model, recipe=recipe, calibration=calibration, **options)
     target = root / f"{name}-{recipe.name}-{_fingerprint(folder, opts)}"
-    if (target / "pocketsd.json").is_file():
+    if (target / MANIFEST).is_file():
         return target
     with open(root / ".compress.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another server may be compressing the same model: wait for it
-        if not (target / "pocketsd.json").is_file():
+        if not (target / MANIFEST).is_file():
             compress_model(replace(opts, out=target), on_progress)  # written atomically by the stage
     return target
 
