@@ -34,7 +34,9 @@ RESULTS = ROOT / "benchmarks" / "results"
 VARIANTS = [("w4r0", ["--recipe", "w4r0"]), ("w4r16", ["--recipe", "w4r16"]), ("w4r32", ["--recipe", "w4r32"]),
             ("w4r64", ["--recipe", "w4r64"]), ("w6r0", ["--recipe", "w6r0"]), ("w8r0", ["--recipe", "w8r0"]),
             ("budget4", ["--bits-budget", "4.0"]), ("budget4.5", ["--bits-budget", "4.5"]),
-            ("budget6", ["--bits-budget", "6.0"])]
+            ("budget6", ["--bits-budget", "6.0"]),
+            # the same budget with the text encoders left in fp16: what compressing them costs (issue 11)
+            ("budget4.5_unet_only", ["--bits-budget", "4.5", "--components", "unet"])]
 METRICS = "psnr,ssim,lpips,fid,adherence"
 SUMMARY_KEYS = ("value", "low", "high", "n", "interval_method", "real_weights", "weights", "skipped")
 
