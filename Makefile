@@ -60,6 +60,12 @@ app: setup
 bench: setup
 	$(CLI) bench
 
+# The whole chain on a full-size SDXL (random SDXL-base-shaped weights built in build/sdxl-real-size, ~7 GB of disk;
+# an hour or more on 2 cores). APPLE_SRC=DIR also runs Apple's torch2coreml on the same UNet.
+.PHONY: bench-real-size
+bench-real-size: setup
+	$(PY) benchmarks/sdxl_real_size.py $(if $(APPLE_SRC),--apple-src $(APPLE_SRC),)
+
 clean:
 	rm -rf $(OUT)
 
