@@ -32,6 +32,10 @@ INT_BITS = (4, 8)
 # that saves on sensitive ones; with {4, 6, 8} alone a 4.5-bit budget leaves almost nothing to move
 # (measured on the reference model: 31.5 dB image PSNR against MBP's 37.1 dB at equal size).
 BITS = {PALETTE: PALETTE_BITS, INT: INT_BITS}
+# Tiling defaults, defined here once (QuantSpec, the quantizers and recipes.Recipe read them): 16 output channels
+# per palette table and 32 input channels per int scale, the granularities Core ML's constexpr ops tile by.
+DEFAULT_GROUP_SIZE = 16
+DEFAULT_BLOCK_SIZE = 32
 CLIP_GRID = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7)
 _CHUNK_ELEMENTS = 1 << 23  # values processed at once by k-means (bounds memory on SDXL-size layers)
 
@@ -40,8 +44,8 @@ _CHUNK_ELEMENTS = 1 << 23  # values processed at once by k-means (bounds memory 
 class QuantSpec:
     quantizer: str = PALETTE  # "palette" | "int4"
     bits: int = 4
-    group_size: int = 16  # palette: output channels per table
-    block_size: int = 32  # int: input channels per scale
+    group_size: int = DEFAULT_GROUP_SIZE  # palette: output channels per table
+    block_size: int = DEFAULT_BLOCK_SIZE  # int: input channels per scale
 
     def fitted(self, shape: tuple[int, ...]) -> "QuantSpec":
         """The spec with group/block sizes shrunk to divisors of this weight's dims (Core ML needs exact tiling)."""
@@ -198,7 +202,7 @@ def _kmeanspp(points: np.ndarray, mass: np.ndarray, k: int, rng) -> np.ndarray:
     return np.sort(chosen, axis=1)
 
 
-def quantize_palette(W: torch.Tensor, bits: int = 4, group_size: int = 16,
+def quantize_palette(W: torch.Tensor, bits: int = 4, group_size: int = DEFAULT_GROUP_SIZE,
                      importance: torch.Tensor | None = None, iters: int = 60, starts: int = 6) -> Quantized:
     """k-means palettization with one 2^bits-entry fp16 table per group of `group_size` output channels."""
     if bits not in PALETTE_BITS:
@@ -229,7 +233,7 @@ def quantize_palette(W: torch.Tensor, bits: int = 4, group_size: int = 16,
 
 
 # ---- int (symmetric, block-wise) ---------------------------------------------------------------
-def quantize_int_blockwise(W: torch.Tensor, bits: int = 4, block_size: int = 32,
+def quantize_int_blockwise(W: torch.Tensor, bits: int = 4, block_size: int = DEFAULT_BLOCK_SIZE,
                            importance: torch.Tensor | None = None, clip_grid=CLIP_GRID) -> Quantized:
     """Symmetric integers in [-(2^(b-1)-1), 2^(b-1)-1], one fp16 scale per block of input channels.
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..artifacts.compressed import INT, PALETTE
 from ..errors import BadInput
-from .quantizers import BITS
+from .quantizers import BITS, DEFAULT_BLOCK_SIZE, DEFAULT_GROUP_SIZE
 
 FP16_LAYERS_RULE = (
     "conv_in and conv_out (4 latent channels: tiny, and every error there hits the latents directly), "
@@ -39,8 +39,8 @@ DEFAULT_DISTILL_MINUTES = 10.0
 class Recipe:
     name: str = f"budget{DEFAULT_BUDGET:g}"
     quantizer: str = PALETTE
-    group_size: int = 16  # palette: output channels sharing one table
-    block_size: int = 32  # int: input channels sharing one scale
+    group_size: int = DEFAULT_GROUP_SIZE  # palette: output channels sharing one table
+    block_size: int = DEFAULT_BLOCK_SIZE  # int: input channels sharing one scale
     bits: int | None = None  # fixed bits (None: allocated by the budget)
     rank: int | None = None  # fixed rank (None: allocated)
     bits_budget: float | None = DEFAULT_BUDGET
