@@ -23,6 +23,7 @@ from .layer import CompressedLayer
 from .quantizers import QuantSpec, Quantized, quantize
 
 ALPHA_GRID = (0.0, 0.25, 0.5, 0.75)
+REFINE_ITERS = 3  # rounds of L ← SVD_r(W − Q(W − L)); recipes.Recipe reads its default from here
 
 
 @dataclass
@@ -122,7 +123,7 @@ def smoothed_matrix(W: torch.Tensor, act_max: torch.Tensor | None, alpha: float)
 
 
 def lowrank_decompose(W: torch.Tensor, rank: int, spec: QuantSpec, rows: torch.Tensor | None = None,
-                      act_max: torch.Tensor | None = None, alpha: float = 0.0, iters: int = 3,
+                      act_max: torch.Tensor | None = None, alpha: float = 0.0, iters: int = REFINE_ITERS,
                       probe: bool = False, init_factors: tuple | None = None) -> Decomposition:
     """Decompose one weight (out, in[, kh, kw]) at a given rank, quantizer and smoothing α.
 
@@ -162,7 +163,7 @@ def lowrank_decompose(W: torch.Tensor, rank: int, spec: QuantSpec, rows: torch.T
 
 
 def compress_layer(W: torch.Tensor, rank: int, spec: QuantSpec, rows: torch.Tensor | None = None,
-                   act_max: torch.Tensor | None = None, alpha_grid=ALPHA_GRID, iters: int = 3) -> Decomposition:
+                   act_max: torch.Tensor | None = None, alpha_grid=ALPHA_GRID, iters: int = REFINE_ITERS) -> Decomposition:
     """Best decomposition over the α grid (by output error). Without calibration only α = 0 is tried.
 
     α is chosen on the unrefined decomposition (SVD + one quantization), then only the winner is refined.

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..artifacts.compressed import INT, PALETTE
 from ..errors import BadInput
+from .lowrank import REFINE_ITERS
 from .quantizers import BITS, DEFAULT_BLOCK_SIZE, DEFAULT_GROUP_SIZE
 
 FP16_LAYERS_RULE = (
@@ -45,7 +46,7 @@ class Recipe:
     rank: int | None = None  # fixed rank (None: allocated)
     bits_budget: float | None = DEFAULT_BUDGET
     smoothing: bool = True
-    refine_iters: int = 3
+    refine_iters: int = REFINE_ITERS
     fp16_layers_rule: str = FP16_LAYERS_RULE
     # Distillation of the small tensors against the fp16 model after quantization (`palettize.distill`);
     # it runs until `distill_steps` or `distill_minutes` (wall clock), whichever comes first.
