@@ -126,6 +126,7 @@ def test_prepare_compressed_makes_once_and_keys_by_options(tmp_path, monkeypatch
     b = M.prepare_compressed(None, tmp_path, make_recipe("w4r0"), calib)
     c = M.prepare_compressed(None, tmp_path, make_recipe("w4r32"), calib)
     assert a == b != c and len(made) == 2
+    assert made[0].components == ("unet",)  # the page compares the UNet: the text encoders stay fp16 by default
     assert a.parent == tmp_path / "app" and a.name.startswith("reference-w4r0-")
     with pytest.raises(BadInput, match="compressed"):
         M.prepare_compressed(str(a), tmp_path)

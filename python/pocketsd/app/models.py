@@ -70,6 +70,9 @@ def compare_pair(choices: dict[str, ModelChoice], picked: str) -> list[ModelChoi
 
 
 # ---- the compressed reference model, made on first start ------------------------------------------------
+APP_COMPONENTS = ("unet",)  # what the page compresses unless told otherwise (see prepare_compressed)
+
+
 def _fingerprint(folder: Path, opts: CompressOptions) -> str:
     """Digest of what the compressed folder depends on: the source UNet's files and every compress option."""
     digest = hashlib.sha256(repr(replace(opts, out=Path("-"))).encode())
@@ -89,8 +92,11 @@ def prepare_compressed(model: str | None, build_dir: Path, recipe: Recipe | None
 
     The folder's name carries a digest of the source UNet, recipe and calibration, so a retrained model or another
     recipe gets its own folder instead of a stale one. A file lock keeps two starting servers from both compressing.
-    `options`: further `CompressOptions` fields (e.g. `components`), part of the digest too.
+    `options`: further `CompressOptions` fields, part of the digest too. `components` defaults to the UNet alone
+    (APP_COMPONENTS): the page compares the UNet in fp16 and in 4-bit, and the default budget (4.5 bits) is below
+    what the reference model's small text encoders need at the palette quantizer's smallest codes (4.89 bits).
     """
+    options.setdefault("components", APP_COMPONENTS)
     recipe = recipe or Recipe()
     calibration = calibration or CalibrationSettings()
     source = resolve_model(model)
