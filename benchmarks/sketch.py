@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -80,6 +81,10 @@ def draw(case, path: Path) -> Path:
     return path
 
 
+def _load(avg) -> str:
+    return ", ".join(f"{x:.1f}" for x in avg)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="diffusers folder (default: the reference model)")
@@ -109,6 +114,7 @@ def main() -> None:
     from pocketsd.pipeline.torch_backend import open_backend
 
     torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
 
     cn_folder = args.controlnet or Path(args.model or REFERENCE_MODEL) / "controlnet"
     if not (cn_folder / "config.json").is_file():
@@ -172,6 +178,7 @@ def main() -> None:
            "seeds": args.seeds, "torch_threads": args.threads, "guidance": GenerationRequest("").guidance, "default_strength": SKETCH_STRENGTH,
            "place_tolerance_px": PLACE_TOLERANCE,
            "cases": [{"name": c[0], "shape": c[1], "box": c[2], "pen": c[3], "ink": c[4], "paper": c[5], "prompt": c[6]} for c in CASES],
+           "load_average_before": load_before, "load_average_after": os.getloadavg(),
            "table": table, "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "sketch.json", doc)
@@ -190,7 +197,9 @@ def main() -> None:
              f"init image = today's `--sketch` path (default strength {SKETCH_STRENGTH:g}); ControlNet = `--sketch … --controlnet` "
              "(scale 1) from pure noise. Place right: object centre within "
              f"{PLACE_TOLERANCE} px of the sketch's. Regenerate with `python benchmarks/sketch.py`; images of seed 0 in "
-             "`sketch.png` (columns: sketch, cleaned control, then the methods in this order).", "",
+             "`sketch.png` (columns: sketch, cleaned control, then the methods in this order). Load average (1, 5, 15 min) "
+             f"{_load(doc['load_average_before'])} at the start, {_load(doc['load_average_after'])} at the end "
+             f"({args.threads} torch thread(s), a shared machine): the times are ratios within this run.", "",
              "| method | shape right | place right | colour right (prompt's, not ink's) | all three | ink colour instead | time per image |",
              "|---|---|---|---|---|---|---|"]
     for t in table:
