@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import shutil
@@ -150,6 +151,39 @@ def test_budget_allocation_stays_within_budget(budget):
     assert acc["params"] == params
     if budget >= 6.0:  # room to spend: something got more bits or a rank
         assert any(l.bits > 4 or l.rank > 0 for l in layers.values())
+
+
+def test_text_encoders_inherit_the_budget_per_compressed_weight(ref_pipeline):
+    """The reference text encoders' fp16 leftovers (token and position embeddings) put 4.5 bits per parameter out of
+    reach; without their own flag they get the UNet's 4.5 bits per compressed weight (noted), and stay within it."""
+    from dataclasses import replace
+
+    from pocketsd.artifacts.compressed import accounting
+    from pocketsd.compress.run import CompressOptions, inherited_budgets
+    from pocketsd.palettize.compress import budget_floor_bits, compress_network
+    from pocketsd.palettize.layer import compressed_state_dict
+    from pocketsd.palettize.recipes import make_recipe
+
+    encoder = copy.deepcopy(ref_pipeline.text_encoder)
+    recipe = make_recipe(bits_budget=4.5)
+    assert budget_floor_bits(encoder, recipe) > 4.5  # the reason: as bits per parameter 4.5 cannot be met
+    notes = []
+    opts = CompressOptions(out=Path("unused"), recipe=recipe)
+    recipes = inherited_budgets(opts, {"unet": ref_pipeline.unet, "text_encoder": encoder}, notes.append)
+    assert set(recipes) == {"text_encoder"} and len(notes) == 1 and "4.5 bits per weight" in notes[0]
+    inherited = recipes["text_encoder"]
+    assert inherited.bits_budget > 4.5 and inherited.distill_steps == 0
+    compress_network(encoder, inherited)
+    layers = compressed_layers(encoder)
+    acc = accounting(compressed_state_dict(encoder), [layer.record() for layer in layers.values()])
+    assert acc["bits_per_param"] <= inherited.bits_budget + 0.01
+    records = [layer.record() for layer in layers.values()]
+    layer_params = sum(r.numel + (r.shape[0] if r.has_bias else 0) for r in records)
+    layer_bytes = acc["payload_bytes"] - acc["bytes_by_category"]["fp16_leftover"]
+    assert 8 * layer_bytes / layer_params <= 4.5 + 0.1  # the UNet's budget, per compressed weight (header aside)
+    # a budget given for the component itself is kept as given (and refused if it cannot be met)
+    own = replace(opts, component_recipes={"text_encoder": make_recipe(bits_budget=6.0)})
+    assert inherited_budgets(own, {"text_encoder": encoder}, notes.append)["text_encoder"].bits_budget == 6.0
 
 
 # ---- bad input ---------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -23,7 +23,8 @@ from ..errors import BadInput
 from ..models import model_folder, resolve_model
 from ..models.device import resolve_device
 from ..palettize.calibrate import CalibrationSettings, calibrate
-from ..palettize.compress import ProbePlan, check_budget, compress_network, plan_probes, progress_total
+from ..palettize.compress import (ProbePlan, budget_floor_bits, budget_over_layers, check_budget, compress_network,
+                                  plan_probes, progress_total)
 from ..palettize.distill import distill, planned_steps, record_teacher
 from ..palettize.layer import compressed_layers, compressed_state_dict
 from ..palettize.quantizers import BITS
@@ -153,6 +154,28 @@ def seconds_per_evaluation(unet) -> float:
     return time.perf_counter() - t0
 
 
+def inherited_budgets(opts: CompressOptions, networks: dict, note: Callable[[str], None]) -> dict[str, Recipe]:
+    """Per-component recipes, where a component without its own budget flag inherits the UNet's budget as bits per
+    compressed weight when, as bits per parameter, it is below what the component can reach (its fp16 leftovers,
+    such as token embeddings, are too large a share). A budget given for the component itself is kept as given."""
+    recipes = dict(opts.component_recipes)
+    for name, network in networks.items():
+        recipe = opts.recipe_for(name)
+        if name == "unet" or name in recipes or recipe.bits_budget is None:
+            continue
+        if recipe.bits_budget >= budget_floor_bits(network, recipe):
+            continue
+        bits = budget_over_layers(network, recipe.bits_budget)
+        inherited = replace(recipe, bits_budget=round(bits, 3), name=f"budget{bits:.2f}", distill_steps=0)
+        if inherited.bits_budget < budget_floor_bits(network, inherited):
+            continue  # out of reach even per weight: check_budget refuses it in one line
+        recipes[name] = inherited
+        note(f"{name}: {recipe.bits_budget:g} bits per parameter is below what its fp16 leftovers allow; its layers "
+             f"get {recipe.bits_budget:g} bits per weight instead ({bits:.2f} bits per parameter of the {name}; "
+             f"--{name.replace('_', '-')}-bits-budget sets it)")
+    return recipes
+
+
 def compress_model(opts: CompressOptions, on_progress: Progress | None = None,
                    on_note: Callable[[str], None] | None = None) -> dict:
     """Run the stage; returns the written manifest (with per-step seconds under "timings_s").
@@ -171,6 +194,9 @@ def compress_model(opts: CompressOptions, on_progress: Progress | None = None,
     precision = load_precision(folder, opts.components, opts.precision, device)
     pipe = _pipeline(folder, precision).to(device)
     networks = {name: getattr(pipe, name).eval() for name in opts.components}
+    if "unet" in networks:  # the budget as given first, then what the other components inherit from it
+        check_budget(networks["unet"], opts.recipe_for("unet"), what="the unet")
+    opts = replace(opts, component_recipes=inherited_budgets(opts, networks, note))
     for name, network in networks.items():  # before calibrating: a budget the quantizer cannot reach fails fast
         check_budget(network, opts.recipe_for(name), what=f"the {name}")
     timings["load"] = time.perf_counter() - t0

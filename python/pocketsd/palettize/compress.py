@@ -106,6 +106,16 @@ def budget_floor_bits(model: nn.Module, recipe: Recipe) -> float:
     return 8 * floor / sum(p.numel() for p in model.parameters())
 
 
+def budget_over_layers(model: nn.Module, bits_per_layer_weight: float) -> float:
+    """The bits per parameter of `model` when its compressible layers average `bits_per_layer_weight` and its fp16
+    leftovers stay as they are. A text encoder's token embeddings (SDXL's CLIP-L: 38 M of 123 M parameters) are
+    fp16 leftovers, so a UNet's 4.5-bit budget is below what the whole encoder can reach; read over its layers it
+    is the same 4.5 bits per compressed weight."""
+    modules, _ = compressible_layers(model)
+    layer_params = sum(m.weight.numel() + (0 if m.bias is None else m.bias.numel()) for m in modules.values())
+    return (8 * fixed_bytes(model, modules) + bits_per_layer_weight * layer_params) / sum(p.numel() for p in model.parameters())
+
+
 def check_budget(model: nn.Module, recipe: Recipe, what: str = "the UNet") -> None:
     if recipe.bits_budget is None:
         return
