@@ -224,6 +224,40 @@ def test_host_warning_only_off_loopback():
     assert "no login" in host_warning("192.168.1.20")
 
 
+def test_launch_waits_for_a_slow_page_and_a_silent_one_is_one_line():
+    """Gradio's own start-up check gives up after one 3 s request (on a busy machine it raised a ValueError asking
+    for a share link); the app's check waits for a page that answers late, and one that never answers is BadInput."""
+    import http.server
+    import socket
+    import time
+
+    from pocketsd.app.ui import wait_until_serving
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            time.sleep(3.5)  # longer than gradio's one request
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        t0 = time.monotonic()
+        wait_until_serving(f"http://127.0.0.1:{server.server_port}/", timeout_s=20)
+        assert time.monotonic() - t0 >= 3.5
+    finally:
+        server.shutdown()
+        server.server_close()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]  # bound, never listening: nothing answers
+        with pytest.raises(BadInput, match=f"127.0.0.1:{closed}/ did not answer within 0.5 s"):
+            wait_until_serving(f"http://127.0.0.1:{closed}/", timeout_s=0.5)
+
+
 def test_cli_refuses_bad_app_options_in_one_line(tmp_path, capsys):
     from pocketsd.cli import main
 

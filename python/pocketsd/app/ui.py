@@ -8,6 +8,7 @@ arrives as a `BadInput` line in the message box; anything else is one line there
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import queue
@@ -15,6 +16,8 @@ import random
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -355,14 +358,49 @@ def _work(events: queue.Queue, base: GenerateOptions, run, cache: ModelCache, ou
 
 
 def launch(demo: gr.Blocks, config: AppConfig, *, prevent_thread_lock: bool = False, quiet: bool = False):
-    """Queue and serve `demo` as `config` says (the bounded queue, the upload cap, the work folder)."""
+    """Queue and serve `demo` as `config` says (the bounded queue, the upload cap, the work folder).
+
+    Gradio checks that its own page answers with one 3-second request and, when that times out (a busy machine:
+    seen at load average 17 on 2 cores), raises a ValueError asking for a share link. Its check is skipped and
+    `wait_until_serving` waits up to SERVE_CHECK_S instead; a page that never answers is one BadInput line."""
     demo.queue(max_size=config.queue_size, default_concurrency_limit=1)
     # Gradio's own cap refuses absurd uploads before they reach the disk; the page's limit (with its own message)
     # is checked by uploads.check_upload, so the cap sits well above it.
     cap_bytes = int(max(2 * config.max_upload_bytes, config.max_upload_bytes + 10 * 2**20))
-    return demo.launch(server_name=config.host, server_port=config.port, prevent_thread_lock=prevent_thread_lock,
-                       quiet=quiet, css=CSS, max_file_size=cap_bytes, allowed_paths=[str(config.work_dir)],
-                       show_error=False, footer_links=[], inbrowser=False)
+    options = dict(server_name=config.host, server_port=config.port, prevent_thread_lock=True, quiet=quiet, css=CSS,
+                   max_file_size=cap_bytes, allowed_paths=[str(config.work_dir)], show_error=False, footer_links=[],
+                   inbrowser=False)
+    if "_frontend" in inspect.signature(demo.launch).parameters:
+        options["_frontend"] = False  # only gates that one-shot reachability check (gradio 6.31)
+    result = demo.launch(**options)
+    try:
+        wait_until_serving(demo.local_url or f"http://127.0.0.1:{config.port}/")
+    except BadInput:
+        demo.close()
+        raise
+    if not prevent_thread_lock:
+        demo.block_thread()  # what gradio's launch does itself when not told otherwise (Ctrl-C closes the server)
+    return result
+
+
+SERVE_CHECK_S = 60.0  # how long launch waits for the page to answer its first request
+
+
+def wait_until_serving(url: str, timeout_s: float = SERVE_CHECK_S) -> None:
+    """Poll `url` (directly, never through a proxy from the environment) until it answers, or raise BadInput."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            opener.open(url, timeout=10).close()
+            return
+        except urllib.error.HTTPError:
+            return  # it answered (an error status is still the server speaking)
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                raise BadInput(f"the page at {url} did not answer within {timeout_s:g} s ({exc}); is the machine "
+                               "overloaded, or is the address not this machine's?") from None
+            time.sleep(0.25)
 
 
 def coreml_note(config: AppConfig) -> str | None:
