@@ -136,6 +136,28 @@ def build_model(folder: Path) -> dict:
 
 
 # ---- running a stage ---------------------------------------------------------------------------------
+def _watch_hwm(pid: int) -> list[int]:
+    """Sample the process's VmHWM (peak RSS, bytes) every second until it exits; the list holds the latest."""
+    import threading
+
+    seen = [0]
+
+    def poll() -> None:
+        while True:
+            try:
+                text = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                return
+            kb = next((int(line.split()[1]) for line in text.splitlines() if line.startswith("VmHWM:")), None)
+            if kb is None:  # a zombie: exited, waiting to be reaped
+                return
+            seen[0] = max(seen[0], kb * 1024)
+            time.sleep(1.0)
+
+    threading.Thread(target=poll, daemon=True).start()
+    return seen
+
+
 def run_stage(name: str, argv: list[str], writes: Path | None, log: Path) -> dict:
     """`pocketsd ARGV` in a fresh process: wall time, the child's own peak RSS (os.wait4), the files it wrote."""
     print(f"[{time.strftime('%H:%M:%S')}] {name}: pocketsd {' '.join(argv)}", flush=True)
@@ -143,6 +165,7 @@ def run_stage(name: str, argv: list[str], writes: Path | None, log: Path) -> dic
     t0 = time.time()
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "pocketsd", *argv], stdout=out, stderr=subprocess.STDOUT, env=env)
+        hwm = _watch_hwm(proc.pid)
         _, status, usage = os.wait4(proc.pid, 0)
     wall = time.time() - t0
     code = os.waitstatus_to_exitcode(status)
@@ -152,7 +175,11 @@ def run_stage(name: str, argv: list[str], writes: Path | None, log: Path) -> dic
         targets = [writes] if writes.is_file() else sorted(p for p in writes.rglob("*") if p.is_file())
         files = {str(p.relative_to(root)): p.stat().st_size for p in targets}
     row = {"stage": name, "argv": argv, "exit_code": code, "wall_s": round(wall, 1),
-           "cpu_s": round(usage.ru_utime + usage.ru_stime, 1), "peak_rss_gb": round(usage.ru_maxrss * 1024 / GB, 3),
+           "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+           # the child's own high-water mark from /proc (ru_maxrss would start at this driver's RSS: Linux carries
+           # the parent's peak across fork and exec); rusage's figure kept beside it
+           "peak_rss_gb": round(max(hwm) / GB, 3) if hwm else round(usage.ru_maxrss * 1024 / GB, 3),
+           "rusage_maxrss_gb": round(usage.ru_maxrss * 1024 / GB, 3),
            "files": files, "bytes_written": sum(files.values()), "log": str(log.relative_to(ROOT)),
            "load_average": os.getloadavg()}
     tail = log.read_text(errors="replace").strip().splitlines()[-3:]
