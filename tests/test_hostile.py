@@ -59,6 +59,11 @@ def I(*args):  # noqa: N802,E743 — info
     return lambda w, cwd: ["info", *[a(w, cwd) if callable(a) else str(a) for a in args]]
 
 
+def T(*args):  # noqa: N802 — lora train (the empty image folder: every case is refused before the images are read)
+    return lambda w, cwd: ["lora", "train", "--images", str(w["image_dir"]), "--device", "cpu", "--quiet",
+                           *[a(w, cwd) if callable(a) else str(a) for a in args]]
+
+
 def f(name):
     """A workspace file or folder, as a string argument."""
     return lambda w, cwd: str(w[name])
@@ -112,7 +117,7 @@ CASES = [
     # ---- output paths ----------------------------------------------------------------------------------------
     Case("out-equals-report", G("--out", "same.png", "--report", "same.png"), "same file as --out"),
     Case("out-user-png", G("--out", f("user_png")), "is not a PNG image PocketSD wrote"),
-    Case("report-user-json", G("--out", "x.png", "--report", f("user_json")), "is not a generation report PocketSD wrote"),
+    Case("report-user-json", G("--out", "x.png", "--report", f("user_json")), "is not a JSON report PocketSD wrote"),
     Case("out-read-only", G("--out", read_only("x.png")), "is not writable"),
     Case("out-missing-folder", G("--out", "no/such/x.png"), "does not exist (create it first)"),
     Case("out-is-folder", G("--out", f("image_dir")), "is a folder; give a file name"),
@@ -175,6 +180,8 @@ CASES = [
     Case("compress-unknown-recipe", C("--recipe", "w3r7", "--out", "c"), "unknown recipe 'w3r7'"),
     Case("compress-read-only", C("--model", attr("tiny"), "--recipe", "w4r0", "--out", read_only("c")), "is not writable"),
     Case("compress-compressed-model", C("--model", attr("comp"), "--out", "c"), "is already a compressed model"),
+    Case("compress-out-bundle", C("--model", attr("tiny"), "--recipe", "w4r0", "--out", attr("bundle_flipped")),
+         "is a Core ML bundle PocketSD wrote, not a compressed model folder"),
     Case("compress-truncated-unet", C("--model", attr("trunc"), "--recipe", "w4r0", "--out", "c"),
          "diffusion_pytorch_model.safetensors is not a readable safetensors"),
     Case("compress-calib-prompts-missing", C("--calib-prompts", "nowhere.txt", "--out", "c"), "nowhere.txt does not exist"),
@@ -195,6 +202,10 @@ CASES = [
          "wrong_lora.safetensors does not fit this UNet"),
     Case("merge-lora-missing", M("--model", attr("comp"), "--lora", "nowhere.safetensors", "--out", "m"),
          "nowhere.safetensors does not exist"),
+    Case("merge-model-flipped-byte", M("--model", attr("comp_flipped"), "--lora", f("tiny_lora"), "--out", "m"),
+         "pocketsd_unet.safetensors does not match the sha256"),
+    Case("merge-out-diffusers-model", M("--model", attr("comp"), "--lora", f("tiny_lora"), "--out", attr("tiny")),
+         "already holds files PocketSD did not write"),
     # ---- convert -----------------------------------------------------------------------------------------
     Case("convert-out-is-model", V("--model", attr("tiny"), "--out", attr("tiny"), "--only", "TextEncoder"),
          "is the same path as --model"),
@@ -211,6 +222,21 @@ CASES = [
     Case("convert-truncated-unet", V("--model", attr("trunc"), "--out", "b"),
          "diffusion_pytorch_model.safetensors is not a readable safetensors"),
     Case("convert-model-bundle", V("--model", attr("bundle_flipped"), "--out", "b"), "is already a Core ML bundle"),
+    Case("convert-model-flipped-byte", V("--model", attr("comp_flipped"), "--out", "b"),
+         "pocketsd_unet.safetensors does not match the sha256"),
+    Case("convert-out-compressed-folder", V("--model", attr("tiny"), "--out", attr("comp")),
+         "is a compressed model folder PocketSD wrote, not a Core ML bundle"),
+    # ---- lora train: the same --out guard ----------------------------------------------------------------
+    Case("train-out-user-lora", T("--out", f("tiny_lora")), "already exists and is not a LoRA file PocketSD wrote"),
+    Case("train-out-inside-model", T("--model", attr("tiny"), "--out", attr("tiny", "unet", "lora.safetensors")),
+         "lies inside --model"),
+    Case("train-out-inside-reference", T("--out", lambda w, c: str(w.ref / "style.safetensors")), "lies inside --model"),
+    Case("train-report-user-json", T("--out", "l.safetensors", "--report", f("user_json")),
+         "is not a JSON report PocketSD wrote"),
+    Case("train-report-equals-out", T("--out", "l.safetensors", "--report", "l.safetensors"), "same file as --out"),
+    Case("train-report-is-captions", T("--out", "l.safetensors", "--captions", f("prompts"), "--report", f("prompts")),
+         "is the same path as --captions"),
+    Case("train-read-only", T("--out", read_only("l.safetensors")), "is not writable"),
     # ---- the command line itself ------------------------------------------------------------------------
     Case("unknown-command", lambda w, cwd: ["fly"], "invalid choice: 'fly'"),
     Case("unknown-flag", G("--nope"), "unrecognized arguments: --nope"),
@@ -243,6 +269,7 @@ def test_hostile_input(case: Case, ws: Workspace, tmp_path, capsys, monkeypatch)
     assert "Traceback" not in err
     assert len(lines) == 1, f"expected one line, got {len(lines)}:\n{err}"
     assert lines[0].startswith("pocketsd: error: "), lines[0]
+    assert ".tmp-" not in lines[0], lines[0]  # the message names the user's path, never our temp file
     for part in (case.match,) if isinstance(case.match, str) else case.match:
         assert part in lines[0], lines[0]
     assert diff(before, after) == []
@@ -464,3 +491,82 @@ def test_convert_prints_only_its_own_lines(tmp_path, ws):
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
     assert lines and all(line.startswith("TextEncoder: ") for line in lines), lines
+
+
+def test_merge_force_replaces_a_users_folder_but_never_the_model(ws, tmp_path, capsys, monkeypatch):
+    """--force is the one way to replace a folder PocketSD did not write; it still never touches --model."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    photos = tmp_path / "photos"
+    shutil.copytree(ws["photos"], photos)
+    base = ["lora", "merge", "--model", str(ws.comp), "--lora", str(ws["tiny_lora"])]
+    before = snapshot(ws.root, Path(REFERENCE_MODEL).parent)
+    assert run_case(base + ["--out", str(photos)], capsys)[0] == 2
+    assert (photos / "IMG_0001.jpg").read_bytes() == (ws["photos"] / "IMG_0001.jpg").read_bytes()
+    rc, _, err = run_case(base + ["--out", str(ws.comp), "--force"], capsys)
+    assert rc == 2 and "is the same path as --model" in err
+    rc, _, err = run_case(base + ["--out", str(photos), "--force"], capsys)
+    assert rc == 0, err
+    assert (photos / "pocketsd.json").is_file() and not (photos / "IMG_0001.jpg").exists()
+    assert diff(before, snapshot(ws.root, Path(REFERENCE_MODEL).parent)) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]  # no temp or old folder left beside it
+
+
+def _train_images(folder: Path) -> Path:
+    from PIL import Image
+
+    folder.mkdir()
+    for i, colour in enumerate([(200, 30, 30), (30, 30, 200)]):
+        Image.new("RGB", (64, 64), colour).save(folder / f"{i}.png")
+        (folder / f"{i}.txt").write_text(f"a flat {'red' if i == 0 else 'blue'} square")
+    return folder
+
+
+def test_lora_train_replaces_its_own_lora_and_force_replaces_a_users(ws, tmp_path, capsys, monkeypatch):
+    from safetensors import safe_open
+
+    from pocketsd.artifacts.outputs import LORA_MARKER
+
+    monkeypatch.chdir(tmp_path)
+    images = _train_images(tmp_path / "images")
+    base = ["lora", "train", "--images", str(images), "--steps", "1", "--resolution", "64", "--rank", "2", "--batch",
+            "2", "--preview-every", "0", "--device", "cpu", "--quiet"]
+    out = tmp_path / "style.safetensors"
+    rc, _, err = run_case(base + ["--out", str(out)], capsys)
+    assert rc == 0, err
+    with safe_open(str(out), "pt") as fh:
+        assert LORA_MARKER in fh.metadata()  # how a later run knows the file is ours
+    first = out.read_bytes()
+    rc, _, err = run_case(base + ["--out", str(out), "--seed", "1"], capsys)  # ours (and its report): replaced
+    assert rc == 0, err
+    assert out.read_bytes() != first and json.loads(out.with_suffix(".json").read_text())["seed"] == 1
+    user = tmp_path / "downloaded.safetensors"
+    user.write_bytes(ws["tiny_lora"].read_bytes())  # a LoRA PocketSD did not write
+    rc, _, err = run_case(base + ["--out", str(user)], capsys)
+    assert rc == 2 and "is not a LoRA file PocketSD wrote" in err and user.read_bytes() == ws["tiny_lora"].read_bytes()
+    rc, _, err = run_case(base + ["--out", str(user), "--force"], capsys)
+    assert rc == 0, err
+    assert user.read_bytes() != ws["tiny_lora"].read_bytes()
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def test_nan_from_the_vae_decoder_is_named_and_nothing_written(ws, tmp_path, capsys, monkeypatch):
+    """The UNet stage is a case above; a VAE whose decoder overflows is the other stage that writes pixels."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "nan_vae"
+    shutil.copytree(ws.ref, model, ignore=shutil.ignore_patterns("controlnet"))
+    vae_file = next((model / "vae").glob("*.safetensors"))
+    state = load_file(str(vae_file))
+    state["decoder.conv_out.bias"] = torch.full_like(state["decoder.conv_out.bias"], float("nan"))
+    save_file(state, str(vae_file))
+    monkeypatch.chdir(tmp_path)
+    rc, _, err = run_case(["generate", PROMPT, "--quiet", "--steps", "1", "--model", str(model), "--out", "x.png"],
+                          capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert "the VAE decoder produced NaN/inf" in err and "nothing was written" in err
+    assert not (tmp_path / "x.png").exists() and not (tmp_path / "x.json").exists()

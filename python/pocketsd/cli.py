@@ -305,6 +305,8 @@ def _add_lora_train(lsub) -> None:
     t.add_argument("--gradient-checkpointing", action="store_true", help="recompute UNet activations: less memory, slower")
     t.add_argument("--allow-pickle", action="store_true", help="allow .ckpt/.bin/.pt checkpoints (can run code)")
     t.add_argument("--report", help="JSON report path (default: the LoRA path with .json)")
+    t.add_argument("--force", action="store_true", help="replace --out/--report even if PocketSD did not write them "
+                   "(never --model or --captions)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=_run_lora_train)
 
@@ -325,7 +327,7 @@ def _run_lora_train(args) -> int:
         device=resolve_device(args.device), seed=args.seed, checkpoint_every=args.checkpoint_every, resume=args.resume,
         keep_checkpoint=args.keep_checkpoint, preview_every=args.preview_every, preview_prompts=args.preview_prompt,
         preview_steps=args.preview_steps, snr_gamma=args.snr_gamma, gradient_checkpointing=args.gradient_checkpointing,
-        allow_pickle=args.allow_pickle, report=Path(args.report) if args.report else None)
+        allow_pickle=args.allow_pickle, report=Path(args.report) if args.report else None, force=args.force)
     with task_progress(not args.quiet) as on_progress:
         report = train_lora(opts, on_progress, log=lambda msg: print(msg, file=sys.stderr))
     print(f"wrote {report['output']}: {report['layers']} UNet layers at rank {opts.rank}, {report['bytes'] / 1e3:.0f} kB, "

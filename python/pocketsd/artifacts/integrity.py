@@ -74,4 +74,4 @@ def verify(root: Path, recorded: dict[str, str], only: Iterable[str] | None = No
     if bad:
         more = f" (+{len(bad) - 1} more)" if len(bad) > 1 else ""
         raise BadInput(f"{Path(root) / bad[0].split(' ')[0]} does not match the sha256 its manifest recorded{more}: "
-                       f"the {what or 'artifact'} is damaged or was edited; re-create it (or pass --no-verify to load anyway)")
+                       f"the {what or 'artifact'} is damaged or was edited; re-create it (generate and info skip this check with --no-verify)")

@@ -27,7 +27,7 @@ from .manifest import COMPRESSED, COREML, MANIFEST
 IMAGE, REPORT, LORA, FILE = "image", "report", "lora", "file"  # file kinds (COMPRESSED and COREML are folders)
 FOLDER_KINDS = (COMPRESSED, COREML)
 _NAMES = {COMPRESSED: "compressed model folder", COREML: "Core ML bundle", IMAGE: "PNG image",
-          REPORT: "generation report", LORA: "LoRA file", FILE: "file"}
+          REPORT: "JSON report", LORA: "LoRA file", FILE: "file"}
 LORA_MARKER = "pocketsd_version"  # safetensors metadata key a LoRA written by `pocketsd lora train` carries
 _CLEARED: set[Path] = set()  # existing targets this process's guard accepted (atomic_dir may replace them)
 
@@ -175,6 +175,10 @@ def check_out(out: str | Path, kind: str, *, inputs: Iterable[tuple[str, str | P
         if not force:
             if folder_kind:
                 does, do = ("writes into", "write into") if kind == COREML else ("replaces", "replace")
+                other = _manifest_kind(target)
+                if other in FOLDER_KINDS:  # ours, but another kind: say so (it is not "files PocketSD did not write")
+                    raise BadInput(f"{flag} {out} is a {_NAMES[other]} PocketSD wrote, not a {what}; {command} {does} "
+                                   f"the whole folder — give a new or empty folder, or --force to {do} it")
                 raise BadInput(f"{flag} {out} already holds files PocketSD did not write ({_sample(target)}); {command} "
                                f"{does} the whole folder — give a new or empty folder, or --force to {do} it")
             raise BadInput(f"{flag} {out} already exists and is not a {what} PocketSD wrote; give a new name, or --force "

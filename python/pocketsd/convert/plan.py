@@ -186,6 +186,8 @@ def make_plan(opts: ConvertOptions) -> ConvertPlan:
               force=opts.force, command="pocketsd convert")
     # Before any component converts: a LoRA that does not fit the UNet fails now, not after the text encoders.
     check_lora_files([*loras, *((p, 1.0) for p in opts.lora_functions)], unet_dict)
+    if kind == COMPRESSED:  # a damaged file fails now, naming it, not after the other components converted
+        compressed.verify()
     for lora_file in opts.lora_functions:
         parts = [c for c in read_lora(lora_file).components if c != "unet"]
         if parts:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..artifacts.outputs import LORA_MARKER, temp_prefix
 from ..errors import BadInput
 from ..models import ModelComponents
 from .adapters import TEXT_TARGETS, UNET_TARGETS, lora_state_dict
@@ -39,16 +40,29 @@ def write_lora(out: Path, comps: ModelComponents, modules: dict[str, torch.nn.Mo
             kwargs[f"{name}_lora_layers"] = _fp16(lora_state_dict(modules[name]))
             kwargs[f"{name}_lora_adapter_metadata"] = {**meta, "target_modules": TEXT_TARGETS}
     out = Path(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(out), dir=out.parent))  # pid-named: a later run knows it stale
     try:
         pipeline.save_lora_weights(tmp, weight_name="lora.safetensors", safe_serialization=True, **kwargs)
         written = tmp / "lora.safetensors"
+        _mark_as_ours(written)
         written.chmod(0o644)
         layers = _check_readable(written, comps, len(kwargs["unet_lora_layers"]) // 2, text="text_encoder" in modules)
         written.replace(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return layers
+
+
+def _mark_as_ours(path: Path) -> None:
+    """Add `pocketsd_version` to the header's metadata: the --out guard then lets a later run replace this file."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from .. import __version__
+
+    with safe_open(str(path), framework="pt") as fh:
+        meta = dict(fh.metadata() or {})
+    save_file(load_file(str(path)), str(path), metadata={**meta, LORA_MARKER: __version__})
 
 
 def _check_readable(path: Path, comps: ModelComponents, expected: int, text: bool) -> int:

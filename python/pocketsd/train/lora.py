@@ -22,6 +22,7 @@ from typing import Callable
 
 import torch
 
+from .. import __version__
 from ..artifacts import COMPRESSED, COREML, write_json
 from ..errors import BadInput
 from ..models import ModelComponents, precheck, resolve_model
@@ -68,6 +69,19 @@ def open_model(opts: TrainOptions) -> ModelComponents:
                        "compressed folder it was converted from")
     precheck(source, opts.allow_pickle)
     return ModelComponents(source, allow_pickle=opts.allow_pickle, unet_mode=opts.unet_mode)
+
+
+def check_outputs(opts: TrainOptions) -> None:
+    """The --out guard (`artifacts.outputs.check_out`) for the LoRA and its report, before any work: neither may be
+    the model or the captions file or lie inside the model, nor replace a file PocketSD did not write (unless
+    --force); stale temps of a killed run beside them are removed."""
+    from ..artifacts.outputs import LORA, REPORT, check_distinct, check_out
+
+    inputs = [("--model", resolve_model(opts.model).path), ("--captions", opts.captions)]
+    check_distinct("--out", opts.out, "--report", opts.report_path)
+    check_out(opts.out, LORA, inputs=inputs, force=opts.force, command="pocketsd lora train")
+    check_out(opts.report_path, REPORT, inputs=inputs, force=opts.force, command="pocketsd lora train",
+              flag="--report", probe=Path(opts.report_path).parent.resolve() != Path(opts.out).parent.resolve())
 
 
 def native_resolution(comps: ModelComponents) -> tuple[int, int, int]:
@@ -160,6 +174,7 @@ def train_lora(opts: TrainOptions, on_progress: Progress | None = None, log: Cal
     """Train, checkpoint, preview and write the LoRA; returns the run's report (also written as JSON)."""
     started, cpu_started = time.time(), _cpu_seconds()
     check_options(opts)
+    check_outputs(opts)
     on_progress = on_progress or (lambda *a: None)
     out = Path(opts.out)
     ck_dir = ckpt.checkpoint_dir(out)
@@ -297,6 +312,7 @@ def train_lora(opts: TrainOptions, on_progress: Progress | None = None, log: Cal
         shutil.rmtree(ck_dir, ignore_errors=True)
     curve = state.curve
     report = {
+        "pocketsd_version": __version__, "seed": opts.seed,
         "output": str(out), "bytes": out.stat().st_size, "layers": layers, "trainable_parameters": n_params,
         "model": {"spec": comps.source.spec, "kind": comps.source.kind, "family": comps.family,
                   "unet_mode": opts.unet_mode if comps.source.kind == COMPRESSED else None},

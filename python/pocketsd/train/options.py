@@ -38,6 +38,7 @@ class TrainOptions:
     gradient_checkpointing: bool = False
     allow_pickle: bool = False
     report: Path | None = None  # None: <out>.json
+    force: bool = False  # replace an --out/--report PocketSD did not write
 
     @property
     def lora_alpha(self) -> float:
