@@ -53,7 +53,9 @@ class Evaluator:
     def __init__(self, pipe, model: Path, latent_prompts: list[str], prompts, steps: int, work: Path):
         from pocketsd.pipeline.options import GenerateOptions
 
-        self.pipe, self.latent_prompts, self.prompts, self.steps, self.work = pipe, latent_prompts, prompts, steps, work
+        # Absolute: eval's manifest names an image folder outside the run folder by the path it was given.
+        self.pipe, self.latent_prompts, self.prompts, self.steps = pipe, latent_prompts, prompts, steps
+        self.work = Path(work).resolve()
         pipe.set_progress_bar_config(disable=True)
         self.ref_latents = None
         self.options = GenerateOptions(prompt="(each prompt of the set)", model=str(model), steps=steps,

@@ -15,6 +15,10 @@ CPU minutes are `time.process_time()` of this process (all its threads); run wit
 machine so that spinning threads do not count as work. The load average is recorded beside every point.
 Points are appended to distill_curve.json as they finish; a re-run skips the points already there (same
 settings), so an interrupted run resumes. Writes distill_curve.{json,md,png}.
+
+On a shared machine the budgets can run as separate processes (`--budgets 4.5 --out A`, `--budgets 4.0 --out B`,
+the same `--work` so the fp16 images are made once), then `--merge A/distill_curve.json,B/distill_curve.json`
+joins their points (the settings must be equal) into `--out`.
 """
 
 from __future__ import annotations
@@ -69,7 +73,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--work", type=Path, default=ROOT / "build" / "bench-distill", help="pocketsd eval's folders")
     ap.add_argument("--quick", action="store_true", help="few prompts and seconds: checks the harness, not the figures")
+    ap.add_argument("--merge", default=None, metavar="JSON,JSON",
+                    help="join the points of curve files written by separate runs (same settings) and stop")
     args = ap.parse_args(argv)
+    if args.merge:
+        return merge([Path(f) for f in args.merge.split(",") if f.strip()], args.out)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -94,6 +102,9 @@ def main(argv: list[str] | None = None) -> dict:
     ev = Evaluator(pipe, args.model, latent_prompts, prompts, steps, work)
     fp16_unet = pipe.unet
     fp16_metrics, _ = ev.evaluate("fp16", fp16_unet)
+    doc["fp16_adherence_pct"] = fp16_metrics["adherence_pct"]  # kept even if the run is stopped before the end
+    doc["machine"] = {"cpus": os.cpu_count(), "load_after_fp16": load(),
+                      "note": "shared machine: other jobs ran beside this one; CPU minutes are this process's own"}
     ctx = MethodContext(pipe=pipe, model=args.model, calib_prompts=calibration_prompts(calib_n, seed=0),
                         calib_steps=calib_steps, latent_prompts=latent_prompts, quick=args.quick)
     teacher = None
@@ -148,6 +159,31 @@ def main(argv: list[str] | None = None) -> dict:
     write_json(path, doc)
     (args.out / f"{stem}.md").write_text(markdown(doc))
     plot(doc, args.out / f"{stem}.png")
+    print(markdown(doc))
+    return doc
+
+
+def merge(files: list[Path], out: Path) -> dict:
+    """One curve from the curve files of separate runs (one per budget, say): equal settings required."""
+    docs = [json.loads(f.read_text()) for f in files]
+    if any(d["settings"] != docs[0]["settings"] for d in docs):
+        raise SystemExit("distill.py --merge: the curve files were made with different settings")
+    points, seen = [], set()
+    for d in docs:
+        for p in d["points"]:
+            if (p["budget"], p["minutes"]) not in seen:
+                seen.add((p["budget"], p["minutes"]))
+                points.append(p)
+    adherence = [d["fp16_adherence_pct"] for d in docs if d.get("fp16_adherence_pct") is not None]
+    # A run stopped early has no fp16_adherence_pct of its own; every point carries the fp16 side's adherence.
+    adherence = adherence[0] if adherence else points[0]["fp16_adherence_pct"]
+    doc = {"settings": docs[0]["settings"], "points": points, "merged_from": [str(f) for f in files],
+           "teacher": next((d["teacher"] for d in docs if "teacher" in d), None), "fp16_adherence_pct": adherence}
+    doc["targets"] = verdict(points, adherence)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "distill_curve.json", doc)
+    (out / "distill_curve.md").write_text(markdown(doc))
+    plot(doc, out / "distill_curve.png")
     print(markdown(doc))
     return doc
 

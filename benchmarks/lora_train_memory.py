@@ -49,7 +49,9 @@ def compress_reference(folder: Path) -> Path:
     from pocketsd.palettize.recipes import make_recipe
 
     if not (folder / "pocketsd.json").is_file():
-        compress_model(CompressOptions(out=folder, model=str(REFERENCE_MODEL), recipe=make_recipe(None, None)))
+        # The UNet alone (what the LoRA trains over) and without distillation (same codes either way).
+        compress_model(CompressOptions(out=folder, model=str(REFERENCE_MODEL), components=("unet",),
+                                       recipe=make_recipe(None, None, distill_steps=0)))
     return folder
 
 
