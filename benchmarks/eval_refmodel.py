@@ -142,8 +142,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--quick", action="store_true", help="tiny calibration, 6 prompts, 4 steps: checks the harness")
     ap.add_argument("--lock", type=Path, help="hold this lock file (flock) while each variant runs")
     ap.add_argument("--variants", help="comma-separated subset of " + ", ".join(n for n, _ in VARIANTS))
+    ap.add_argument("--note", help="why this run differs from the full one (e.g. a subset of variants); written at the "
+                    "top of the results")
     args = ap.parse_args(argv)
     wanted = set(args.variants.split(",")) if args.variants else None
+    if wanted and wanted - {n for n, _ in VARIANTS}:
+        raise SystemExit(f"--variants: unknown {', '.join(sorted(wanted - {n for n, _ in VARIANTS}))}")
     work = args.work / "quick" if args.quick else args.work
     (work / "models").mkdir(parents=True, exist_ok=True)
     (work / "runs").mkdir(parents=True, exist_ok=True)
@@ -166,7 +170,9 @@ def main(argv: list[str] | None = None) -> dict:
         "quick": args.quick, "prompts": first_doc["prompts"], "seed_base": first_doc["seed_base"],
         "eval_settings": {k: v for k, v in first_doc["models"]["against"]["settings"].items()
                           if k not in ("path", "fingerprint", "model", "kind")},
-        "metrics_asked": METRICS, "rows": rows,
+        "metrics_asked": METRICS, "rows": rows, "note": args.note,
+        "variants_planned": [n for n, _ in VARIANTS],
+        "variants_not_run": [n for n, _ in VARIANTS if wanted and n not in wanted],
         "fp16_adherence": summary(first_doc).get("adherence_against"),
         "commit": _commit(), "versions": first_doc["versions"], "seconds": round(time.perf_counter() - t_all, 1),
         "load_average_end": [round(x, 2) for x in os.getloadavg()],
@@ -205,23 +211,39 @@ def _cell(m: dict | None, digits: int) -> str:
     return f"{v:.{digits}f} [{float(m['low']):.{digits}f}, {float(m['high']):.{digits}f}]"
 
 
+def _distilled(row: dict) -> str:
+    """Distillation is paced by wall clock (default cap 10 min), so on a loaded machine it may stop early: say so."""
+    d = (row.get("calibration") or {}).get("distillation")
+    if not d:
+        return "none"
+    return f"{d.get('steps_done')} of {d.get('steps_planned')} (stopped by {d.get('stopped_by')})"
+
+
 def markdown(result: dict) -> str:
     p, s = result["prompts"], result["eval_settings"]
-    lines = [f"`pocketsd eval` on the reference model: A = each compressed variant, B = the fp16 original; "
+    lines = []
+    if result.get("note"):
+        lines += [f"**This run:** {result['note']}", ""]
+    if result.get("variants_not_run"):
+        lines += [f"**Not run** (planned: {', '.join(result['variants_planned'])}): "
+                  f"{', '.join(result['variants_not_run'])}.", ""]
+    lines += [f"`pocketsd eval` on the reference model: A = each compressed variant, B = the fp16 original; "
              f"{p['count']} prompts of the `{p['name']}` set, seed per prompt from its id (base "
              f"{result['seed_base']}), {s['steps']} {s['scheduler']} steps, guidance {s['guidance']}, device "
              f"{s['device']}. Mean and 95 % interval (PSNR/SSIM: t-interval over images; adherence: Wilson).",
              "",
-             "| variant | UNet bits/param | UNet MB | PSNR dB | SSIM | adherence A | LPIPS | FID |",
-             "| --- | ---: | ---: | --- | --- | --- | --- | --- |"]
+             "| variant | UNet bits/param | UNet MB | distillation steps | PSNR dB | SSIM | adherence A | LPIPS "
+             "| FID |",
+             "| --- | ---: | ---: | --- | --- | --- | --- | --- | --- |"]
     for r in result["rows"]:
         if "metrics" not in r:
             lines.append(f"| {r['variant']} | — | — | {r['compress']['status']}: {r['compress'].get('message', '')} "
-                         "| | | | |")
+                         "| | | | | |")
             continue
         m = r["metrics"]
         lines.append(f"| {r['variant']} | {r['unet_bits_per_param']:.3f} | {r['unet_bytes'] / 1e6:.3f} | "
-                     f"{_cell(m.get('psnr'), 2)} | {_cell(m.get('ssim'), 4)} | {_cell(m.get('adherence'), 3)} | "
+                     f"{_distilled(r)} | {_cell(m.get('psnr'), 2)} | {_cell(m.get('ssim'), 4)} | "
+                     f"{_cell(m.get('adherence'), 3)} | "
                      f"{_cell(m.get('lpips'), 4)} | {_cell(m.get('fid'), 2)} |")
     lines += ["", f"fp16 adherence (B, the same prompts and seeds): {_cell(result['fp16_adherence'], 3)}. Adherence = "
               "colour, shape and background all read back right from the pixels."]
