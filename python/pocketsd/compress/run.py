@@ -159,6 +159,22 @@ def seconds_per_evaluation(unet) -> float:
     return timed[-1]
 
 
+def distillation_memory_shortfall(unet, device: str) -> str | None:
+    """Why distillation cannot run here, or None. Its train mode holds every compressed layer's frozen residual in
+    fp32 (4 bytes per UNet weight: 10 GB for SDXL's 2.6 B), beside the pipeline already loaded; on the CPU that
+    must fit in the memory available now (with a fifth spare), or the run is killed for memory at the end."""
+    if device != "cpu":
+        return None  # an accelerator's memory is checked by the allocator, which raises instead of killing
+    import psutil
+
+    need = 4 * sum(p.numel() for p in unet.parameters())
+    available = psutil.virtual_memory().available
+    if need <= 0.8 * available:
+        return None
+    return (f"its fp32 training copy of the UNet needs {need / 1e9:.1f} GB and {available / 1e9:.1f} GB is available "
+            f"(run it on a GPU with --device cuda, or pass --distill-steps 0 to silence this)")
+
+
 def inherited_budgets(opts: CompressOptions, networks: dict, note: Callable[[str], None]) -> dict[str, Recipe]:
     """Per-component recipes, where a component without its own budget flag inherits the UNet's budget as bits per
     compressed weight when, as bits per parameter, it is below what the component can reach (its fp16 leftovers,
@@ -227,7 +243,12 @@ def compress_model(opts: CompressOptions, on_progress: Progress | None = None,
 
     # distillation's teacher: the fp16 pipeline's UNet calls and outputs, recorded before anything is compressed
     teacher, distill_settings = None, None
+    distill_skipped = None
     if "unet" in networks and opts.recipe_for("unet").distill_steps:
+        distill_skipped = distillation_memory_shortfall(networks["unet"], device)
+        if distill_skipped:
+            note(f"distillation skipped: {distill_skipped}")
+    if "unet" in networks and opts.recipe_for("unet").distill_steps and not distill_skipped:
         distill_settings = opts.recipe_for("unet").distill_settings(settings.guidance)
         t0 = time.perf_counter()
         teacher = record_teacher(pipe, prompts, settings.steps, settings.guidance, settings.batch_size, settings.seed,
@@ -248,6 +269,9 @@ def compress_model(opts: CompressOptions, on_progress: Progress | None = None,
             {"note": "no calibration: layer weight error, no smoothing"}
         if name != "unet":  # distillation trains the UNet only
             report.recipe["distill_steps"] = 0
+        elif distill_skipped:
+            report.recipe["distill_steps"] = 0
+            report.recipe["distill_skipped"] = distill_skipped
         elif teacher is not None:
             t1, steps = time.perf_counter(), planned_steps(teacher, distill_settings)
             done = distill(network, teacher, distill_settings, lambda n, detail="": tick("distilling", n, steps, detail))
