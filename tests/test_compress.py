@@ -266,3 +266,21 @@ def test_calibration_prompts_fit_the_model(ref_model_path, tmp_path):
     assert len(other) == 16 and set(other) <= shipped and not set(other) & set(grammar(64, 0))
     (tmp_path / "mine.txt").write_text("# mine\na cat\n\na dog\n")
     assert calibration_prompts(ref_model_path, settings, tmp_path / "mine.txt") == ["a cat", "a dog"]
+
+
+def test_distillation_is_skipped_when_its_training_copy_does_not_fit(monkeypatch):
+    """Train mode holds an fp32 copy of every compressed weight: 4 bytes per UNet parameter must fit in 80 % of the
+    memory available, else compress skips distillation with its reason (a real-size SDXL was killed for memory)."""
+    import types
+
+    import psutil
+
+    from pocketsd.compress.run import distillation_memory_shortfall
+
+    unet = nn.Linear(1000, 1000)  # 1,001,000 parameters: 4.0 MB in fp32
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(available=4_000_000))
+    reason = distillation_memory_shortfall(unet, "cpu")
+    assert reason and "4.0 GB" not in reason and "--distill-steps 0" in reason and "0.0 GB" in reason
+    assert distillation_memory_shortfall(unet, "cuda") is None  # an accelerator's allocator raises instead
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(available=6_000_000))
+    assert distillation_memory_shortfall(unet, "cpu") is None
