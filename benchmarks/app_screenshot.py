@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "docs" / "app-compare.png"
 DEFAULT_PROMPT = "a red circle on a white background, on the left"  # the page's own starting prompt
 WAIT_MS = 600_000  # two models' generations on a busy 2-core machine
+PAGE_WAIT_MS = 180_000  # any other wait (the page's first render, a click's answer) on a busy machine
 
 
 def _fail(message: str) -> None:
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         _fail("Chromium is not installed: `apt-get install chromium` (Debian), or set POCKETSD_CHROMIUM")
     try:
         import gradio  # noqa: F401
-        from playwright.sync_api import expect, sync_playwright
+        from playwright.sync_api import TimeoutError as PlaywrightTimeout, expect, sync_playwright
     except ImportError as exc:
         _fail(f"{exc.name} is not installed: run `make setup` (the app and test extras)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -132,9 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             _wait_for(url)
             with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=chromium, args=[
+                browser = p.chromium.launch(executable_path=chromium, timeout=PAGE_WAIT_MS, args=[
                     "--disable-gpu", "--disable-background-networking", "--disable-component-update"])
                 page = browser.new_page(viewport={"width": args.width, "height": 1000})
+                page.set_default_timeout(PAGE_WAIT_MS)  # a busy machine renders the page slowly
                 page.goto(url)
                 page.locator("#go").wait_for()
                 page.locator("#prompt textarea").fill(args.prompt)
@@ -145,17 +147,20 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.perf_counter()
                 page.locator("#go").click()
                 expect(page.locator("#right-stats [data-field=psnr_db]")).to_be_visible(timeout=WAIT_MS)
-                expect(page.locator("#status")).to_contain_text("done in", timeout=60_000)
+                expect(page.locator("#status")).to_contain_text("done in", timeout=PAGE_WAIT_MS)
                 wall = time.perf_counter() - t0
                 load_after = os.getloadavg()
                 for side in ("left", "right"):  # the step charts draw after the data lands
-                    page.locator(f"#{side}-chart canvas, #{side}-chart svg").first.wait_for(timeout=60_000)
-                expect(page.locator("#gallery img")).to_have_count(2)
+                    page.locator(f"#{side}-chart canvas, #{side}-chart svg").first.wait_for()
+                expect(page.locator("#gallery img")).to_have_count(2, timeout=PAGE_WAIT_MS)
                 page.wait_for_timeout(1500)  # let the last layout pass and fonts settle
                 raw = work / "raw.png"
                 page.screenshot(path=str(raw), full_page=True)
                 version = browser.version
                 browser.close()
+        except PlaywrightTimeout as exc:
+            print(f"app_screenshot: error: the page did not get there in time: {str(exc).splitlines()[0]}", file=sys.stderr)
+            return 1
         finally:
             demo.close()
         reports = sorted((work / "app" / "outputs").glob("*.json"))
