@@ -36,7 +36,11 @@ VARIANTS = [("w4r0", ["--recipe", "w4r0"]), ("w4r16", ["--recipe", "w4r16"]), ("
             ("budget4", ["--bits-budget", "4.0"]), ("budget4.5", ["--bits-budget", "4.5"]),
             ("budget6", ["--bits-budget", "6.0"]),
             # the same budget with the text encoders left in fp16: what compressing them costs (issue 11)
-            ("budget4.5_unet_only", ["--bits-budget", "4.5", "--components", "unet"])]
+            ("budget4.5_unet_only", ["--bits-budget", "4.5", "--components", "unet"]),
+            # the text encoders' cost with nothing else moving: distillation off (it stops at a wall-clock cap, so
+            # its UNet differs from run to run on a loaded machine), the same UNet recipe, with and without them
+            ("w4r0_nodistill", ["--recipe", "w4r0", "--distill-steps", "0"]),
+            ("w4r0_nodistill_unet_only", ["--recipe", "w4r0", "--distill-steps", "0", "--components", "unet"])]
 METRICS = "psnr,ssim,lpips,fid,adherence"
 SUMMARY_KEYS = ("value", "low", "high", "n", "interval_method", "real_weights", "weights", "skipped")
 
