@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                 page.screenshot(path=str(raw), full_page=True)
                 version = browser.version
                 browser.close()
-        except PlaywrightTimeout as exc:
+        except (PlaywrightTimeout, AssertionError) as exc:  # expect(...) raises AssertionError when it times out
             print(f"app_screenshot: error: the page did not get there in time: {str(exc).splitlines()[0]}", file=sys.stderr)
             return 1
         finally:
