@@ -50,10 +50,10 @@ def load_unet(plan: ConvertPlan, mode: str = "export"):
 
 
 def build_variant(plan: ConvertPlan, extra_lora: Path | None = None):
-    """(UNet with this variant's LoRAs applied, LoRA records). Its compressed layers stay packed: each part of the
-    conversion materialises only its own layers for export (`_part_layers`), so a chunked SDXL never holds every
-    layer's fp32 residual at once."""
-    unet = load_unet(plan, mode="packed")
+    """(UNet with this variant's LoRAs applied, LoRA records). For a chunked UNet its compressed layers stay packed:
+    each chunk materialises only its own layers for export (`_part_layers`), so a chunked SDXL never holds every
+    layer's fp32 residual at once; a whole UNet is loaded for export directly."""
+    unet = load_unet(plan, mode="packed" if len(plan.unet_packages) > 1 else "export")
     specs = list(plan.loras) + ([(extra_lora, 1.0)] if extra_lora else [])
     records = apply_lora_files(unet, specs) if specs else []
     return unet, records
@@ -166,12 +166,14 @@ def convert_unet(plan: ConvertPlan, manifest: dict, fingerprint: dict, log) -> N
                     t_part = time.time()
                     log(f"{pname}{'' if fname == 'main' else f' [{fname}]'}: converting (float16, {opts.attention})")
                     active = _part_layers(pname, steps, cut, layers)
-                    for layer in active.values():
-                        layer.set_mode("export")
+                    if cut is not None:
+                        for layer in active.values():
+                            layer.set_mode("export")
                     weights = CompressedWeights(active) if active else None
                     mlmodel = convert_module(module, pins, pouts, opts.target, compressed=weights, example=example)
-                    for layer in active.values():  # drop the fp32 residuals before the next part
-                        layer.set_mode("packed")
+                    if cut is not None:
+                        for layer in active.values():  # drop the fp32 residuals before the next chunk
+                            layer.set_mode("packed")
                     if weights is not None:
                         placed |= {n for n, c in weights.placed.items() if c}
                     target = tmp / f"{pname}-{fname}.mlpackage"

@@ -290,12 +290,16 @@ class CompressedLayer(nn.Module):
             if int4_kernel:
                 self._int4 = _Int4Kernel.build(self)
         else:  # export: fp32 tensors whose values are the stored fp16 ones (the fp16 cast in ct.convert is exact)
-            self.register_buffer("export_residual", self.residual().float(), persistent=False)
-            self.register_buffer("export_up", None if not self.rank else self.lowrank_up.float(), persistent=False)
-            self.register_buffer("export_down", None if not self.rank else self.lowrank_down.float(), persistent=False)
-            inv = None if self.smooth is None else 1.0 / self.smooth.float()
+            # contiguous: torch.export refuses constants in any other dim order (Core ML has no strides)
+            self.register_buffer("export_residual", self.residual().float().contiguous(), persistent=False)
+            self.register_buffer("export_up", None if not self.rank else self.lowrank_up.float().contiguous(),
+                                 persistent=False)
+            self.register_buffer("export_down", None if not self.rank else self.lowrank_down.float().contiguous(),
+                                 persistent=False)
+            inv = None if self.smooth is None else (1.0 / self.smooth.float()).contiguous()
             self.register_buffer("export_inv_smooth", inv, persistent=False)
-            self.register_buffer("export_bias", None if self.bias is None else self.bias.float(), persistent=False)
+            self.register_buffer("export_bias", None if self.bias is None else self.bias.float().contiguous(),
+                                 persistent=False)
         return self
 
     def extra_repr(self) -> str:
@@ -341,7 +345,8 @@ class CompressedLinear(CompressedLayer):
         if self.channels_first and self.mode != "export":
             # the Neural Engine layout (B, C, 1, S) outside export (e.g. a chunk run in torch to size the other):
             # the same maths over the channel axis
-            return self._forward(x.movedim(1, -1)).movedim(-1, 1)
+            # (contiguous: these outputs become the next chunk's example inputs, and torch.export refuses strides)
+            return self._forward(x.movedim(1, -1)).movedim(-1, 1).contiguous()
         return self._forward(x)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
