@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from bundle_fixture import bundle_v1
+
 PROMPT = "a red circle on a white background"
 
 
@@ -150,7 +152,7 @@ def build_workspace(root: Path, ref: Path) -> Workspace:
     _flip_code_byte(comp_flipped / "unet" / "pocketsd_unet.safetensors")
 
     bundle_flipped = root / "bundle_flipped"
-    shutil.copytree(Path(__file__).parent / "fixtures" / "bundle_v1", bundle_flipped)
+    bundle_v1(bundle_flipped)
     _flip_byte(next(bundle_flipped.rglob("weight.bin")))
 
     trunc = root / "trunc"

@@ -43,8 +43,9 @@ def test_format1_compressed_folder_loads_and_generates(compressed_v1, tmp_path):
 
 
 def test_format1_bundle_reads_with_its_stages_and_memory_plan(tmp_path, capsys):
-    folder = tmp_path / "bundle_v1"
-    shutil.copytree(FIXTURES / "bundle_v1", folder)
+    from bundle_fixture import bundle_v1
+
+    folder = bundle_v1(tmp_path / "bundle_v1")
     bundle = read_bundle_manifest(folder)
     assert bundle.manifest["migrated_from"] == 1
     assert bundle.unet_packages() == ["Unet"] and bundle.components["Unet"]["stage"] == "denoise"
