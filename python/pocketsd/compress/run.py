@@ -92,8 +92,9 @@ HALF_PRECISION_ABOVE = 4 << 30
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
-def load_precision(folder: Path, components: tuple[str, ...], precision: str, device: str) -> str:
-    """The dtype the model is held in: fp32 when it is small, else bf16 on a CPU and fp16 on an accelerator."""
+def load_precision(folder: Path, precision: str, device: str) -> str:
+    """The dtype the model is held in: fp32 when it is small, else bf16 on a CPU and fp16 on an accelerator. Every
+    component the pipeline loads counts, compressed or not: they are all resident while it calibrates."""
     if precision != "auto":
         return precision
     from ..artifacts.model_folder import safetensors_stats
@@ -212,7 +213,7 @@ def compress_model(opts: CompressOptions, on_progress: Progress | None = None,
     device = resolve_device(opts.device)
     if opts.precision not in PRECISIONS:
         raise BadInput(f"--precision must be one of {', '.join(PRECISIONS)}, got {opts.precision!r}")
-    precision = load_precision(folder, opts.components, opts.precision, device)
+    precision = load_precision(folder, opts.precision, device)
     pipe = _pipeline(folder, precision).to(device)
     networks = {name: getattr(pipe, name).eval() for name in opts.components}
     if "unet" in networks:  # the budget as given first, then what the other components inherit from it
