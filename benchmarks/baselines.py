@@ -319,18 +319,11 @@ def _apple_recipe(recipe: dict[str, int], doc: dict):
             dense[name] = lut[0][codes.long()].float()
         # Layers Apple leaves at 16 bits (under its size threshold or above every PSNR threshold) stay fp16
         # leftovers, as every row's unquantized layers do.
-        acc = _accounting(layers, _leftover(fp16_unet, layers))
-        unet = copy.deepcopy(fp16_unet)
-        mods = dict(unet.named_modules())
-        with torch.no_grad():
-            for name, w in dense.items():
-                mods[name].weight.copy_(w.to(mods[name].weight.dtype))
         hist = {str(b): sum(1 for v in recipe.values() if v == b) for b in (*MBP_BITS, 16)}
-        return unet, {"bits_per_param": acc["bits_per_param"], "unet_bytes": acc["total_bytes"], "low_rank": False,
-                      "layers_quantized": len(layers), "label_bits": _label_bits(recipe, {n: modules[n].weight.numel() for n in recipe}),
-                      "bits_histogram": hist, "implementation": "Apple's pre-analysis recipe (apple_mbp.py)",
-                      "palettize_min_size": doc["palettize_min_size"],
-                      "not_in_our_layer_set": sorted(set(layers) - set(ours))}
+        return _finish(fp16_unet, layers, layers, dense, {
+            "label_bits": _label_bits(recipe, {n: modules[n].weight.numel() for n in recipe}),
+            "bits_histogram": hist, "implementation": "Apple's pre-analysis recipe (apple_mbp.py)",
+            "palettize_min_size": doc["palettize_min_size"], "not_in_our_layer_set": sorted(set(layers) - set(ours))})
     return build
 
 
