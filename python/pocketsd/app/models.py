@@ -93,8 +93,8 @@ def prepare_compressed(model: str | None, build_dir: Path, recipe: Recipe | None
     The folder's name carries a digest of the source UNet, recipe and calibration, so a retrained model or another
     recipe gets its own folder instead of a stale one. A file lock keeps two starting servers from both compressing.
     `options`: further `CompressOptions` fields, part of the digest too. `components` defaults to the UNet alone
-    (APP_COMPONENTS): the page compares the UNet in fp16 and in 4-bit, and the default budget (4.5 bits) is below
-    what the reference model's small text encoders need at the palette quantizer's smallest codes (4.89 bits).
+    (APP_COMPONENTS): the page compares the UNet in fp16 and in 4-bit, and a first start compresses only what it
+    shows (`pocketsd compress` itself compresses the text encoders too, at the UNet's bits per compressed weight).
     """
     options.setdefault("components", APP_COMPONENTS)
     recipe = recipe or Recipe()
