@@ -33,6 +33,7 @@ tiny-model: setup
 	$(PY) -m pocketsd.refmodel.train_lora --style poster --steps 450 --seed 1 --max-minutes 14
 	$(PY) -m pocketsd.refmodel.train_lora --style blueprint --steps 300 --seed 2 --max-minutes 14
 	$(PY) -m pocketsd.refmodel.train_controlnet --max-minutes 35
+	$(PY) -m pocketsd.refmodel.copyspace
 
 check-model: setup
 	$(PY) -m pocketsd.refmodel.check
@@ -48,6 +49,15 @@ bench-compress: setup
 	$(PY) benchmarks/sdxl_scale.py sizes
 	$(PY) benchmarks/sdxl_scale.py throughput
 	@echo "(the whole real-size SDXL UNet, ~tens of minutes: $(PY) benchmarks/sdxl_scale.py whole)"
+
+# Distillation gain against CPU-minutes at budgets 4.0/4.5/6.0 (2–3 CPU-hours on one thread; see the script's
+# docstring for running the budgets as parallel processes and merging), and LoRA training memory.
+.PHONY: bench-distill bench-lora-train
+bench-distill: setup
+	$(PY) benchmarks/distill.py
+
+bench-lora-train: setup
+	$(PY) benchmarks/lora_train_memory.py
 
 # The web demo: fp16 against 4-bit side by side (the compressed model is made on first start, cached in build/app/).
 # Open http://127.0.0.1:7860; APP_HOST=0.0.0.0 serves it to other devices on the network (with a warning).

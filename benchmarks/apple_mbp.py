@@ -14,7 +14,9 @@ printed and recorded in the result:
 - importing Apple's module downloads 8 Flickr images for img2img pipelines; there is no internet here, so the
   import is served 8 grey stand-ins (unused: this is a text-to-image pipeline);
 - `torch2coreml` imports `diffusionkit` (SD3 conversion only); when it is not installed an empty stand-in module
-  is registered so the import succeeds (none of its functions is called by the pre-analysis).
+  is registered so the import succeeds (none of its functions is called by the pre-analysis);
+- Apple's int8 baseline imports `AffineQuantParams` from coremltools 7.0b1, a plain attribute holder that
+  coremltools 9 removed; an empty class stands in (the arithmetic is Apple's).
 
 Then Apple's `build_recipe` is swept over every measured threshold, and every recipe is sized three ways:
 - Apple's label (`recipe_<bits>_bit_mixedpalette`): mean code bits over the *candidate* layers only — layers
@@ -85,6 +87,18 @@ def import_apple(src: Path) -> tuple[types.ModuleType, list[str]]:
         sys.modules["diffusionkit.tests.torch2coreml"].convert_vae_to_mlpackage = unavailable
         notes.append("diffusionkit is not installed: an empty stand-in module was registered for torch2coreml's "
                      "import (its SD3 functions are never called by the pre-analysis)")
+    from coremltools.optimize.coreml import _quantization_passes
+
+    if not hasattr(_quantization_passes, "AffineQuantParams"):
+        # Apple's `fake_linear_quantize` (its int8 baseline, which sets the low end of the threshold sweep) is a
+        # copy of coremltools 7.0b1 and imports that version's parameter holder; coremltools 9 dropped the class.
+        # It only holds attributes (scale, zero_point, quantized_data, axis): Apple's arithmetic runs unchanged.
+        class AffineQuantParams:
+            pass
+
+        _quantization_passes.AffineQuantParams = AffineQuantParams
+        notes.append("coremltools 9 has no AffineQuantParams (the attribute holder Apple's int8 baseline imports "
+                     "from coremltools 7.0b1): an empty class was registered in its place")
     import requests
     from PIL import Image
 

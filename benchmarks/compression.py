@@ -152,7 +152,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--part", default=None, help="write only the rows, to compression_part_<PART>.json "
                     "(run subsets in parallel processes, then --merge)")
     ap.add_argument("--merge", nargs="*", default=None, metavar="PART", help="combine part files into the results")
+    ap.add_argument("--part-from-distill-curve", type=Path, default=None, metavar="JSON",
+                    help="write the distilled rows of benchmarks/distill.py's curve as part --part (default E)")
     args = ap.parse_args(argv)
+    if args.part_from_distill_curve:
+        return part_from_distill_curve(args.part_from_distill_curve, args.out, args.part or "E", args.model)
     if args.merge:
         return merge_parts(args.out, args.merge)
 
@@ -223,6 +227,55 @@ def merge_parts(out: Path, parts: list[str]) -> dict:
     merged["rows"], merged["parts"] = rows, parts
     merged["target"] = verdict(rows)
     return finish(merged, out)
+
+
+def part_from_distill_curve(curve: Path, out: Path, part: str, model: Path) -> dict:
+    """Distilled rows from distill.py's curve, as a part file for --merge.
+
+    distill.py evaluates every point with this file's `Evaluator` (the same 54 prompts, seeds, steps, latent
+    prompts) after compressing with the same calibration (`MethodContext`: 64 prompts × 20 steps), so its points
+    are rows of this table; merge_parts checks the settings. Each budget contributes its longest-distilled point,
+    named by its CPU-minutes (the curve stops on a CPU-time budget, not a step count)."""
+    doc = json.loads(curve.read_text())
+    s = doc["settings"]
+    fp16_unet = next((Path(model) / "unet").glob("*.safetensors"))
+    from safetensors import safe_open
+
+    with safe_open(fp16_unet, "pt") as f:  # bits_per_param = bytes·8 / all UNet parameters, so bytes follow
+        params = sum(_numel(f.get_slice(k).get_shape()) for k in f.keys())
+    rows = []
+    for budget in sorted({p["budget"] for p in doc["points"]}):
+        pts = [p for p in doc["points"] if p["budget"] == budget and p["minutes"] > 0]
+        if not pts:
+            continue
+        p = max(pts, key=lambda q: q["minutes"])
+        d = p["distill"]
+        rows.append({"method": f"ours_budget{budget:g}_distilled_{p['minutes']:g}cpumin", "ours": True,
+                     "bits_per_param": p["bits_per_param"],
+                     "unet_bytes": p.get("unet_bytes", round(p["bits_per_param"] * params / 8)),
+                     "low_rank": p["layers_with_rank"] > 0, "mean_rank": p["mean_rank"], "recipe": f"budget{budget:g}",
+                     "distill_steps": d["steps_done"], "distill_cpu_seconds": d["cpu_seconds"],
+                     "distill_tensors": s["tensors"].split(","),
+                     "held_out_snr_db_before": d["held_out_snr_db_before"],
+                     "held_out_snr_db_after": d["held_out_snr_db_after"],
+                     **{k: p[k] for k in ("latent_psnr_db", "image_psnr_db", "image_psnr_ci95", "image_ssim",
+                                          "image_ssim_ci95", "adherence_pct", "adherence_ci95_pct",
+                                          "fp16_adherence_pct", "eval_seconds") if k in p},
+                     "from": f"{curve.name} (benchmarks/distill.py)"})
+    fp16 = {"method": "fp16", "bits_per_param": 16.0, "unet_bytes": None, "latent_psnr_db": float("inf"),
+            "image_psnr_db": float("inf"), "image_ssim": 1.0, "adherence_pct": doc["fp16_adherence_pct"]}
+    result = {"model": s["model"], "quick": False, "steps": s["steps"], "guidance": GUIDANCE,
+              "n_image_prompts": s["n_image_prompts"], "calibration": s["calibration"], "rows": [fp16, *rows],
+              "distill_curve": str(curve)}
+    write_json(out / f"compression_part_{part}.json", result)
+    return result
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
 
 
 def finish(result: dict, out: Path) -> dict:

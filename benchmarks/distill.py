@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> dict:
     stem = "distill_curve_quick" if args.quick else "distill_curve"
     path = args.out / f"{stem}.json"
     settings = {"model": str(args.model), "steps": steps, "n_image_prompts": len(prompts), "threads": args.threads,
-                "calibration": {"prompts": calib_n, "steps": calib_steps}, "tensors": args.tensors}
+                "calibration": {"prompts": calib_n, "steps": calib_steps}, "tensors": args.tensors,
+                "stop": "CPU-minute budget only (no epoch cap); the best held-out step is kept"}
     doc = json.loads(path.read_text()) if path.is_file() else {}
     if doc.get("settings") != settings:
         doc = {"settings": settings, "points": []}
@@ -127,12 +128,14 @@ def main(argv: list[str] | None = None) -> dict:
         ranks = [layer.rank for layer in layers.values()]
         for m in todo:
             student = copy.deepcopy(compressed)
-            point = {"budget": budget, "minutes": m, "bits_per_param": acc["bits_per_param"],
+            point = {"budget": budget, "minutes": m, "bits_per_param": acc["bits_per_param"], "unet_bytes": acc["total_bytes"],
                      "mean_rank": sum(ranks) / len(ranks), "layers_with_rank": sum(r > 0 for r in ranks),
                      "compress_seconds": compress_s, "compress_cpu_seconds": compress_cpu, "load_before": load()}
             if m > 0:
                 ds = recipe.distill_settings(5.0)
-                ds = type(ds)(**{**ds.__dict__, "steps": 1_000_000, "minutes": m, "clock": "cpu"})
+                # The CPU-minute budget is the only stop here (no epoch cap): the curve asks what more time buys;
+                # the best held-out step is kept, so a long run cannot end worse than its best point.
+                ds = type(ds)(**{**ds.__dict__, "steps": 1_000_000, "max_epochs": None, "minutes": m, "clock": "cpu"})
                 rep = distill(student, teacher, ds, final_mode="dense")
                 point.update({"distill": {k: v for k, v in rep.to_dict().items()},
                               "cpu_minutes": rep.cpu_seconds / 60, "wall_minutes": rep.seconds / 60,
