@@ -67,3 +67,36 @@ def test_mbp_palettization_and_verdict():
     # "small" is smaller than ours, so only "base" (equal or larger) is a rival
     assert v["rival"] == "base" and v["psnr_margin_db"] == pytest.approx(4.0) and v["psnr_target_met"]
     assert v["adherence_gap_points"] == pytest.approx(2.0) and v["adherence_target_met"]
+
+
+def test_distilled_rows_come_from_the_curve_and_merge_with_equal_settings(tmp_path, ref_model_path):
+    """Each budget's longest-distilled point becomes a row; its bytes follow from the honest bits; a part made
+    with other settings is refused by --merge."""
+    import json
+
+    from compression import merge_parts, part_from_distill_curve
+    from safetensors import safe_open
+
+    settings = {"model": str(ref_model_path), "steps": 20, "n_image_prompts": 54, "threads": 1,
+                "calibration": {"prompts": 64, "steps": 20}, "tensors": "lowrank,table,bias"}
+    metrics = {"latent_psnr_db": 50.0, "image_psnr_db": 33.0, "image_ssim": 0.96, "adherence_pct": 88.9,
+               "fp16_adherence_pct": 88.9, "eval_seconds": 10.0}
+    distill = {"steps_done": 300, "cpu_seconds": 600.0, "held_out_snr_db_before": 20.0, "held_out_snr_db_after": 24.0}
+    points = [{"budget": 4.5, "minutes": 0.0, "bits_per_param": 4.5, "mean_rank": 0.6, "layers_with_rank": 11, **metrics},
+              {"budget": 4.5, "minutes": 5.0, "bits_per_param": 4.5, "mean_rank": 0.6, "layers_with_rank": 11,
+               "distill": distill, **metrics},
+              {"budget": 4.5, "minutes": 20.0, "bits_per_param": 4.5, "mean_rank": 0.6, "layers_with_rank": 11,
+               "distill": distill, **{**metrics, "image_psnr_db": 35.0}}]
+    curve = tmp_path / "distill_curve.json"
+    curve.write_text(json.dumps({"settings": settings, "points": points, "fp16_adherence_pct": 88.9}))
+    part = part_from_distill_curve(curve, tmp_path, "E", ref_model_path)
+    (row,) = [r for r in part["rows"] if r["method"] != "fp16"]
+    assert row["method"] == "ours_budget4.5_distilled_20cpumin" and row["image_psnr_db"] == 35.0
+    with safe_open(next((ref_model_path / "unet").glob("*.safetensors")), "pt") as f:
+        params = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    assert row["unet_bytes"] == round(4.5 * params / 8)
+
+    other = dict(part, calibration={"prompts": 16, "steps": 20})
+    (tmp_path / "compression_part_F.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="calibration"):
+        merge_parts(tmp_path, ["E", "F"])
