@@ -107,7 +107,7 @@ def test_cli_unknown_domain_exits_2(capsys, tmp_path):
     assert not (tmp_path / "x.png").exists()
 
 
-LORA_PRESETS = ("poster-style", "blueprint")
+LORA_PRESETS = ("poster-style", "blueprint", "copy-space")
 
 
 @pytest.mark.parametrize("name", ["marketing", *LORA_PRESETS])

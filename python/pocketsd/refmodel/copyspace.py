@@ -27,9 +27,10 @@ Why not the issue's example, a striped background: the reference VAE was trained
 frames and blueprint grids only, and it cannot carry stripes. A LoRA on the UNet learns to produce the latents
 the VAE's encoder makes of the training images, so the VAE's own round trip of perfectly drawn striped images
 bounds what any such LoRA can show; `stripe_ceiling` measures it for the record (stripes read back from the
-row profile of the background, colour and shape with each row's background taken from its two ends). Measured
-on 24 images for six stripe designs (period 16–64 px, grey or coloured): at most 15/24 show stripes after the
-round trip and colour/shape fall to 4–18/24 — the decoder paints grey bands purple or orange and bends the object.
+row profile of the background, colour and shape with each row's background taken from its two ends), on 24 images
+for six stripe designs (period 16–64 px, grey or coloured); `why_not_stripes` in lora_copyspace.json. The designs
+whose stripes survive the round trip lose the object (the decoder paints grey bands purple or orange and bends the
+shape), and the designs that keep the object lose the stripes, so no stripe style could pass the issue's check.
 """
 
 from __future__ import annotations
