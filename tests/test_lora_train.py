@@ -335,3 +335,21 @@ def test_sd_family_with_v_prediction_trains(tmp_path, images, ref_model_path):
     assert (tmp_path / "sd.previews" / "step_000002.png").is_file()
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["model"]["family"] == "sd" and all(np.isfinite(report["curve"]))
+
+
+def test_copy_space_check_reads_drawn_layouts():
+    """The proof's pixel check: every drawn copy-space scene passes with its colour and shape read right, and the
+    same scenes drawn in the centre fail it."""
+    import random
+
+    from pocketsd.data.grammar import Scene
+    from pocketsd.refmodel.copyspace import EVAL_SCENES, STYLE, score
+    from pocketsd.refmodel.drawing import draw_scene
+
+    styled = [draw_scene(Scene(s.color, s.shape, s.background, None, STYLE), random.Random(k))
+              for k, s in enumerate(EVAL_SCENES)]
+    plain = [draw_scene(Scene(s.color, s.shape, s.background, "in the center"), random.Random(k))
+             for k, s in enumerate(EVAL_SCENES)]
+    drawn = score(styled, EVAL_SCENES)
+    assert (drawn["style_shown"], drawn["color_right"], drawn["shape_right"]) == (12, 12, 12)
+    assert score(plain, EVAL_SCENES)["style_shown"] == 0
