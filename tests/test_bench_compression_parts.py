@@ -68,6 +68,12 @@ def test_mbp_palettization_and_verdict():
     assert v["rival"] == "base" and v["psnr_margin_db"] == pytest.approx(4.0) and v["psnr_target_met"]
     assert v["adherence_gap_points"] == pytest.approx(2.0) and v["adherence_target_met"]
 
+    # A rival over the bit limit is another size class; one within 1 % below our bytes counts as equal size.
+    rows += [{"method": "huge", "bits_per_param": 9.9, "unet_bytes": 70, "image_psnr_db": 40.0, "adherence_pct": 80.0},
+             {"method": "near", "bits_per_param": 4.49, "unet_bytes": 28.8, "image_psnr_db": 22.0, "adherence_pct": 80.0}]
+    v = verdict(rows)
+    assert v["rival"] == "near" and v["psnr_margin_db"] == pytest.approx(2.0) and not v["psnr_target_met"]
+
 
 def test_distilled_rows_come_from_the_curve_and_merge_with_equal_settings(tmp_path, ref_model_path):
     """Each budget's longest-distilled point becomes a row; its bytes follow from the honest bits; a part made
