@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--calib-prompts", type=int, default=64)
     ap.add_argument("--calib-steps", type=int, default=20)
     ap.add_argument("--tensors", default=",".join(Recipe.distill_tensors))
+    ap.add_argument("--lr", type=float, default=Recipe.distill_lr, help="Adam step relative to each tensor's RMS")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--work", type=Path, default=ROOT / "build" / "bench-distill", help="pocketsd eval's folders")
     ap.add_argument("--quick", action="store_true", help="few prompts and seconds: checks the harness, not the figures")
@@ -92,6 +93,8 @@ def main(argv: list[str] | None = None) -> dict:
     settings = {"model": str(args.model), "steps": steps, "n_image_prompts": len(prompts), "threads": args.threads,
                 "calibration": {"prompts": calib_n, "steps": calib_steps}, "tensors": args.tensors,
                 "stop": "CPU-minute budget only (no epoch cap); the best held-out step is kept"}
+    if args.lr != Recipe.distill_lr:  # recorded only when changed, so curves of the default stay mergeable
+        settings["lr"] = args.lr
     doc = json.loads(path.read_text()) if path.is_file() else {}
     if doc.get("settings") != settings:
         doc = {"settings": settings, "points": []}
@@ -114,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
         if not todo:
             continue
         calib = ctx.calibration()
-        recipe = make_recipe(bits_budget=budget, distill_tensors=args.tensors)
+        recipe = make_recipe(bits_budget=budget, distill_tensors=args.tensors, distill_lr=args.lr)
         compressed = copy.deepcopy(fp16_unet)
         t0, c0 = time.time(), time.process_time()
         compress_network(compressed, recipe, calib)
@@ -213,6 +216,7 @@ def markdown(doc: dict) -> str:
     lines = [f"Distillation on the reference model: image PSNR / SSIM against fp16 over {s['n_image_prompts']} "
              f"adherence prompts at {s['steps']} steps; teacher = fp16 UNet calls on {s['calibration']['prompts']} "
              f"calibration prompts × {s['calibration']['steps']} steps; trained tensors: {s['tensors']}; "
+             f"learning rate {s.get('lr', 'default')}; "
              f"{s['threads']} torch thread(s); CPU minutes are this process's CPU time.", "",
              "| budget | bits/param | CPU-min | wall-min | steps | held-out SNR dB (before → after) | image PSNR dB | SSIM | "
              "adherence % | load |",
