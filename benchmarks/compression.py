@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -238,11 +239,17 @@ def part_from_distill_curve(curve: Path, out: Path, part: str, model: Path) -> d
     named by its CPU-minutes (the curve stops on a CPU-time budget, not a step count)."""
     doc = json.loads(curve.read_text())
     s = doc["settings"]
-    fp16_unet = next((Path(model) / "unet").glob("*.safetensors"))
-    from safetensors import safe_open
 
-    with safe_open(fp16_unet, "pt") as f:  # bits_per_param = bytes·8 / all UNet parameters, so bytes follow
-        params = sum(_numel(f.get_slice(k).get_shape()) for k in f.keys())
+    def unet_bytes(point: dict) -> int:
+        if "unet_bytes" in point:
+            return point["unet_bytes"]
+        # curves written before points carried their bytes: bits_per_param is bytes·8 / all UNet parameters
+        from safetensors import safe_open
+
+        with safe_open(next((Path(model) / "unet").glob("*.safetensors")), "pt") as f:
+            params = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+        return round(point["bits_per_param"] * params / 8)
+
     rows = []
     for budget in sorted({p["budget"] for p in doc["points"]}):
         pts = [p for p in doc["points"] if p["budget"] == budget and p["minutes"] > 0]
@@ -252,7 +259,7 @@ def part_from_distill_curve(curve: Path, out: Path, part: str, model: Path) -> d
         d = p["distill"]
         rows.append({"method": f"ours_budget{budget:g}_distilled_{p['minutes']:g}cpumin", "ours": True,
                      "bits_per_param": p["bits_per_param"],
-                     "unet_bytes": p.get("unet_bytes", round(p["bits_per_param"] * params / 8)),
+                     "unet_bytes": unet_bytes(p),
                      "low_rank": p["layers_with_rank"] > 0, "mean_rank": p["mean_rank"], "recipe": f"budget{budget:g}",
                      "distill_steps": d["steps_done"], "distill_kept_step": d.get("best_step"),
                      "distill_cpu_seconds": d["cpu_seconds"],
@@ -263,20 +270,12 @@ def part_from_distill_curve(curve: Path, out: Path, part: str, model: Path) -> d
                                           "image_ssim_ci95", "adherence_pct", "adherence_ci95_pct",
                                           "fp16_adherence_pct", "eval_seconds") if k in p},
                      "from": f"{curve.name} (benchmarks/distill.py)"})
-    fp16 = {"method": "fp16", "bits_per_param": 16.0, "unet_bytes": None, "latent_psnr_db": float("inf"),
-            "image_psnr_db": float("inf"), "image_ssim": 1.0, "adherence_pct": doc["fp16_adherence_pct"]}
+    # No fp16 row of its own: merge_parts takes it from the parts that evaluated it.
     result = {"model": s["model"], "quick": False, "steps": s["steps"], "guidance": GUIDANCE,
-              "n_image_prompts": s["n_image_prompts"], "calibration": s["calibration"], "rows": [fp16, *rows],
+              "n_image_prompts": s["n_image_prompts"], "calibration": s["calibration"], "rows": rows,
               "distill_curve": str(curve)}
     write_json(out / f"compression_part_{part}.json", result)
     return result
-
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
 
 
 def finish(result: dict, out: Path) -> dict:

@@ -166,14 +166,14 @@ def convert_unet(plan: ConvertPlan, manifest: dict, fingerprint: dict, log) -> N
                     t_part = time.time()
                     log(f"{pname}{'' if fname == 'main' else f' [{fname}]'}: converting (float16, {opts.attention})")
                     active = _part_layers(pname, steps, cut, layers)
-                    if cut is not None:
-                        for layer in active.values():
-                            layer.set_mode("export")
+                    # a chunked UNet is loaded packed (build_variant): only this chunk's layers are materialised
+                    materialised = [layer for layer in active.values() if layer.mode != "export"]
+                    for layer in materialised:
+                        layer.set_mode("export")
                     weights = CompressedWeights(active) if active else None
                     mlmodel = convert_module(module, pins, pouts, opts.target, compressed=weights, example=example)
-                    if cut is not None:
-                        for layer in active.values():  # drop the fp32 residuals before the next chunk
-                            layer.set_mode("packed")
+                    for layer in materialised:  # drop the fp32 residuals before the next chunk
+                        layer.set_mode("packed")
                     if weights is not None:
                         placed |= {n for n, c in weights.placed.items() if c}
                     target = tmp / f"{pname}-{fname}.mlpackage"
