@@ -84,5 +84,6 @@ clean:
 # stand-ins of swift-app/scripts/stand-ins/; on a Mac, `swift test`. See swift-app/README.md, "Tests".
 .PHONY: test-swift
 test-swift:
+	python3 swift-app/scripts/check_availability.py
 	@if [ "$$(uname)" = Darwin ]; then cd swift-app && swift test; \
 	else swift-app/scripts/linux-swift.sh test && swift-app/scripts/typecheck-engine.sh; fi

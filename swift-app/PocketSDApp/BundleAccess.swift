@@ -37,15 +37,15 @@ enum AppPaths {
 @MainActor
 final class BundleBookmark {
     private let key = "pocketsd.bundleBookmark"
+    /// The folder whose security scope this object opened (nil when none was needed: see `FolderAccess`).
     private var scoped: URL?
 
-    /// Starts access to `url` (picked just now) and remembers it for the next launches.
+    /// Starts access to `url` (picked just now) and remembers it for the next launches. A URL that needs no scope
+    /// (the app's own Documents) is fine: only a folder that cannot be read is refused.
     func remember(_ url: URL) throws {
         stopAccess()
-        guard url.startAccessingSecurityScopedResource() else {
-            throw PocketSDError.badInput("the app was not given access to \(url.lastPathComponent); choose the folder again")
-        }
-        scoped = url
+        let opened = try FolderAccess.open(url, startScope: { $0.startAccessingSecurityScopedResource() })
+        scoped = opened.scoped ? url : nil
         UserDefaults.standard.set(try Self.bookmark(url), forKey: key)
     }
 
@@ -54,11 +54,11 @@ final class BundleBookmark {
         guard let data = UserDefaults.standard.data(forKey: key) else { return nil }
         var stale = false
         guard let url = try? URL(resolvingBookmarkData: data, options: Self.resolutionOptions, relativeTo: nil, bookmarkDataIsStale: &stale),
-              url.startAccessingSecurityScopedResource() else {
+              let opened = try? FolderAccess.open(url, startScope: { $0.startAccessingSecurityScopedResource() }) else {
             forget()
             return nil
         }
-        scoped = url
+        scoped = opened.scoped ? url : nil
         if stale, let fresh = try? Self.bookmark(url) { UserDefaults.standard.set(fresh, forKey: key) }
         return url
     }

@@ -93,7 +93,7 @@ final class GenerationWorker: @unchecked Sendable {
             throw PocketSDError.badInput(message)
         }
         let request = resolved
-        let run = try await onQueue { [self] () -> (GenerationWorker.RunResult, Data) in
+        let run = try await onQueue { [self] () -> GenerationWorker.RunResult in
             let timer = RunTimer()
             engine.onModelEvent = { onProgress(.model($0)) }
             onProgress(.status("loading models (a model's first load compiles it for this device: minutes for SDXL)…"))
@@ -112,15 +112,26 @@ final class GenerationWorker: @unchecked Sendable {
                                                  case .model: break
                                                  }
                                              }, shouldContinue: { !cancel.isCancelled }, timer: timer)
+            // The image and its report go to disk first: the compute plan below loads every model again, which
+            // on an iPhone can take long or end in a Jetsam kill, and must not cost the image.
+            try ReportFiles.write(png: output.png, report: output.report, to: files)
             _ = self
-            return (RunResult(pixels: output.pixels, report: output.report, files: files), output.png)
+            return RunResult(pixels: output.pixels, report: output.report, files: files)
         }
-        // Where each model runs (MLComputePlan), measured once per settings, after the image is there.
-        var report = run.0.report
+        // Where each model runs (MLComputePlan), measured once per settings, then the report is rewritten whole.
+        // Skipped after a cancel: it cannot be interrupted once started.
+        guard !cancel.isCancelled else { return run }
+        var report = run.report
         onProgress(.status("reading where each model runs (Core ML's compute plan)…"))
         await engine.attachComputePlans(to: &report, settings: settings)
-        try await onQueue { try ReportFiles.write(png: run.1, report: report, to: run.0.files) }
-        return RunResult(pixels: run.0.pixels, report: report, files: run.0.files)
+        do {
+            try await onQueue { try ReportFiles.rewriteReport(report, in: run.files) }
+        } catch {
+            // The pair on disk is whole without the plan; say so rather than fail a run whose image is saved.
+            onProgress(.status("saved without the compute plan: \(ReadableError.sentence(error))"))
+            return run
+        }
+        return RunResult(pixels: run.pixels, report: report, files: run.files)
     }
 
     static func stageLine(_ stage: String) -> String {

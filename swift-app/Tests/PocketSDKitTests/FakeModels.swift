@@ -94,6 +94,8 @@ final class FakeUNet: FakeModel, TensorModel {
     let part: Part
     var inputSpecs: [TensorSpec]
     var failAtCall: Int?
+    /// From this call on, the prediction holds a NaN (an fp16 overflow inside the network).
+    var nanAtCall: Int?
     private(set) var calls = 0
     private(set) var lastInputs: [String: Tensor] = [:]
 
@@ -133,12 +135,15 @@ final class FakeUNet: FakeModel, TensorModel {
             if let residual = inputs["mid_block_res_sample"] { shift += Double(residual.rows(row..<(row + 1)).mean()) }
             out.append(partial.rows(row..<(row + 1)).map { $0 + Float(shift) })
         }
+        if let nanAtCall, calls >= nanAtCall { out[0] = out[0].map { _ in Float.nan } }
         return ["noise_pred": .concatenating(out)]
     }
 }
 
 final class FakeDecoder: FakeModel, TensorModel {
     var inputSpecs: [TensorSpec] = []
+    /// One pixel comes out +inf (SDXL's fp16 VAE overflowing).
+    var overflows = false
 
     init(log: CallLog) { super.init(name: "VAEDecoder", log: log) }
 
@@ -156,6 +161,7 @@ final class FakeDecoder: FakeModel, TensorModel {
                 }
             }
         }
+        if overflows { out[out.count / 2] = .infinity }
         return ["image": Tensor(shape: [1, 3, H, W], scalars: out)]
     }
 }

@@ -70,7 +70,7 @@ public struct LoopGeometry: Equatable, Sendable {
 /// Memory (see `MemoryPlan`): with `lowMemory` each stage loads its models and unloads them before the next stage;
 /// the two text encoders take turns, and nothing stays loaded after a run, also when it is cancelled or fails.
 /// Without it the models stay loaded between runs (they are unloaded after a failure, which may have left them in
-/// an unknown state, but not after a cancel).
+/// an unknown state, but not after a cancelled run; a cancelled prewarm unloads what it loaded).
 public final class DiffusionLoop {
     public struct Models {
         public var textEncoders: [TextEncoderModel]
@@ -196,8 +196,10 @@ public final class DiffusionLoop {
                 if lowMemory { residency.unload(model) }
             }
         } catch {
-            // A half-prewarmed set is of no use in low-memory mode, and after a failed load nothing is trusted.
-            if lowMemory || !(error is CancellationError) { unloadAll() }
+            // Unloaded in both modes, cancel included: the caller (PocketSDEngine.prepare) throws a half-prewarmed
+            // loop away, and names left in the shared residency would make the next loop skip loading them (an
+            // untimed load later, and a pre-flight that counts them as resident).
+            unloadAll()
             timer?.add("load", seconds: total)
             throw error
         }
@@ -274,6 +276,8 @@ public final class DiffusionLoop {
         if geometry.family == "sdxl" && pooled == nil {
             throw PocketSDError.badInput("the bundle's second text encoder gives no pooled output (pooled_outputs); re-convert the bundle")
         }
+        try Self.checkFinite(hidden, "text encoding")
+        if let pooled { try Self.checkFinite(pooled, "text encoding") }
 
         // ---- the starting latents (and, for image → image, vae_encode)
         let scheduler = request.scheduler.make(config: schedulerConfig, steps: request.steps)
@@ -359,6 +363,7 @@ public final class DiffusionLoop {
                 let kept = i < timesteps.count - 1 ? scheduler.addNoise(original, noise: noise, stepIndex: stepIndex + 1) : original
                 latents = Self.blend(kept: kept, painted: latents, mask: mask)
             }
+            try Self.checkFinite(latents, "the UNet (denoising step \(i + 1) of \(timesteps.count))")
             let seconds = timer.clock() - t0
             timer.step(seconds)
             observe(.step(StepProgress(step: i + 1, stepCount: timesteps.count, seconds: seconds, timestep: t)))
@@ -377,6 +382,7 @@ public final class DiffusionLoop {
             return try BatchedPrediction.pick(out, ["image"], rank: 4, model: models.vaeDecoder.name)
         }
         release(models.vaeDecoder)
+        try Self.checkFinite(image, "the VAE decoder")
         return Output(latents: latents, image: image, timesteps: timesteps, warnings: warnings)
     }
 
@@ -392,6 +398,7 @@ public final class DiffusionLoop {
             return try BatchedPrediction.pick(out, ["latent", "latent_dist", "moments"], rank: 4, model: encoder.name)
         }
         release(encoder)
+        try Self.checkFinite(moments, "the VAE encoder")
         let c = geometry.latentChannels
         let plane = moments.count / max(moments.shape.count == 4 ? moments.shape[1] : 1, 1)
         let mean = Array(moments.scalars[0..<(c * plane)])
@@ -407,6 +414,15 @@ public final class DiffusionLoop {
             sample[i] = value * geometry.scalingFactor
         }
         return Tensor(shape: shape, scalars: sample)
+    }
+
+    /// NaN or ±inf from a model (an fp16 overflow: SDXL's own VAE is known for it) would become a black image, and
+    /// `UInt8(NaN)` traps: stop with one line naming the stage, as the Python CLI's `check_finite` does.
+    public static func checkFinite(_ tensor: Tensor, _ stage: String) throws {
+        guard tensor.scalars.allSatisfy(\.isFinite) else {
+            throw PocketSDError.badInput(
+                "\(stage) produced NaN/inf values; nothing was written (an fp16 overflow in the bundle's models, such as SDXL's own VAE: convert with the fp16-safe VAE, see swift-app/README.md)")
+        }
     }
 
     /// Names a UNet gives its ControlNet residual inputs (diffusers' `down_block_additional_residuals` /

@@ -33,6 +33,8 @@ public enum ImageTensors {
         guard decoded.shape.count == 4, decoded.shape[1] == 3 else {
             throw PocketSDError.badInput("the VAE decoder gave \(decoded.shape), not (1, 3, H, W); re-convert the bundle")
         }
+        // max/min pass NaN through and UInt8(NaN) traps: refuse it here too, not only in the loop.
+        try DiffusionLoop.checkFinite(decoded, "the VAE decoder")
         let h = decoded.shape[2], w = decoded.shape[3], n = h * w
         var pixels = [UInt8](repeating: 0, count: 3 * n)
         for i in 0..<n {

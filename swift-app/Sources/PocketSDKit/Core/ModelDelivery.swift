@@ -1,24 +1,60 @@
 import Foundation
 
-/// iCloud Drive keeps files it has not downloaded as hidden placeholders: `.Name.icloud` next to where `Name`
-/// will be. A bundle picked from iCloud Drive can be made of those; the app asks for the downloads and waits.
+/// Files of a bundle that iCloud Drive has not downloaded yet. Two forms: the older iCloud Drive keeps a hidden
+/// placeholder `.Name.icloud` next to where `Name` will be; the FileProvider-based iCloud Drive (iOS 16+, macOS 14+)
+/// lists the file under its real name before its data is there, and only its resource values tell
+/// (`ubiquitousItemDownloadingStatus` is `.notDownloaded`). A bundle picked from iCloud Drive can be made of either;
+/// the app asks for the downloads and waits.
 public enum ICloudFiles {
+    /// iCloud's word on one file (`URLUbiquitousItemDownloadingStatus`): nil for a file that is not in iCloud.
+    public enum Status: Equatable, Sendable {
+        /// Listed, but its data is not on this device.
+        case notDownloaded
+        /// On this device, though iCloud has a newer version (readable: it is what the bundle had).
+        case downloaded
+        /// On this device and current.
+        case current
+    }
+
+    /// The file system's answer for `url` (Apple platforms; nil elsewhere, where nothing is in iCloud).
+    public static func systemStatus(_ url: URL) -> Status? {
+        #if canImport(Darwin)
+        guard let values = try? url.resourceValues(forKeys: [.isUbiquitousItemKey, .ubiquitousItemDownloadingStatusKey]),
+              values.isUbiquitousItem == true, let status = values.ubiquitousItemDownloadingStatus else { return nil }
+        switch status {
+        case .current: return .current
+        case .downloaded: return .downloaded
+        default: return .notDownloaded  // .notDownloaded, and any status a later OS adds: not known to be readable
+        }
+        #else
+        return nil
+        #endif
+    }
+
     /// ".TextEncoder.mlpackage.icloud" → "TextEncoder.mlpackage"; nil for any other name.
     public static func realName(ofPlaceholder name: String) -> String? {
         guard name.hasPrefix("."), name.hasSuffix(".icloud"), name.count > ".icloud".count + 1 else { return nil }
         return String(name.dropFirst().dropLast(".icloud".count))
     }
 
-    /// Every placeholder under `folder` (hidden files included), as the URL the real file will have.
-    public static func placeholders(under folder: URL) -> [URL] {
-        guard let walker = FileManager.default.enumerator(at: folder, includingPropertiesForKeys: nil) else { return [] }
-        var found: [URL] = []
+    /// Every file under `folder` (hidden files included) whose data is not on the device, as the URL the real file
+    /// has or will have: `.Name.icloud` placeholders by name, and files `status` reports `.notDownloaded`.
+    public static func placeholders(under folder: URL, status: (URL) -> Status? = systemStatus) -> [URL] {
+        #if canImport(Darwin)
+        let keys: [URLResourceKey]? = [.isUbiquitousItemKey, .ubiquitousItemDownloadingStatusKey]  // fetched with the listing
+        #else
+        let keys: [URLResourceKey]? = nil
+        #endif
+        guard let walker = FileManager.default.enumerator(at: folder, includingPropertiesForKeys: keys) else { return [] }
+        var found = Set<String>()
         for case let url as URL in walker {
             if let real = realName(ofPlaceholder: url.lastPathComponent) {
-                found.append(url.deletingLastPathComponent().appendingPathComponent(real))
+                found.insert(url.deletingLastPathComponent().appendingPathComponent(real).standardizedFileURL.path)
+            } else if status(url) == .notDownloaded {
+                found.insert(url.standardizedFileURL.path)
             }
         }
-        return found.sorted { $0.path < $1.path }
+        return found.sorted().map { URL(fileURLWithPath: $0) }
     }
 }
 

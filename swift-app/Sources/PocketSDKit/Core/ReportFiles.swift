@@ -47,6 +47,17 @@ public enum ReportFiles {
         }
     }
 
+    /// Rewrites the report of a pair written already (temporary file + rename, so a kill leaves the old report or
+    /// the new one, never half of either), for what is added once the image is safe on disk: the compute plan,
+    /// which loads each model again and cannot be cancelled. The PNG is not touched, and a pair whose PNG is gone
+    /// (the user deleted it meanwhile) does not get its report back.
+    public static func rewriteReport(_ report: GenerationReport, in pair: Pair) throws {
+        guard FileManager.default.fileExists(atPath: pair.png.path) else {
+            throw PocketSDError.badInput("\(pair.png.lastPathComponent) is gone; its report was not rewritten")
+        }
+        try report.encoded().write(to: pair.json, options: .atomic)
+    }
+
     /// The pairs in `folder`, newest first (a PNG without its report is left out).
     public static func list(in folder: URL) -> [Pair] {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: folder.path)) ?? []

@@ -64,10 +64,13 @@ public enum CommandLineGeneration {
                     say("step \(progress.step)/\(progress.stepCount)  \(TextSummaries.seconds(progress.seconds))")
                 }
             }, timer: timer)
+            // The pair first, whole; then the compute plan (another load of every model) and the report again, so
+            // a kill or a failure while reading the plan never loses the image.
+            let pair = ReportFiles.Pair(png: URL(fileURLWithPath: imagePath), json: URL(fileURLWithPath: reportPath))
+            try ReportFiles.write(png: output.png, report: output.report, to: pair)
             var report = output.report
             waitFor { await engine.attachComputePlans(to: &report, settings: settings) }
-            try ReportFiles.write(png: output.png, report: report,
-                                  to: ReportFiles.Pair(png: URL(fileURLWithPath: imagePath), json: URL(fileURLWithPath: reportPath)))
+            try ReportFiles.rewriteReport(report, in: pair)
             outcomes.append(Outcome(report: report, imagePath: imagePath, reportPath: reportPath))
         }
         return outcomes

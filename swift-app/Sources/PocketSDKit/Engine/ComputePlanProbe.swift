@@ -8,12 +8,14 @@ import Foundation
 /// without running it. An operation Core ML moves at run time (for example when the Neural Engine refuses a shape)
 /// is not seen here: Xcode's Core ML performance report or Instruments show that.
 public enum ComputePlanProbe {
+    /// `function`: the multifunction UNet's function the configuration selects (nil: the model's default). It is
+    /// passed in rather than read from `configuration.functionName`, which exists only from iOS 18 / macOS 15 while
+    /// compute plans exist from 17.4 / 14.4.
     @available(iOS 17.4, macOS 14.4, *)
-    public static func summarize(modelAt url: URL, configuration: MLModelConfiguration) async throws -> ComputePlanSummary? {
+    public static func summarize(modelAt url: URL, configuration: MLModelConfiguration, function: String? = nil) async throws -> ComputePlanSummary? {
         let plan = try await MLComputePlan.load(contentsOf: url, configuration: configuration)
         guard case .program(let program) = plan.modelStructure else { return nil }
-        let functionName = configuration.functionName ?? "main"
-        guard let function = program.functions[functionName] ?? program.functions.values.first else { return nil }
+        guard let function = program.functions[function ?? "main"] ?? program.functions.values.first else { return nil }
         var summary = ComputePlanSummary()
         func walk(_ block: MLModelStructure.Program.Block) {
             for operation in block.operations {

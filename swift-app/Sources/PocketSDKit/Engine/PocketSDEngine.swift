@@ -209,7 +209,9 @@ public final class PocketSDEngine {
         let components = layout.textEncoders + layout.unetComponents + [BundleLayout.decoder] + (layout.hasEncoder ? [BundleLayout.encoder] : [])
         for component in components {
             do {
-                if let summary = try await ComputePlanProbe.summarize(modelAt: try modelURL(component), configuration: try configuration(for: component, settings)) {
+                let function = component.hasPrefix("Unet") ? settings.unetFunction ?? manifest.defaultUnetFunction : nil
+                if let summary = try await ComputePlanProbe.summarize(modelAt: try modelURL(component), configuration: try configuration(for: component, settings),
+                                                                      function: function) {
                     plans[component] = summary
                 }
             } catch {
