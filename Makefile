@@ -7,14 +7,14 @@ MODEL  ?= reference
 RECIPE ?= budget
 OUT    ?= build
 
-.PHONY: setup demo test tiny-model check-model compress convert bench bench-compress clean
+.PHONY: setup demo test docs tiny-model check-model compress convert bench bench-compress clean
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,bench,app]'
+	$(PY) -m pip install -q -e '.[test,bench,app,docs]'
 	@touch $@
 
 demo: setup
@@ -23,7 +23,14 @@ demo: setup
 # The Python suite, then the Swift package's (which sets up its own toolchain on first use; see test-swift).
 test: setup
 	$(PY) -m pytest
+	$(MAKE) docs
 	$(MAKE) test-swift
+
+# The documentation site (mkdocs.yml, docs/): results pages rendered from benchmarks/results/*.json, then built
+# with --strict into site/ (not committed).
+docs: setup
+	$(PY) docs/render.py
+	$(VENV)/bin/mkdocs build --strict --site-dir site
 
 tiny-model: setup
 	$(PY) -m pocketsd.refmodel.train --max-minutes 78

@@ -1,0 +1,598 @@
+"""Render the documentation's results pages from `benchmarks/results/**/*.json`; nothing in them is typed by hand.
+
+    python docs/render.py              # writes docs/results/*.md, copies the figures, updates README's table
+    python docs/render.py --check      # renders into a temp folder and exits 1 on any difference
+
+Every JSON file under `benchmarks/results/` gets a page: where it came from (the command, the code version,
+the machine and its load, the date) and whether it is the default command or a special run, then its tables.
+A file this script has no special layout for still gets a page, from its structure: scalar settings, then
+every list of records as a table. What a file does not record is written "not recorded", never guessed.
+
+Units, chosen once (docs/units.md): MB = 10^6 bytes and GB = 10^9 bytes for files and weights; the tools
+record memory (RSS) in MiB = 2^20 bytes, and it is shown in MiB (GiB = 2^30 bytes).
+
+"Default" means the settings `pocketsd compress` uses today, read from the code (`pocketsd.palettize.recipes`),
+so a row measured under older defaults turns into a special run here as soon as the defaults change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import json
+import math
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+OUT = ROOT / "docs" / "results"
+README = ROOT / "README.md"
+HEADLINE_START = "<!-- results:headline start (made by docs/render.py from benchmarks/results; do not edit) -->"
+HEADLINE_END = "<!-- results:headline end -->"
+NOT_RECORDED = "not recorded"
+
+# The command that writes each file, for files that do not record it themselves (from the scripts' own docstrings).
+WRITTEN_BY = {
+    "apple_mbp": "python benchmarks/apple_mbp.py --apple-src DIR",
+    "bundle_sizes": "python benchmarks/bundle_sizes.py",
+    "compression": "make bench-compress (benchmarks/compression.py; parts merged with --merge)",
+    "compression_part_A": "python benchmarks/compression.py (part A)",
+    "compression_part_C": "python benchmarks/compression.py (part C)",
+    "compression_part_D": "python benchmarks/compression.py (part D)",
+    "compression_part_E": "python benchmarks/compression.py --part-from-distill-curve benchmarks/results/distill_curve.json",
+    "distill_curve": "make bench-distill (python benchmarks/distill.py; per-budget runs joined with --merge)",
+    "eval_refmodel": "python benchmarks/eval_refmodel.py",
+    "generate": "pocketsd bench",
+    "lora_blueprint": "python -m pocketsd.refmodel.train_lora --style blueprint --steps 300 --seed 2 --max-minutes 14",
+    "lora_poster": "python -m pocketsd.refmodel.train_lora --style poster --steps 450 --seed 1 --max-minutes 14",
+    "lora_copyspace": "python -m pocketsd.refmodel.copyspace",
+    "lora_train_memory": "make bench-lora-train (python benchmarks/lora_train_memory.py)",
+    "memory_low_memory": "python benchmarks/low_memory.py",
+    "refmodel_adherence": "python -m pocketsd.refmodel.check",
+    "refmodel_colour_polish": "python -m pocketsd.refmodel.train --colour-polish python/pocketsd/data/reference/model "
+                              "--colour-polish-steps 1300",
+    "refmodel_training": "python -m pocketsd.refmodel.train --max-minutes 78",
+    "runtime_modes": "python benchmarks/runtime_modes.py",
+    "sdxl_real_size": "make bench-real-size (python benchmarks/sdxl_real_size.py)",
+    "sdxl_sizes": "python benchmarks/sdxl_scale.py sizes",
+    "sdxl_throughput": "python benchmarks/sdxl_scale.py throughput",
+    "sdxl_whole_unet": "python benchmarks/sdxl_scale.py whole",
+    "sketch": "python benchmarks/sketch.py",
+    "inpaint": "python benchmarks/inpaint.py",
+    "controlnet_bundle": "python benchmarks/controlnet_bundle.py",
+    "verify_cost": "python benchmarks/verify_cost.py",
+}
+
+TITLES = {
+    "compression": "Compression against Apple's methods",
+    "distill_curve": "Distillation: gain against CPU-minutes",
+    "apple_mbp": "Apple's own mixed-bit pre-analysis",
+    "eval_refmodel": "Evaluation protocol on the reference model",
+    "sdxl_real_size": "The whole chain on a full-size SDXL",
+    "sdxl_sizes": "Real SDXL sizes",
+    "sdxl_throughput": "Palettization speed on SDXL's shapes",
+    "sdxl_whole_unet": "Compressing a whole SDXL-size UNet",
+    "bundle_sizes": "Core ML bundle sizes",
+    "runtime_modes": "Runtime modes (dense, packed)",
+    "memory_low_memory": "Peak memory with --low-memory",
+    "generate": "pocketsd bench",
+    "refmodel_adherence": "Reference model: prompt adherence",
+    "refmodel_training": "Reference model: training",
+    "refmodel_colour_polish": "Reference model: colour polish",
+    "refmodel_controlnet": "Reference model: sketch ControlNet training",
+    "lora_copyspace": "LoRA training proof: copy space",
+    "lora_train_memory": "LoRA training memory",
+    "lora_poster": "Shipped LoRA: poster",
+    "lora_blueprint": "Shipped LoRA: blueprint",
+    "inpaint": "Inpainting proof",
+    "sketch": "Sketch → image",
+    "controlnet_bundle": "A ControlNet in a Core ML bundle",
+}
+
+
+# ---- the default command, read from the code ---------------------------------------------------------------
+def compress_defaults() -> dict:
+    """What `pocketsd compress` does with no flags, from `Recipe`'s and `CalibrationSettings`' own defaults (None
+    where the code does not say)."""
+    out = {"budget": None, "distill": None, "distill_steps": None, "distill_minutes": None,
+           "calib_count": None, "calib_steps": None}
+    try:
+        from dataclasses import MISSING, fields
+
+        from pocketsd.palettize import calibrate, recipes
+
+        for f in fields(recipes.Recipe):
+            if f.name in out and f.default is not MISSING:
+                out[f.name] = f.default
+            if f.name == "bits_budget" and f.default is not MISSING:
+                out["budget"] = f.default
+        for f in fields(calibrate.CalibrationSettings):
+            if f"calib_{f.name}" in out and f.default is not MISSING:
+                out[f"calib_{f.name}"] = f.default
+    except Exception:  # noqa: BLE001 - the pages then say the defaults could not be read
+        pass
+    return out
+
+
+def default_command_text(d: dict) -> str:
+    if d["budget"] is None:
+        return "`pocketsd compress` (its defaults could not be read from the code)"
+    steps = d["distill_steps"]
+    if not steps or d["distill"] == "off":
+        distil = "no distillation"
+    else:
+        distil = (f"{d['distill']}-wise " if d["distill"] == "block" else
+                  f"{d['distill']}-UNet " if d["distill"] else "") + f"distillation, {steps:,} steps"
+        distil += " per block" if d["distill"] == "block" else ""
+        if d["distill_minutes"]:
+            distil += f" or {d['distill_minutes']:g} wall-clock minutes in all, whichever ends first"
+    calib = (f", calibration {d['calib_count']} prompts × {d['calib_steps']} steps"
+             if d["calib_count"] and d["calib_steps"] else "")
+    return f"`pocketsd compress`: budget {d['budget']:g} bits/param{calib}, {distil}"
+
+
+# ---- formatting --------------------------------------------------------------------------------------------
+def num(x, digits: int = 4) -> str:
+    if x is None:
+        return "—"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return f"{x:,}"
+    if isinstance(x, float):
+        if math.isinf(x) or math.isnan(x):
+            return str(x)
+        if abs(x) >= 1e5:
+            return f"{x:,.0f}"
+        if x == 0:
+            return "0"
+        s = f"{x:.{digits}g}"
+        return s if "e" not in s else f"{x:.3e}"
+    return str(x)
+
+
+def cell(x) -> str:
+    if isinstance(x, (list, tuple)):
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in x):
+            return "[" + ", ".join(num(v) for v in x) + "]" if len(x) <= 6 else f"{len(x)} values"
+        return ", ".join(cell(v) for v in x) if len(x) <= 6 else f"{len(x)} items"
+    if isinstance(x, dict):
+        return ", ".join(f"{k} {cell(v)}" for k, v in x.items()) if len(x) <= 6 else f"{len(x)} fields"
+    return num(x).replace("|", "\\|").replace("\n", " ")
+
+
+def mb(nbytes) -> str:
+    return "—" if nbytes is None else f"{nbytes / 1e6:.3f}"
+
+
+def ci(pair) -> str:
+    return f" [{pair[0]:.2f}, {pair[1]:.2f}]" if pair and len(pair) == 2 else ""
+
+
+def table(header: list[str], rows: list[list[str]], align: list[str] | None = None) -> list[str]:
+    align = align or ["---"] * len(header)
+    return ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"] + \
+           ["| " + " | ".join(r) + " |" for r in rows] + [""]
+
+
+def label(key: str) -> str:
+    """A column name with its unit made explicit (RSS in MiB as the tools record it, sizes in 10^n bytes)."""
+    if key.endswith("_mb") and "rss" in key:
+        return key[:-3] + " (MiB)"
+    if key.endswith("_gb"):
+        return key[:-3] + " (GB)"
+    if key.endswith("_bytes") or key == "bytes":
+        return key + " (B)"
+    return key
+
+
+# ---- provenance --------------------------------------------------------------------------------------------
+_LOAD_KEY = re.compile(r"^load(_average)?(_(before|after|end))?$")
+_UPTIME = re.compile(r"load average:\s*([\d.]+)")
+
+
+def loads(data, out: list[float] | None = None) -> list[float]:
+    """Every 1-minute load average the file recorded, at any depth."""
+    out = [] if out is None else out
+    if isinstance(data, dict):
+        for k, v in data.items():
+            if _LOAD_KEY.match(k):
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    out.append(float(v))
+                elif isinstance(v, list) and v and isinstance(v[0], (int, float)):
+                    out.append(float(v[0]))
+            elif k.startswith("uptime") and isinstance(v, str) and _UPTIME.search(v):
+                out.append(float(_UPTIME.search(v).group(1)))
+            else:
+                loads(v, out)
+    elif isinstance(data, list) and len(data) < 400:
+        for v in data:
+            loads(v, out)
+    return out
+
+
+def find_key(data, names: tuple[str, ...]):
+    if isinstance(data, dict):
+        for n in names:
+            if n in data and not isinstance(data[n], (dict, list)):
+                return data[n]
+        for k in ("machine", "settings", "train", "train_settings"):
+            if isinstance(data.get(k), dict):
+                v = find_key(data[k], names)
+                if v is not None:
+                    return v
+    return None
+
+
+def provenance(stem: str, data: dict, kind: str) -> list[str]:
+    command = data.get("command") if isinstance(data.get("command"), str) else WRITTEN_BY.get(stem)
+    commit = data.get("commit")
+    version = (data.get("versions") or {}).get("pocketsd") if isinstance(data.get("versions"), dict) else None
+    code = ", ".join(x for x in ((f"pocketsd {version}" if version else ""), (f"git {commit[:12]}" if commit else ""))
+                     if x) or NOT_RECORDED
+    cpus = find_key(data, ("cpus", "cpu_count"))
+    threads = find_key(data, ("torch_threads", "threads", "omp_threads"))
+    platform = find_key(data, ("platform",))
+    machine = ", ".join(x for x in ((f"{cpus} CPUs" if cpus else ""), (f"{threads} torch threads" if threads else ""),
+                                    (platform or "")) if x) or NOT_RECORDED
+    ls = loads(data)
+    load = (f"1-minute load average {min(ls):.1f}–{max(ls):.1f} over {len(ls)} readings" if len(ls) > 1 else
+            f"1-minute load average {ls[0]:.1f}" if ls else NOT_RECORDED)
+    date = find_key(data, ("date", "created_utc", "finished_utc", "started_utc")) or NOT_RECORDED
+    rows = [["command", f"`{command}`" if command else NOT_RECORDED], ["code version", code],
+            ["machine", machine], ["load", load], ["date", str(date)], ["run", kind]]
+    return table(["", ""], rows)
+
+
+# ---- run kinds ---------------------------------------------------------------------------------------------
+def compression_row_kind(row: dict, d: dict, teacher: str) -> str:
+    m = row.get("method", "")
+    if m == "fp16":
+        return "reference (uncompressed)"
+    if not row.get("ours"):
+        if "apple" in m:
+            return "baseline (Apple's own code)"
+        return "baseline (our re-implementation of Apple's mixed-bit palettization)" if "mbp" in m else "baseline"
+    steps = row.get("distill_steps")
+    budget = row.get("recipe", "")
+    is_default_budget = d["budget"] is not None and budget in (f"budget{d['budget']:g}", f"budget{d['budget']}")
+    ablation = row.get("smoothing") is False or row.get("calib_timesteps", "all") != "all"
+    if steps is None:
+        what = "distillation off" + (", ablation" if ablation else "")
+        return f"special run ({what})" if d["distill_steps"] else ("DEFAULT" if is_default_budget and not ablation
+                                                                   else "special run")
+    cpu_min = (row.get("distill_cpu_seconds") or 0) / 60
+    mode = row.get("distill_mode")
+    if is_default_budget and not ablation and steps == d["distill_steps"] and mode == d["distill"]:
+        return "DEFAULT"
+    mode_text = f"{mode} mode" if mode else "distillation mode not recorded"
+    return f"special run (distilled {cpu_min:.0f} CPU-min, {steps:,} steps{teacher}; {mode_text})"
+
+
+def teacher_text(curve: dict | None) -> str:
+    t = (curve or {}).get("teacher") or {}
+    return f"; teacher {t['prompts']} prompts × {t['steps']} steps" if "prompts" in t and "steps" in t else ""
+
+
+def nearest_default_point(curve: dict, d: dict) -> dict | None:
+    """The distillation point whose step count is nearest the default's, at the default budget."""
+    if d["budget"] is None or not d["distill_steps"]:
+        return None
+    pts = [p for p in curve.get("points", []) if p.get("budget") == d["budget"] and isinstance(p.get("distill"), dict)]
+    return min(pts, key=lambda p: abs(p["distill"].get("steps_done", 0) - d["distill_steps"]), default=None)
+
+
+# ---- pages with their own layout ---------------------------------------------------------------------------
+def page_compression(data: dict, ctx: dict) -> tuple[str, list[str]]:
+    d, teacher = ctx["defaults"], teacher_text(ctx["files"].get("distill_curve"))
+    rows = []
+    for r in data.get("rows", []):
+        psnr = r.get("image_psnr_db")
+        rows.append([f"`{r.get('method')}`", compression_row_kind(r, d, teacher), num(r.get("bits_per_param")),
+                     mb(r.get("unet_bytes")), num(r.get("latent_psnr_db")),
+                     ("∞" if psnr is None and r.get("method") == "fp16" else num(psnr)) + ci(r.get("image_psnr_ci95")),
+                     num(r.get("image_ssim")), num(r.get("adherence_pct"), 3)])
+    kinds = {row[1] for row in rows}
+    kind = ("DEFAULT and special runs" if "DEFAULT" in kinds else
+            "special runs only: no row is the default command (" + default_command_text(d) + ")")
+    body = [f"Reference model, {data.get('n_image_prompts', NOT_RECORDED)} evaluation prompts × "
+            f"{data.get('steps', NOT_RECORDED)} steps (image PSNR/SSIM against fp16, 95 % intervals in brackets), "
+            f"{data.get('n_latent_prompts', NOT_RECORDED)} prompts for latent PSNR after one step; calibration "
+            f"{cell(data.get('calibration'))}. Bits/param count every stored byte over every UNet parameter; "
+            "UNet MB = 10^6 bytes.", ""]
+    body += table(["method", "run", "bits/param", "UNet MB", "latent PSNR dB", "image PSNR dB", "SSIM", "adherence %"],
+                  rows, ["---", "---"] + ["---:"] * 6)
+    body += [f"Build times (`build_seconds`, compression only): " + ", ".join(
+        f"`{r['method']}` {r['build_seconds']:.0f} s" for r in data.get("rows", []) if r.get("build_seconds")
+        and r.get("ours")) + ".", ""]
+    tgt = data.get("target") or {}
+    if tgt.get("evaluated"):
+        body += ["Target check recorded in the file: " + ", ".join(f"{k} {cell(v)}" for k, v in tgt.items()) + ".", ""]
+    return kind, body
+
+
+def page_distill_curve(data: dict, ctx: dict) -> tuple[str, list[str]]:
+    d = ctx["defaults"]
+    near = nearest_default_point(data, d)
+    rows = []
+    for p in sorted(data.get("points", []), key=lambda p: (p.get("budget", 0), p.get("minutes", 0))):
+        dist = p.get("distill") if isinstance(p.get("distill"), dict) else {}
+        steps = dist.get("steps_done", 0)
+        if p is near:
+            run = f"special run, nearest the default ({steps:,} steps against {d['distill_steps']:,})"
+        elif not steps:
+            run = "special run (distillation off)" if d["distill_steps"] else "DEFAULT"
+        else:
+            run = "special run"
+        rows.append([num(p.get("budget")), num(p.get("bits_per_param")), num(p.get("cpu_minutes"), 3),
+                     num(p.get("wall_minutes"), 3), f"{steps:,}", num(dist.get("best_step")),
+                     num(p.get("held_out_snr_db_before")), num(p.get("held_out_snr_db_after")),
+                     num(p.get("image_psnr_db")) + ci(p.get("image_psnr_ci95")), num(p.get("adherence_pct"), 3),
+                     num(p.get("load_before"), 3), run])
+    s, t = data.get("settings", {}), data.get("teacher", {})
+    kind = ("special runs: each point distils for a fixed CPU-minute budget with no step cap, against a teacher of "
+            f"{t.get('prompts', NOT_RECORDED)} prompts × {t.get('steps', NOT_RECORDED)} steps; the default command is "
+            + default_command_text(d))
+    body = table(["setting", "value"], [[k, cell(v)] for k, v in s.items()])
+    body += [f"Teacher: {t.get('prompts', NOT_RECORDED)} prompts × {t.get('steps', NOT_RECORDED)} steps, "
+            f"guidance {num(t.get('guidance'))}, {num(t.get('pairs'))} recorded (unconditional, conditional) pairs.",
+            ""]
+    if "lr" in s:
+        body += [f"Learning rate {num(s['lr'])} (changed from the default).", ""]
+    body += table(["budget", "bits/param", "CPU-min", "wall min", "steps", "kept step", "held-out SNR before dB",
+                   "after dB", "image PSNR dB", "adherence %", "load before", "run"], rows,
+                  ["---:"] * 11 + ["---"])
+    body += [f"fp16 adherence on the same prompts: {num(data.get('fp16_adherence_pct'), 3)} %.", ""]
+    return kind, body
+
+
+def page_sdxl_real_size(data: dict, ctx: dict) -> tuple[str, list[str]]:
+    rows = []
+    for name, s in (data.get("stages") or {}).items():
+        if not isinstance(s, dict):
+            continue
+        argv = s.get("argv")
+        rows.append([name, f"`{' '.join(argv)}`" if isinstance(argv, list) else "—",
+                     num((s.get("wall_s") or 0) / 60, 3), num((s.get("cpu_s") or 0) / 60, 3) if "cpu_s" in s else "—",
+                     num(s.get("peak_rss_gb")), cell((s.get("load_average") or [None])[:1])])
+    body = ["Random SDXL-base-shaped weights (no SDXL weights can be downloaded here); each stage in a fresh process.",
+            "", f"Settings: {cell(data.get('settings'))}.", ""]
+    body += table(["stage", "arguments", "wall min", "CPU min", "peak RSS (GB, 10^9 B)", "load (1 min)"], rows,
+                  ["---", "---", "---:", "---:", "---:", "---:"])
+    tg = [[t.get("target", ""), str(t.get("limit", "")), num(t.get("value")), num(t.get("met"))]
+          for t in data.get("targets", [])]
+    body += table(["target", "limit", "measured", "met"], tg)
+    kind = ("special run: reduced calibration (" + f"{num((data.get('settings') or {}).get('calib_count'))} prompts × "
+            f"{num((data.get('settings') or {}).get('calib_steps'))} steps), fixed recipe "
+            f"{(data.get('settings') or {}).get('recipe', NOT_RECORDED)}, distillation off")
+    return kind, body
+
+
+SPECIAL = {"compression": page_compression, "distill_curve": page_distill_curve, "sdxl_real_size": page_sdxl_real_size}
+
+# What each file's run is, for files whose kind is a matter of what they measure rather than their settings.
+KINDS = {
+    "apple_mbp": "baseline: Apple's own pre-analysis code on the reference model (not a PocketSD command)",
+    "generate": "DEFAULT: `pocketsd bench` with its default settings",
+    "eval_refmodel": "special runs: the variants' compress arguments are listed per row",
+    "compression_part_A": "part of compression.json (merged there)",
+    "compression_part_C": "part of compression.json (merged there)",
+    "compression_part_D": "part of compression.json (merged there)",
+    "compression_part_E": "part of compression.json: its distilled rows come from distill_curve.json (special runs)",
+    "refmodel_training": "training run of the shipped reference model (`make tiny-model`)",
+    "refmodel_colour_polish": "training run of the shipped reference model (`make tiny-model`)",
+    "refmodel_controlnet": "training run of the shipped sketch ControlNet (`make tiny-model`)",
+    "refmodel_adherence": "check of the shipped reference model (`make check-model`)",
+    "lora_poster": "training run of a shipped LoRA (`make tiny-model`)",
+    "lora_blueprint": "training run of a shipped LoRA (`make tiny-model`)",
+    "lora_copyspace": "training run of a shipped LoRA (`make tiny-model`) on a budget-4.5 compressed UNet",
+    "sdxl_sizes": "size accounting of fixed recipes (no model run)",
+    "sdxl_throughput": "special run: fixed recipes on random SDXL-shaped weights, no calibration",
+    "sdxl_whole_unet": "special run: fixed recipe w4r32 on random SDXL-shaped weights, no calibration",
+    "bundle_sizes": "fixed recipes and budget 4.5, converted with `pocketsd convert` defaults",
+}
+
+
+# ---- generic layout ----------------------------------------------------------------------------------------
+def is_scalar(v) -> bool:
+    return v is None or isinstance(v, (str, int, float, bool))
+
+
+def records_table(name: str, items: list[dict]) -> list[str]:
+    keys: list[str] = []
+    for it in items:
+        for k, v in it.items():
+            if k not in keys and (is_scalar(v) or (isinstance(v, list) and len(v) <= 6)
+                                  or (isinstance(v, dict) and len(v) <= 6 and all(map(is_scalar, v.values())))):
+                keys.append(k)
+    keys = [k for k in keys if not (k.endswith("_dir") or k == "eval_dir" or k == "run" or k == "log")][:12]
+    if not keys:
+        return [f"`{name}`: {len(items)} records.", ""]
+    rows = [[cell(it.get(k)) for k in keys] for it in items]
+    return [f"**{name}**", ""] + table([label(k) for k in keys], rows)
+
+
+def generic_body(data) -> list[str]:
+    body: list[str] = []
+    if not isinstance(data, dict):
+        return [f"{type(data).__name__} of {len(data)} items." if isinstance(data, list) else cell(data), ""]
+    settings = []
+    for k, v in data.items():
+        if is_scalar(v):
+            settings.append([k if not isinstance(v, str) else k, cell(v) if not isinstance(v, str) else
+                             (v if len(v) < 300 else v[:300] + " …").replace("|", "\\|").replace("\n", " ")])
+        elif isinstance(v, dict) and v and all(is_scalar(x) or isinstance(x, list) for x in v.values()):
+            for kk, vv in v.items():
+                settings.append([f"{k}.{kk}", cell(vv)])
+        elif isinstance(v, list) and (not v or not isinstance(v[0], dict)):
+            settings.append([k, cell(v)])
+    if settings:
+        body += table(["field", "value"], [[label(a), b] for a, b in settings])
+    for k, v in data.items():
+        if isinstance(v, list) and v and all(isinstance(x, dict) for x in v) and len(v) <= 60:
+            body += records_table(k, v)
+        elif isinstance(v, list) and v and isinstance(v[0], dict):
+            body += [f"`{k}`: {len(v)} records (see the JSON file).", ""]
+        elif isinstance(v, dict) and v and all(isinstance(x, dict) for x in v.values()):
+            items = [{"": name, **{kk: vv for kk, vv in x.items()}} for name, x in v.items()]
+            body += records_table(k, items)
+    return body
+
+
+# ---- figures and pages -------------------------------------------------------------------------------------
+def figures_of(json_path: Path) -> list[Path]:
+    stem = json_path.stem
+    return sorted(p for p in json_path.parent.glob(f"{stem}*.png"))
+
+
+def page_name(json_path: Path) -> str:
+    rel = json_path.relative_to(RESULTS)
+    return "__".join(rel.with_suffix("").parts)
+
+
+def render_page(json_path: Path, data, ctx: dict) -> tuple[str, str, str]:
+    stem, name = json_path.stem, page_name(json_path)
+    title = TITLES.get(stem, stem.replace("_", " "))
+    if json_path.parent != RESULTS:
+        title += f" ({json_path.parent.name})"
+    if stem in SPECIAL and isinstance(data, dict):
+        kind, body = SPECIAL[stem](data, ctx)
+    else:
+        kind = KINDS.get(stem) if json_path.parent == RESULTS else None
+        if json_path.parent != RESULTS and stem == "distill_curve" and isinstance(data, dict):
+            kind, body = page_distill_curve(data, ctx)
+        else:
+            kind = kind or NOT_RECORDED
+            body = generic_body(data)
+    lines = [f"# {title}", "", f"Generated by `docs/render.py` from `benchmarks/results/"
+             f"{json_path.relative_to(RESULTS).as_posix()}`. Do not edit by hand.", ""]
+    lines += provenance(stem, data if isinstance(data, dict) else {}, kind)
+    for fig in figures_of(json_path):
+        fname = name + "__" + fig.name if json_path.parent != RESULTS else fig.name
+        ctx["figures"][fname] = fig
+        lines += [f"![{fig.stem}](figures/{fname})", ""]
+    lines += body
+    return name, title, "\n".join(lines).rstrip() + "\n", kind
+
+
+def headline(ctx: dict) -> list[str]:
+    """The README's and the results index's headline table: compression.json's rows at the default budget, Apple's
+    rows and fp16, plus the distillation point nearest the default command; every row says what run it is."""
+    comp, curve, d = ctx["files"].get("compression"), ctx["files"].get("distill_curve"), ctx["defaults"]
+    if not comp or d["budget"] is None:
+        return ["(no compression results file, or the defaults could not be read)", ""]
+    teacher = teacher_text(curve)
+    rows = []
+    for r in comp.get("rows", []):
+        m, bits = r.get("method", ""), r.get("bits_per_param") or 0
+        apple = "mbp" in m
+        ours_default_budget = r.get("ours") and abs(bits - d["budget"]) < 0.05 and r.get("smoothing", True) \
+            and r.get("calib_timesteps", "all") == "all"
+        if m == "fp16" or apple or ours_default_budget:
+            psnr = r.get("image_psnr_db")
+            rows.append([f"`{m}`", compression_row_kind(r, d, teacher), f"{bits:.3f}", mb(r.get("unet_bytes")),
+                         ("∞" if psnr is None else f"{psnr:.2f}") + ci(r.get("image_psnr_ci95")),
+                         num(r.get("adherence_pct"), 3), "compression.json"])
+    near = nearest_default_point(curve or {}, d)
+    if near:
+        steps = near["distill"].get("steps_done", 0)
+        rows.append([f"budget {near['budget']:g}, distilled {near.get('cpu_minutes', 0):.0f} CPU-min",
+                     f"special run, nearest the default ({steps:,} steps against {d['distill_steps']:,}{teacher}; "
+                     "distillation mode not recorded)",
+                     f"{near['bits_per_param']:.3f}", "—", f"{near['image_psnr_db']:.2f}" + ci(near.get("image_psnr_ci95")),
+                     num(near.get("adherence_pct"), 3), "distill_curve.json"])
+    lines = [f"Default command: {default_command_text(d)}. Reference model, "
+             f"{comp.get('n_image_prompts', NOT_RECORDED)} evaluation prompts × {comp.get('steps', NOT_RECORDED)} steps, "
+             "image PSNR against fp16 with 95 % intervals; bits/param count every stored byte over every UNet "
+             "parameter; MB = 10^6 bytes.", ""]
+    lines += table(["method", "run", "bits/param", "UNet MB", "image PSNR dB", "adherence %", "file"], rows,
+                   ["---", "---", "---:", "---:", "---:", "---:", "---"])
+    lines += [f"Calibration of these runs: {cell(comp.get('calibration'))}.", ""]
+    if not any(r[1] == "DEFAULT" for r in rows):
+        lines += ["**No file holds a measurement of the default command itself**; the rows above are the nearest "
+                  "measured runs, labelled with how they differ.", ""]
+    return lines
+
+
+def render(results: Path = RESULTS) -> tuple[dict[str, str], dict[str, Path]]:
+    """{page file name: markdown} and {figure file name: source png}."""
+    files = sorted(results.rglob("*.json"))
+    ctx = {"defaults": compress_defaults(), "figures": {}, "files": {}}
+    for f in files:
+        if f.parent == results:
+            ctx["files"][f.stem] = json.loads(f.read_text())
+    pages, index = {}, []
+    for f in files:
+        data = json.loads(f.read_text())
+        name, title, text, kind = render_page(f, data, ctx)
+        pages[name + ".md"] = text
+        index.append([f"[{title}]({name}.md)", f"`{f.relative_to(results).as_posix()}`", kind])
+    head = ["# Results", "", "Generated by `docs/render.py` from `benchmarks/results/`; every figure on these pages "
+            "comes from a file there, and `tests/test_docs.py` fails when a page differs from what its file gives. "
+            "Each page states the command, code version, machine, load and date its file records, and whether it is "
+            "the default command or a special run. Units: MB = 10^6 bytes, GB = 10^9 bytes; memory (RSS) is "
+            "recorded in MiB = 2^20 bytes.", "", "## Headline", ""]
+    head += headline(ctx)
+    head += ["## Every results file", ""] + table(["page", "file", "run"], index)
+    pages["index.md"] = "\n".join(head).rstrip() + "\n"
+    pages["headline.md"] = "\n".join(headline(ctx)).rstrip() + "\n"
+    return pages, ctx["figures"]
+
+
+def write(out: Path, pages: dict[str, str], figures: dict[str, Path]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("*.md"):
+        if old.name not in pages:
+            old.unlink()
+    for name, text in pages.items():
+        (out / name).write_text(text)
+    figdir = out / "figures"
+    figdir.mkdir(exist_ok=True)
+    for name, src in figures.items():
+        dst = figdir / name
+        if not dst.exists() or not filecmp.cmp(src, dst, shallow=False):
+            shutil.copyfile(src, dst)
+
+
+def readme_with_headline(readme: str, pages: dict[str, str]) -> str:
+    if HEADLINE_START not in readme or HEADLINE_END not in readme:
+        return readme
+    before, rest = readme.split(HEADLINE_START, 1)
+    _, after = rest.split(HEADLINE_END, 1)
+    return before + HEADLINE_START + "\n" + pages["headline.md"] + HEADLINE_END + after
+
+
+def diff(out: Path, pages: dict[str, str]) -> list[str]:
+    problems = [f"{n}: differs from what its file gives" for n, t in pages.items()
+                if not (out / n).exists() or (out / n).read_text() != t]
+    problems += [f"{p.name}: no results file makes this page" for p in out.glob("*.md") if p.name not in pages]
+    return problems
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="render into a temp folder and fail on any difference")
+    args = ap.parse_args(argv)
+    pages, figures = render()
+    readme = README.read_text()
+    if args.check:
+        with tempfile.TemporaryDirectory() as tmp:
+            write(Path(tmp), pages, figures)
+            problems = diff(OUT, {n: (Path(tmp) / n).read_text() for n in pages})
+        if readme_with_headline(readme, pages) != readme:
+            problems.append("README.md: the headline table differs from the results files")
+        for p in problems:
+            print(p, file=sys.stderr)
+        return 1 if problems else 0
+    write(OUT, pages, figures)
+    README.write_text(readme_with_headline(readme, pages))
+    print(f"wrote {len(pages)} pages and {len(figures)} figures to {OUT.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
