@@ -158,7 +158,8 @@ def num(x, digits: int = 4) -> str:
 def cell(x) -> str:
     if isinstance(x, (list, tuple)):
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in x):
-            return "[" + ", ".join(num(v) for v in x) + "]" if len(x) <= 6 else f"{len(x)} values"
+            return ("[" + ", ".join(str(v) if isinstance(v, int) else num(v) for v in x) + "]" if len(x) <= 6
+                    else f"{len(x)} values")
         return ", ".join(cell(v) for v in x) if len(x) <= 6 else f"{len(x)} items"
     if isinstance(x, dict):
         return ", ".join(f"{k} {cell(v)}" for k, v in x.items()) if len(x) <= 6 else f"{len(x)} fields"
@@ -377,7 +378,7 @@ SPECIAL = {"compression": page_compression, "distill_curve": page_distill_curve,
 # What each file's run is, for files whose kind is a matter of what they measure rather than their settings.
 KINDS = {
     "apple_mbp": "baseline: Apple's own pre-analysis code on the reference model (not a PocketSD command)",
-    "generate": "DEFAULT: `pocketsd bench` with its default settings",
+    "generate": "`pocketsd bench` with the settings below (whether they were its defaults: not recorded)",
     "eval_refmodel": "special runs: the variants' compress arguments are listed per row",
     "compression_part_A": "part of compression.json (merged there)",
     "compression_part_C": "part of compression.json (merged there)",
