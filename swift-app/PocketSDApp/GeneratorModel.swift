@@ -19,16 +19,23 @@ final class GeneratorModel: ObservableObject {
     // The request
     @Published var prompt = "a red circle on a white background"
     @Published var negativePrompt = ""
-    @Published var domainName = ""            // "" = no preset
-    @Published var steps = ResolvedRequest.defaultSteps
-    @Published var guidance = ResolvedRequest.defaultGuidance
-    @Published var scheduler = ResolvedRequest.defaultScheduler
+    @Published var domainName = "" {          // "" = no preset
+        didSet { if domainName != oldValue { form.show(preset: presets.first { $0.name == domainName }) } }
+    }
+    /// Steps, guidance, scheduler and strength as shown, and which the user changed: only those are sent, so a
+    /// preset's own values and the start's default strength apply as on the command line (see `SettingsForm`).
+    @Published private(set) var form = SettingsForm()
+    var steps: Int { get { form.steps } set { form.setSteps(newValue) } }
+    var guidance: Double { get { form.guidance } set { form.setGuidance(newValue) } }
+    var scheduler: SchedulerKind { get { form.scheduler } set { form.setScheduler(newValue) } }
     /// A multifunction UNet's function (a LoRA style); "" = the preset's or the bundle's default.
     @Published var style = ""
     @Published var controlNet = ""            // "" = none
-    @Published var inputMode = InputMode.text
+    @Published var inputMode = InputMode.text {
+        didSet { form.show(start: inputMode == .repaint ? .mask : inputMode == .sketch ? .sketch : inputMode == .photo ? .image : .text) }
+    }
     @Published private(set) var photo: CGImage?
-    @Published var strength = ResolvedRequest.defaultImageStrength
+    var strength: Double { get { form.strength } set { form.setStrength(newValue) } }
     @Published var seed: UInt32 = 1
     @Published var randomSeed = false
     @Published var computeUnits = ComputeUnitsChoice.platformDefault
@@ -155,9 +162,6 @@ final class GeneratorModel: ObservableObject {
         var request = GenerationRequest(prompt: prompt)
         request.domain = domainName.isEmpty ? nil : domainName
         request.negativePrompt = negativePrompt.isEmpty ? nil : negativePrompt
-        request.steps = steps
-        request.guidance = guidance
-        request.scheduler = scheduler.rawValue
         request.unetFunction = style.isEmpty ? nil : style
         if randomSeed { seed = UInt32.random(in: 0...UInt32.max) }
         request.seed = seed
@@ -192,9 +196,8 @@ final class GeneratorModel: ObservableObject {
         }
         if !controlNet.isEmpty, inputMode == .sketch || inputMode == .photo {
             request.controlNet = controlNet
-        } else if inputMode != .text {
-            request.strength = strength
         }
+        form.fill(&request)   // after the start and the ControlNet are set: the strength depends on them
 
         isRunning = true
         step = 0

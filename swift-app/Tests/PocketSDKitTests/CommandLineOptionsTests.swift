@@ -15,7 +15,7 @@ final class CommandLineOptionsTests: XCTestCase {
             "--negative", "blurry", "--scheduler", "euler", "--domain", "logo", "--compute-units", "cpu_and_ne",
             "--size", "128x128", "--image", "in.png", "--strength", "0.6", "--low-memory", "--out", "x/y.png",
             "--function", "poster", "--domains", "d.json", "--backend", "coreml", "--mask", "m.png",
-            "--controlnet", "Edges", "--control-scale", "0.7",
+            "--controlnet", "Edges", "--controlnet-scale", "0.7", "--control-guidance-start", "0.25", "--control-guidance-end=0.75",
         ])
         XCTAssertEqual(o.request.prompt, "a red circle")
         XCTAssertEqual(o.resources, "B/Resources")
@@ -37,6 +37,8 @@ final class CommandLineOptionsTests: XCTestCase {
         XCTAssertEqual(o.request.maskPath, "m.png")
         XCTAssertEqual(o.request.controlNet, "Edges")
         XCTAssertEqual(o.request.controlScale, 0.7)
+        XCTAssertEqual(o.request.controlGuidanceStart, 0.25)
+        XCTAssertEqual(o.request.controlGuidanceEnd, 0.75)
         XCTAssertEqual(o.count, 1)
     }
 

@@ -117,7 +117,13 @@ final class GenerationRequestTests: XCTestCase {
         refuses({ $0.scheduler = "pndm" }, "euler, dpmpp2m, ddim")
         refuses({ $0.maskPath = "m.png" }, "--mask needs --image")
         refuses({ $0.controlNet = "Edges" }, "needs a control image")
-        refuses({ $0.controlNet = "Edges"; $0.sketchPath = "s"; $0.controlScale = 3 }, "--control-scale")
+        // the Python CLI's bounds and sentences (python/pocketsd/pipeline/options.py)
+        refuses({ $0.controlNet = "Edges"; $0.sketchPath = "s"; $0.controlScale = 10.5 }, "--controlnet-scale must be between 0 and 10.0")
+        refuses({ $0.sketchPath = "s"; $0.controlScale = 0.5 }, "only apply with --controlnet")
+        refuses({ $0.sketchPath = "s"; $0.controlGuidanceEnd = 0.5 }, "only apply with --controlnet")
+        refuses({ $0.controlNet = "Edges"; $0.sketchPath = "s"; $0.controlGuidanceStart = -0.1 }, "--control-guidance-start must be between 0.0 and 1.0")
+        refuses({ $0.controlNet = "Edges"; $0.sketchPath = "s"; $0.controlGuidanceStart = 0.6; $0.controlGuidanceEnd = 0.6 },
+                "must be below --control-guidance-end")
         refuses({ $0.controlNet = "Edges"; $0.sketchPath = "s"; $0.strength = 0.5 }, "does not apply with --controlnet")
         refuses({ $0.controlNet = "Edges"; $0.imagePath = "a"; $0.maskPath = "m" }, "one or the other")
     }

@@ -72,7 +72,9 @@ public enum CommandLineOptions {
       --strength F             share of the schedule re-run from the image, in (0, 1] (0.8 / sketch 0.75 / mask 1.0)
       --controlnet NAME        a ControlNet shipped in the bundle (Resources/controlnet/NAME), steered by --sketch's
                                strokes or by --image; the run then starts from noise (as `pocketsd generate`)
-      --control-scale F        the ControlNet's weight, 0…2 (default 1)
+      --controlnet-scale F     the ControlNet's weight, 0…10 (default 1)
+      --control-guidance-start F  share of the steps before the ControlNet starts, 0…1 (default 0)
+      --control-guidance-end F    share of the steps after which the ControlNet stops, 0…1 (default 1)
       --count N                N images with seeds S, S+1, … (the models load once)
       --low-memory             load each model for its stage only, text encoders one at a time (default on iOS)
       --out FILE               the PNG (default: pocketsd-<seed>.png)
@@ -152,7 +154,12 @@ public enum CommandLineOptions {
             case "--strength": request.strength = try parser.double(for: arg)
             case "--mask": request.maskPath = try parser.value(for: arg)
             case "--controlnet": request.controlNet = try parser.value(for: arg)
-            case "--control-scale": request.controlScale = try parser.double(for: arg)
+            case "--controlnet-scale": request.controlScale = try parser.double(for: arg)
+            case "--control-guidance-start": request.controlGuidanceStart = try parser.double(for: arg)
+            case "--control-guidance-end": request.controlGuidanceEnd = try parser.double(for: arg)
+            case "--control-scale":
+                // the name this tool had before it took the Python CLI's
+                throw PocketSDError.badInput("--control-scale is called --controlnet-scale, as in `pocketsd generate`")
             case "--count":
                 count = try parser.int(for: arg)
                 if count < 1 || count > 1000 { throw PocketSDError.badInput("--count must be between 1 and 1000, got \(count)") }

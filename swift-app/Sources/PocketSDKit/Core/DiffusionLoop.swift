@@ -122,10 +122,14 @@ public final class DiffusionLoop {
         public var controlNet: String?
         public var controlImage: Tensor?
         public var controlScale: Float
+        /// The share of the steps the ControlNet steers, [start, end] (diffusers' control_guidance_start/end).
+        public var controlGuidanceStart: Double
+        public var controlGuidanceEnd: Double
 
         public init(prompt: String, negativePrompt: String? = nil, steps: Int, guidance: Double, seed: UInt32,
                     scheduler: SchedulerKind, initImage: Tensor? = nil, strength: Double = 0.8, mask: Tensor? = nil,
-                    controlNet: String? = nil, controlImage: Tensor? = nil, controlScale: Float = 1) {
+                    controlNet: String? = nil, controlImage: Tensor? = nil, controlScale: Float = 1,
+                    controlGuidanceStart: Double = 0, controlGuidanceEnd: Double = 1) {
             self.prompt = prompt
             self.negativePrompt = negativePrompt
             self.steps = steps
@@ -138,6 +142,8 @@ public final class DiffusionLoop {
             self.controlNet = controlNet
             self.controlImage = controlImage
             self.controlScale = controlScale
+            self.controlGuidanceStart = controlGuidanceStart
+            self.controlGuidanceEnd = controlGuidanceEnd
         }
     }
 
@@ -325,13 +331,13 @@ public final class DiffusionLoop {
         if let control = request.controlImage {
             conditioning["controlnet_cond"] = .concatenating(Array(repeating: control, count: batch))
         }
-        // A UNet converted to take ControlNet residuals needs them on every call: zeros when no ControlNet is used.
-        let residualInputs = models.unet.flatMap(\.inputSpecs).filter { Self.isResidual($0.name) }
-        if controlNet == nil {
-            for spec in residualInputs where spec.shape.count > 1 {
-                conditioning[spec.name] = .zeros([batch] + spec.shape.dropFirst())
-            }
+        // A UNet converted to take ControlNet residuals needs them on every call: zeros when no ControlNet is used,
+        // and at the steps outside the ControlNet's share of the schedule.
+        var zeroResiduals: [String: Tensor] = [:]
+        for spec in models.unet.flatMap(\.inputSpecs) where Self.isResidual(spec.name) && spec.shape.count > 1 {
+            zeroResiduals[spec.name] = .zeros([batch] + spec.shape.dropFirst())
         }
+        if controlNet == nil { conditioning.merge(zeroResiduals) { _, zero in zero } }
         let mask = request.mask
         for (i, t) in timesteps.enumerated() {
             let stepIndex = begin + i
@@ -341,7 +347,10 @@ public final class DiffusionLoop {
             var feeds = conditioning
             feeds["sample"] = modelIn
             feeds["timestep"] = Tensor(shape: [batch], repeating: Float(t))
-            if let controlNet {
+            if controlNet != nil, !Self.controlActive(step: i, of: timesteps.count, start: request.controlGuidanceStart,
+                                                      end: request.controlGuidanceEnd) {
+                feeds.merge(zeroResiduals) { _, zero in zero }
+            } else if let controlNet {
                 let residuals = try BatchedPrediction.run([controlNet], feeds: feeds)
                 let knownInputs = Set(models.unet.flatMap(\.inputSpecs).map(\.name))
                 if !knownInputs.isEmpty && residuals.keys.allSatisfy({ !knownInputs.contains($0) }) {
@@ -423,6 +432,12 @@ public final class DiffusionLoop {
             throw PocketSDError.badInput(
                 "\(stage) produced NaN/inf values; nothing was written (an fp16 overflow in the bundle's models, such as SDXL's own VAE: convert with the fp16-safe VAE, see swift-app/README.md)")
         }
+    }
+
+    /// Whether step `step` (0-based) of `count` is inside the ControlNet's [start, end] share of the schedule:
+    /// diffusers' rule, and the Python loop's `control_active`.
+    public static func controlActive(step: Int, of count: Int, start: Double, end: Double) -> Bool {
+        !(Double(step) / Double(count) < start || Double(step + 1) / Double(count) > end)
     }
 
     /// Names a UNet gives its ControlNet residual inputs (diffusers' `down_block_additional_residuals` /

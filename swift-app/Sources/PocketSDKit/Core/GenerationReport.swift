@@ -115,13 +115,19 @@ public struct GenerationReport: Equatable, Sendable {
         public var mask: String?
         public var strength: Double?
         public var controlnet: String?
+        /// With a ControlNet only, as the Python report writes them: its scale and its [start, end] share.
+        public var controlnetScale: Double?
+        public var controlGuidance: [Double]?
 
-        public init(image: String? = nil, sketch: String? = nil, mask: String? = nil, strength: Double? = nil, controlnet: String? = nil) {
+        public init(image: String? = nil, sketch: String? = nil, mask: String? = nil, strength: Double? = nil, controlnet: String? = nil,
+                    controlnetScale: Double? = nil, controlGuidance: [Double]? = nil) {
             self.image = image
             self.sketch = sketch
             self.mask = mask
             self.strength = strength
             self.controlnet = controlnet
+            self.controlnetScale = controlnetScale
+            self.controlGuidance = controlGuidance
         }
     }
 
@@ -174,7 +180,9 @@ public struct GenerationReport: Equatable, Sendable {
         self.memoryMethod = memoryMethod
         self.output = output
         self.input = Input(image: request.imagePath, sketch: request.sketchPath, mask: request.maskPath,
-                           strength: request.strength, controlnet: request.controlNet)
+                           strength: request.strength, controlnet: request.controlNet,
+                           controlnetScale: request.controlNet == nil ? nil : request.controlScale,
+                           controlGuidance: request.controlNet == nil ? nil : [request.controlGuidanceStart, request.controlGuidanceEnd])
         self.lowMemory = request.lowMemory
         self.warnings = request.notes + warnings
         var details = backendDetails
@@ -190,6 +198,13 @@ public struct GenerationReport: Equatable, Sendable {
     public var json: JSONValue {
         func num(_ x: Double?) -> JSONValue { x.map { .number($0) } ?? .null }
         func str(_ s: String?) -> JSONValue { s.map { .string($0) } ?? .null }
+        var inputJSON: [String: JSONValue] = [
+            "image": str(input.image), "sketch": str(input.sketch), "mask": str(input.mask),
+            "strength": num(input.strength), "controlnet": str(input.controlnet),
+        ]
+        // Present with a ControlNet only, as in the Python report (pocketsd/pipeline/session.py).
+        if let scale = input.controlnetScale { inputJSON["controlnet_scale"] = .number(scale) }
+        if let share = input.controlGuidance { inputJSON["control_guidance"] = .array(share.map { .number($0) }) }
         func seconds(_ table: [String: Double]) -> JSONValue { .object(table.mapValues { .number($0) }) }
         var timingsObject: [String: JSONValue] = [
             "load": .number(timings.load),
@@ -236,10 +251,7 @@ public struct GenerationReport: Equatable, Sendable {
             ]),
             "memory_method": .string(memoryMethod),
             "output": .string(output),
-            "input": .object([
-                "image": str(input.image), "sketch": str(input.sketch), "mask": str(input.mask),
-                "strength": num(input.strength), "controlnet": str(input.controlnet),
-            ]),
+            "input": .object(inputJSON),
             "low_memory": .bool(lowMemory),
             "warnings": .array(warnings.map { .string($0) }),
             "backend_details": .object([

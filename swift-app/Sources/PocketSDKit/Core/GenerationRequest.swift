@@ -59,7 +59,11 @@ public struct GenerationRequest: Equatable, Sendable {
     /// A ControlNet shipped in the bundle (`controlnet/<Name>`). As on the Python side, the image or the sketch then
     /// becomes its conditioning image (a sketch's strokes, white on black) and the run starts from noise.
     public var controlNet: String?
+    /// `--controlnet-scale` (diffusers' controlnet_conditioning_scale).
     public var controlScale: Double?
+    /// `--control-guidance-start` / `--control-guidance-end`: the share of the steps the ControlNet steers.
+    public var controlGuidanceStart: Double?
+    public var controlGuidanceEnd: Double?
     public var strength: Double?
     public var lowMemory: Bool = PlatformDefaults.lowMemory
 
@@ -73,7 +77,8 @@ public struct GenerationRequest: Equatable, Sendable {
             && a.computeUnits == b.computeUnits && a.size?.width == b.size?.width && a.size?.height == b.size?.height
             && a.imagePath == b.imagePath && a.sketchPath == b.sketchPath && a.strength == b.strength
             && a.lowMemory == b.lowMemory && a.maskPath == b.maskPath && a.controlNet == b.controlNet
-            && a.controlScale == b.controlScale
+            && a.controlScale == b.controlScale && a.controlGuidanceStart == b.controlGuidanceStart
+            && a.controlGuidanceEnd == b.controlGuidanceEnd
     }
 }
 
@@ -98,6 +103,8 @@ public struct ResolvedRequest: Equatable, Sendable {
     public var maskPath: String?
     public var controlNet: String?
     public var controlScale: Double
+    public var controlGuidanceStart: Double
+    public var controlGuidanceEnd: Double
     public var lowMemory: Bool
     /// Lines to show the user (a LoRA that is not in the bundle, …).
     public var notes: [String]
@@ -110,6 +117,8 @@ public struct ResolvedRequest: Equatable, Sendable {
     public static let defaultImageStrength = 0.8
     public static let defaultSketchStrength = 0.75
     public static let defaultMaskStrength = 1.0
+    /// The Python CLI's bound (python/pocketsd/pipeline/options.py, MAX_CONTROLNET_SCALE).
+    public static let maxControlNetScale = 10.0
 }
 
 extension GenerationRequest {
@@ -144,8 +153,21 @@ extension GenerationRequest {
         if controlNet != nil && maskPath != nil {
             throw PocketSDError.badInput("--mask repaints --image, --controlnet is steered by it: use one or the other")
         }
-        if let scale = controlScale, !(0...2).contains(scale) {
-            throw PocketSDError.badInput("--control-scale must be between 0 and 2, got \(scale)")
+        // The Python CLI's rules and sentences (python/pocketsd/pipeline/options.py), so both refuse the same flags.
+        if controlNet == nil && (controlScale != nil || controlGuidanceStart != nil || controlGuidanceEnd != nil) {
+            throw PocketSDError.badInput("--controlnet-scale and --control-guidance-start/end only apply with --controlnet")
+        }
+        if let scale = controlScale, !(scale.isFinite && (0...ResolvedRequest.maxControlNetScale).contains(scale)) {
+            throw PocketSDError.badInput("--controlnet-scale must be between 0 and \(ResolvedRequest.maxControlNetScale), got \(scale)")
+        }
+        for (flag, value) in [("--control-guidance-start", controlGuidanceStart), ("--control-guidance-end", controlGuidanceEnd)] {
+            if let value, !(value.isFinite && (0...1).contains(value)) {
+                throw PocketSDError.badInput("\(flag) must be between 0.0 and 1.0, got \(value)")
+            }
+        }
+        let guidanceStart = controlGuidanceStart ?? 0, guidanceEnd = controlGuidanceEnd ?? 1
+        if guidanceStart >= guidanceEnd {
+            throw PocketSDError.badInput("--control-guidance-start (\(guidanceStart)) must be below --control-guidance-end (\(guidanceEnd))")
         }
         var strength: Double?
         if controlNet != nil {
@@ -207,6 +229,8 @@ extension GenerationRequest {
             maskPath: maskPath,
             controlNet: controlNet,
             controlScale: controlScale ?? 1,
+            controlGuidanceStart: guidanceStart,
+            controlGuidanceEnd: guidanceEnd,
             lowMemory: lowMemory,
             notes: notes)
     }

@@ -247,7 +247,8 @@ public final class PocketSDEngine {
             seed: request.seed, scheduler: request.scheduler,
             initImage: inputs.start.map(ImageTensors.tensor), strength: request.strength ?? ResolvedRequest.defaultImageStrength,
             mask: inputs.mask.map { ImageTensors.latentMask($0, latentHeight: manifest.latentSize.height, latentWidth: manifest.latentSize.width) },
-            controlNet: request.controlNet, controlImage: inputs.control, controlScale: Float(request.controlScale))
+            controlNet: request.controlNet, controlImage: inputs.control, controlScale: Float(request.controlScale),
+            controlGuidanceStart: request.controlGuidanceStart, controlGuidanceEnd: request.controlGuidanceEnd)
         let options = planOptions(loaded ?? LoadSettings(), imageInput: inputs.start != nil, controlNet: request.controlNet)
         let plannedPeak = manifest.memoryPlan.largest(options)
 

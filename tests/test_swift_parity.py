@@ -1,0 +1,29 @@
+"""The Swift side's ControlNet guidance window against the Python loop's rule (issue 23, parity with the CLI).
+
+swift-app/Tests/PocketSDKitTests/Fixtures/control_guidance.json holds, for a grid of step counts and [start, end]
+shares, which steps Python's `control_active` lets the ControlNet steer; CLIParityTests.swift holds Swift's
+`DiffusionLoop.controlActive` to the same file. This test holds the file to Python: if the Python rule changes,
+it fails until the fixture is written again (run this file's `expected()` and dump it as the fixture does).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pocketsd.pipeline.generate import control_active
+
+FIXTURE = Path(__file__).resolve().parents[1] / "swift-app" / "Tests" / "PocketSDKitTests" / "Fixtures" / "control_guidance.json"
+SHARES = ((0.0, 1.0), (0.25, 0.75), (0.0, 0.5), (0.34, 1.0), (0.1, 0.9), (0.5, 0.55), (0.2, 0.3))
+
+
+def expected() -> list[dict]:
+    return [{"steps": n, "start": start, "end": end, "active": [control_active(i, n, start, end) for i in range(n)]}
+            for n in (1, 3, 4, 10, 20, 25) for start, end in SHARES]
+
+
+def test_fixture_is_what_the_python_loop_does():
+    cases = json.loads(FIXTURE.read_text())["cases"]
+    assert cases == expected()
+    # the grid exercises both edges: steps cut at the start, at the end, and none at all
+    assert any(not any(c["active"]) for c in cases) and any(not c["active"][0] and c["active"][-1] for c in cases)
+    assert any(c["active"][0] and not c["active"][-1] for c in cases)
