@@ -93,6 +93,80 @@ def _flip_code_byte(path: Path) -> None:
     path.write_bytes(bytes(raw))
 
 
+def bomb_png(path: Path, width: int, height: int) -> Path:
+    """A few hundred bytes of PNG whose header declares width×height pixels (a decompression bomb as a reader meets
+    it: the size is all it can know before inflating)."""
+    import struct
+    import zlib
+
+    _png(path, (8, 8), 0, mode="L")
+    data = bytearray(path.read_bytes())
+    assert data[12:16] == b"IHDR"
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))  # the chunk's CRC covers type and data
+    path.write_bytes(bytes(data))
+    return path
+
+
+def train_sets(root: Path) -> dict[str, Path]:
+    """Image folders for `lora train`: one good set and one per way a set can be wrong."""
+    from PIL import Image
+
+    def folder(name: str, images: dict[str, Image.Image | bytes], captions: bool | dict = True) -> Path:
+        d = root / name
+        d.mkdir(parents=True)
+        for file, im in images.items():
+            if isinstance(im, bytes):
+                (d / file).write_bytes(im)
+            else:
+                im.save(d / file)
+            if captions is True:
+                (d / file).with_suffix(".txt").write_text(f"a picture called {Path(file).stem}")
+            elif isinstance(captions, dict) and file in captions:
+                (d / file).with_suffix(".txt").write_bytes(captions[file])
+        return d
+
+    red, blue = Image.new("RGB", (64, 64), (200, 30, 30)), Image.new("RGB", (64, 64), (30, 30, 200))
+    png = (root / "_one.png")
+    root.mkdir(parents=True, exist_ok=True)
+    red.save(png)
+    good = png.read_bytes()
+    png.unlink()
+    out = {
+        "train_ok": folder("train_ok", {"0.png": red, "1.png": blue}),
+        "train_no_captions": folder("train_no_captions", {"0.png": red, "1.png": blue}, captions=False),
+        "train_latin1_caption": folder("train_latin1_caption", {"0.png": red},
+                                       captions={"0.png": "caf\xe9 au lait".encode("latin-1")}),
+        "train_blank_caption": folder("train_blank_caption", {"0.png": red}, captions={"0.png": b"  \n\t \n"}),
+        "train_mixed": folder("train_mixed", {
+            "rgba.png": Image.new("RGBA", (200, 100), (255, 0, 0, 128)), "gray.png": Image.new("L", (64, 96), 90),
+            "pal.png": Image.new("P", (80, 80), 3), "cmyk.jpg": Image.new("CMYK", (96, 64), (0, 255, 0, 0)),
+            "deep.png": Image.new("I;16", (70, 70), 40000), "bits.png": Image.new("1", (64, 64), 1),
+            "tiny.png": Image.new("RGB", (4, 4))}),
+        "train_zero_byte": folder("train_zero_byte", {"0.png": red, "empty.png": b""}),
+        "train_truncated": folder("train_truncated", {"0.png": red, "cut.png": good[: len(good) // 2]}),
+        "train_text_as_png": folder("train_text_as_png", {"0.png": red, "notes.png": b"shopping list"}),
+    }
+    for name, (w, h) in {"train_bomb": (12_500, 12_000), "train_bomb_huge": (50_000, 50_000)}.items():
+        d = folder(name, {"0.png": red})
+        bomb_png(d / "bomb.png", w, h)
+        (d / "bomb.txt").write_text("a very large picture")
+        out[name] = d
+    return out
+
+
+def many_images(folder: Path, n: int) -> Path:
+    """`n` copies of one 8×8 PNG (captioned): a folder a user might point at by mistake (a whole photo library)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(folder / "00000.png")
+    data = (folder / "00000.png").read_bytes()
+    for i in range(1, n):
+        (folder / f"{i:05d}.png").write_bytes(data)
+    return folder
+
+
 def lora_for(unet_dir: Path, out: Path, rank: int = 2, wrong_in: bool = False) -> Path:
     """A PEFT-format LoRA (`unet.<module>.lora_A/B.weight`) on a UNet's attention projections, read from its
     weights' shapes; `wrong_in` makes one down matrix one column short (a LoRA for another model)."""
@@ -215,6 +289,30 @@ def build_workspace(root: Path, ref: Path) -> Workspace:
     f["prompts"].write_text("a red circle on a white background\n")
     f["empty_prompts"] = root / "empty_prompts.txt"
     f["empty_prompts"].write_text("\n\n")
+    f["blank_prompts"] = root / "blank_prompts.txt"
+    f["blank_prompts"].write_text("   \n\t\n# a comment, not a prompt\n\n")
+    f["huge_prompts"] = root / "huge_prompts.txt"
+    f["huge_prompts"].write_text("a red circle\n" + "a very long prompt " * 3000 + "\n")
+    f["dup_prompts"] = root / "dup_prompts.txt"
+    f["dup_prompts"].write_text("a red circle\n\na blue square\n  a red circle  \n")
+    f["latin1_prompts"] = root / "latin1_prompts.txt"
+    f["latin1_prompts"].write_bytes("a caf\xe9 on a white background\n".encode("latin-1"))
+    f["two_prompts"] = root / "two_prompts.txt"
+    f["two_prompts"].write_text("a red circle on a white background\na blue square on a black background\n")
+    f["latin1_captions"] = root / "captions.tsv"
+    f["latin1_captions"].write_bytes("0.png\tcaf\xe9\n1.png\tth\xe9\n".encode("latin-1"))
+    f["captions_list"] = root / "captions.json"
+    f["captions_list"].write_text(json.dumps(["0.png", "a red square"]))
+    f["captions_nested"] = root / "captions_nested.json"
+    f["captions_nested"].write_text(json.dumps({"0.png": {"text": "a red square"}, "1.png": "a blue square"}))
+    f["captions_jsonl"] = root / "captions.jsonl"
+    f["captions_jsonl"].write_text(json.dumps({"file": "0.png", "words": "a red square"}) + "\n")
+    f["captions_no_tab"] = root / "captions.txt"
+    f["captions_no_tab"].write_text("0.png a red square\n")
+    f["eval_json"] = root / "eval_run" / "eval.json"
+    f["eval_json"].parent.mkdir()
+    f["eval_json"].write_text(json.dumps({"my": "own results"}))
+    f.update(train_sets(root / "train"))
     return Workspace(root, ref, Path(REFERENCE_LORAS), tiny, comp, comp_flipped, bundle_flipped, trunc, nan_model,
                      sd3, not_pipeline, f)
 

@@ -37,6 +37,7 @@ class Case:
     rc: int = 2
     setup: Callable[[Workspace, Path], None] | None = None
     tags: tuple[str, ...] = field(default_factory=tuple)
+    env: dict[str, str] = field(default_factory=dict)  # environment variables set for the case only
 
 
 def G(*args):  # noqa: N802 — `pocketsd generate PROMPT --quiet …`
@@ -64,6 +65,17 @@ def T(*args):  # noqa: N802 — lora train (the empty image folder: every case i
                            *[a(w, cwd) if callable(a) else str(a) for a in args]]
 
 
+def TI(images, *args):  # noqa: N802 — lora train on a workspace image set (64 px: the cases never get far)
+    return lambda w, cwd: ["lora", "train", "--images", images(w, cwd) if callable(images) else str(w[images]),
+                           "--device", "cpu", "--quiet", "--out", "l.safetensors", "--resolution", "64",
+                           *[a(w, cwd) if callable(a) else str(a) for a in args]]
+
+
+def E(*args):  # noqa: N802 — eval (CLIP only: no second model needed, and nothing is scored before the checks)
+    return lambda w, cwd: ["eval", "--quiet", "--out", "run", "--metrics", "clip",
+                           *[a(w, cwd) if callable(a) else str(a) for a in args]]
+
+
 def f(name):
     """A workspace file or folder, as a string argument."""
     return lambda w, cwd: str(w[name])
@@ -79,6 +91,56 @@ def read_only(name):
 
 def _user_file_here(w, cwd):
     (cwd / "IMG_0002.jpg").write_bytes(b"\xff\xd8\xff photo")
+
+
+def _many_here(w, cwd):
+    from hostile_support import many_images
+
+    many_images(cwd / "library", 10_000)
+
+
+def _checkpoint_here(garbage: bool):
+    def setup(w, cwd):
+        ck = cwd / "l.checkpoint"
+        ck.mkdir()
+        (ck / "state.json").write_text("{ not json" if garbage else json.dumps({"format": "x"}))
+        (ck / "state.safetensors").write_bytes(os.urandom(64))
+    return setup
+
+
+def _eval_resume(damage: str):
+    """An earlier run's image folder for two_prompts.txt, exactly as `pocketsd eval` would name and start it, then
+    damaged one way: an image made for another prompt, settings of another run, unreadable settings, a cut image."""
+    def setup(w, cwd):
+        from pocketsd.cli import build_parser
+        from pocketsd.data.prompt_sets import Prompt
+        from pocketsd.eval import protocol
+        from pocketsd.evaluate import build_plan
+
+        args = build_parser().parse_args(["eval", "--quiet", "--out", "run", "--metrics", "clip", "--prompts",
+                                          str(w["two_prompts"])])
+        plan, side, _ = build_plan(args)
+        folder = plan.image_root / side.folder_name
+        protocol._prepare_folder(folder, side)
+        first = plan.prompts.prompts[0]
+        image = folder / protocol.image_name(first.id, plan.seed_of(first))
+        made_for = Prompt(first.id, "a green triangle" if damage == "other-prompt" else first.text)
+        from PIL import Image
+
+        protocol.save_image(Image.new("RGB", (64, 64), (1, 2, 3)), image, made_for, plan.seed_of(first), side)
+        settings = folder / protocol.SETTINGS_FILE
+        if damage == "other-settings":
+            record = json.loads(settings.read_text())
+            record["settings"]["steps"] = 999
+            settings.write_text(json.dumps(record))
+        elif damage == "bad-settings":
+            settings.write_text("{ half a json")
+        elif damage == "cut-image":
+            image.write_bytes(image.read_bytes()[:-40])
+    return setup
+
+
+SHARD = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29591"}
 
 
 BLUEPRINT = str(Path(REFERENCE_LORAS) / "blueprint.safetensors")
@@ -237,6 +299,110 @@ CASES = [
     Case("train-report-is-captions", T("--out", "l.safetensors", "--captions", f("prompts"), "--report", f("prompts")),
          "is the same path as --captions"),
     Case("train-read-only", T("--out", read_only("l.safetensors")), "is not writable"),
+    # ---- lora train: limits checked before any work (issue 25) ------------------------------------------
+    Case("train-empty-folder", T("--out", "l.safetensors"), "no images in"),
+    Case("train-images-is-file", TI("notes"), "is not a folder"),
+    Case("train-images-missing", TI(lambda w, c: "nowhere"), "image folder nowhere does not exist"),
+    Case("train-no-captions", TI("train_no_captions"), ("2 of 2 images have no caption", "0.png")),
+    Case("train-blank-caption", TI("train_blank_caption"), "1 of 1 images have no caption"),
+    Case("train-caption-not-utf8", TI("train_latin1_caption"), ("0.txt cannot be read as UTF-8",)),
+    Case("train-captions-file-not-utf8", TI("train_ok", "--captions", f("latin1_captions")),
+         "captions.tsv cannot be read as UTF-8 text"),
+    Case("train-captions-file-missing", TI("train_ok", "--captions", "nowhere.json"), "nowhere.json does not exist"),
+    Case("train-captions-json-list", TI("train_ok", "--captions", f("captions_list")),
+         'captions.json: expected a JSON object {"image.png": "caption"'),
+    Case("train-captions-json-nested", TI("train_ok", "--captions", f("captions_nested")),
+         "captions_nested.json: expected a JSON object"),
+    Case("train-captions-jsonl-columns", TI("train_ok", "--captions", f("captions_jsonl")),
+         "row 1 needs file_name and text"),
+    Case("train-captions-no-tab", TI("train_ok", "--captions", f("captions_no_tab")), "line 1 has no TAB"),
+    Case("train-mixed-with-tiny", TI("train_mixed"), ("1 of 7 images cannot be read", "tiny.png (4×4 px)")),
+    Case("train-zero-byte-png", TI("train_zero_byte"), "empty.png (an empty file)"),
+    Case("train-truncated-png", TI("train_truncated"), "cut.png (truncated)"),
+    Case("train-text-as-png", TI("train_text_as_png"), "notes.png (not an image)"),
+    Case("train-bomb-150mp", TI("train_bomb"), "bomb.png (12500×12000 px, over the 100 MP limit)"),
+    Case("train-bomb-2500mp", TI("train_bomb_huge"), "bomb.png (over 100 MP)"),
+    Case("train-10000-images", TI(lambda w, c: str(c / "library")),
+         "holds 10000 images, over the limit of 2000", setup=_many_here),
+    Case("train-rank-100000", TI("train_ok", "--rank", "100000"),
+         ("--rank 100000 is larger than the narrowest layer", "use --rank ≤ 32")),
+    Case("train-rank-33", TI("train_ok", "--rank", "33"), "use --rank ≤ 32"),
+    Case("train-rank-compressed", TI("train_ok", "--rank", "100000", "--model", attr("comp")),
+         "--rank 100000 is larger than the narrowest layer"),
+    Case("train-rank-text-encoders", TI("train_ok", "--rank", "100000", "--text-encoders"), "use --rank ≤ 32"),
+    Case("train-steps-0", TI("train_ok", "--steps", "0"), "--steps must be an integer ≥ 1, got 0"),
+    Case("train-steps-nan", TI("train_ok", "--steps", "nan"), "--steps: invalid int value: 'nan'"),
+    Case("train-steps-huge", TI("train_ok", "--steps", "10000000"), "--steps must be at most 1,000,000"),
+    Case("train-batch-0", TI("train_ok", "--batch", "0"), "--batch must be an integer ≥ 1"),
+    Case("train-batch-huge", TI("train_ok", "--batch", "100000"), "--batch must be at most 256"),
+    Case("train-resolution-huge", TI("train_ok", "--resolution", "100000"), "--resolution must be at most 4,096"),
+    Case("train-resolution-odd", TI("train_ok", "--resolution", "100"), "--resolution 100 does not fit this model"),
+    Case("train-lr-inf", TI("train_ok", "--lr", "inf"), "--lr must be a positive number"),
+    Case("train-lr-1e30", TI("train_ok", "--lr", "1e30"), "--lr must be at most 1"),
+    Case("train-alpha-nan", TI("train_ok", "--alpha", "nan"), "--alpha must be a positive number"),
+    Case("train-alpha-negative", TI("train_ok", "--alpha", "-2"), "--alpha must be a positive number"),
+    Case("train-seed-negative", TI("train_ok", "--seed", "-1"), "--seed must be in 0..2^64-1"),
+    Case("train-seed-2-64", TI("train_ok", "--seed", str(2**64)), "--seed must be in 0..2^64-1"),
+    Case("train-snr-nan", TI("train_ok", "--snr-gamma", "nan"), "--snr-gamma must be a positive number"),
+    Case("train-checkpoint-every-0", TI("train_ok", "--checkpoint-every", "0"), "--checkpoint-every must be"),
+    Case("train-preview-steps-huge", TI("train_ok", "--preview-steps", "100000"), "--preview-steps must be at most"),
+    Case("train-preview-every-negative", TI("train_ok", "--preview-every", "-1"), "--preview-every must be an integer ≥ 0"),
+    Case("train-device-cuda", TI("train_ok", "--device", "cuda"), "--device cuda: torch sees no CUDA device"),
+    Case("train-device-mps", TI("train_ok", "--device", "mps"), "--device mps: torch sees no MPS device"),
+    Case("train-out-over-other-model", T("--out", lambda w, c: str(w.tiny / "unet" / "diffusion_pytorch_model.safetensors")),
+         "already exists and is not a LoRA file PocketSD wrote"),
+    Case("train-out-over-compressed-weights", T("--model", attr("comp"), "--out", attr("comp", "unet", "pocketsd_unet.safetensors")),
+         "lies inside --model"),
+    Case("train-model-bundle", TI("train_ok", "--model", attr("bundle_flipped")), "is a Core ML bundle, which cannot be trained"),
+    Case("train-checkpoint-without-resume", TI("train_ok"), "pass --resume to continue it",
+         setup=_checkpoint_here(garbage=False)),
+    Case("train-checkpoint-garbage", TI("train_ok", "--steps", "2", "--preview-every", "0", "--rank", "2", "--resume"),
+         "checkpoint l.checkpoint cannot be read", setup=_checkpoint_here(garbage=True)),
+    # ---- eval: prompt files, resume folders, shards --------------------------------------------------------
+    Case("eval-prompts-blank", E("--prompts", f("blank_prompts")), "blank_prompts.txt: holds no prompts"),
+    Case("eval-prompts-huge-line", E("--prompts", f("huge_prompts")), "prompt line-2 is 56,999 characters, over the 10,000 limit"),
+    Case("eval-prompts-duplicate", E("--prompts", f("dup_prompts")), "line-4 repeats line-1 ('a red circle')"),
+    Case("eval-prompts-not-utf8", E("--prompts", f("latin1_prompts")), "latin1_prompts.txt: not UTF-8 text"),
+    Case("eval-prompts-missing", E("--prompts", "nowhere.txt"), "nowhere.txt: no such prompt file"),
+    Case("eval-resume-other-prompt", E("--prompts", f("two_prompts")), "was made for another prompt ('a green triangle'",
+         setup=_eval_resume("other-prompt")),
+    Case("eval-resume-other-settings", E("--prompts", f("two_prompts")), "holds images made with other settings",
+         setup=_eval_resume("other-settings")),
+    Case("eval-resume-bad-settings", E("--prompts", f("two_prompts")), "settings.json is not readable",
+         setup=_eval_resume("bad-settings")),
+    Case("eval-resume-cut-image", E("--prompts", f("two_prompts")), ("line-1_s", ".png is damaged"),
+         setup=_eval_resume("cut-image")),
+    Case("eval-out-user-results", lambda w, c: ["eval", "--quiet", "--metrics", "clip", "--prompts",
+                                                str(w["two_prompts"]), "--out", str(w["eval_json"].parent)],
+         "already holds eval.json, which is not from a `pocketsd eval` run"),
+    Case("eval-out-is-file", lambda w, c: ["eval", "--quiet", "--out", str(w["notes"])], "is a file; give a folder"),
+    Case("eval-shards-no-launcher", E("--prompts", f("two_prompts")), "WORLD_SIZE=2 is set but not RANK, MASTER_ADDR",
+         env={"WORLD_SIZE": "2"}),
+    Case("eval-shards-rank-outside", E("--prompts", f("two_prompts")), "RANK=5 (LOCAL_RANK=5) is outside WORLD_SIZE=2",
+         env={"WORLD_SIZE": "2", "RANK": "5", **SHARD}),
+    Case("eval-shards-words", E("--prompts", f("two_prompts")), "must be whole numbers", env={"WORLD_SIZE": "two"}),
+    Case("eval-device-cuda", E("--device", "cuda", "--prompts", f("two_prompts")), "--device cuda: torch sees no CUDA"),
+    Case("eval-device-mps", E("--device", "mps", "--prompts", f("two_prompts")), "--device mps: torch sees no MPS"),
+    Case("eval-count-0", E("--count", "0"), "--count must be at least 1"),
+    Case("eval-batch-size-0", E("--batch-size", "0"), "--batch-size must be at least 1"),
+    # ---- devices, components and calibration flags ---------------------------------------------------------
+    Case("generate-device-cuda", G("--device", "cuda"), "--device cuda: torch sees no CUDA device"),
+    Case("generate-device-mps", G("--device", "mps"), "--device mps: torch sees no MPS device"),
+    Case("compress-device-cuda", C("--model", attr("tiny"), "--device", "cuda", "--out", "c"), "torch sees no CUDA"),
+    Case("compress-device-mps", C("--model", attr("tiny"), "--device", "mps", "--out", "c"), "torch sees no MPS"),
+    Case("compress-components-unknown", C("--model", attr("tiny"), "--components", "unet,foo", "--out", "c"),
+         "--components unet,foo: choose from unet"),
+    Case("compress-components-empty", C("--model", attr("tiny"), "--components", ",", "--out", "c"),
+         "--components : choose from"),
+    Case("compress-calib-size-100", C("--calib-size", "100x100", "--out", "c"), "--calib-size 100x100 must be a multiple of 64"),
+    Case("compress-calib-size-72", C("--calib-size", "72x136", "--out", "c"), "--calib-size 72x136 must be a multiple of 64"),
+    Case("compress-calib-size-huge", C("--calib-size", "99968x99968", "--out", "c"), "over the 4096 px per side"),
+    Case("compress-calib-count-negative", C("--calib-count", "-1", "--out", "c"), "--calib-count must be in 1..100000, got -1"),
+    Case("compress-calib-count-huge", C("--calib-count", "100000000", "--out", "c"), "--calib-count must be in 1..100000"),
+    Case("compress-calib-count-nan", C("--calib-count", "nan", "--out", "c"), "--calib-count: invalid int value: 'nan'"),
+    Case("compress-calib-steps-negative", C("--calib-steps", "-3", "--out", "c"), "--calib-steps must be in 1..1000"),
+    Case("compress-max-unet-evals-0", C("--max-unet-evals", "0", "--out", "c"), "--max-unet-evals must be at least 1"),
+    Case("compress-te-budget-nan", C("--text-encoder-bits-budget", "nan", "--out", "c"), "--bits-budget must be a number in (0, 16]"),
     # ---- the command line itself ------------------------------------------------------------------------
     Case("unknown-command", lambda w, cwd: ["fly"], "invalid choice: 'fly'"),
     Case("unknown-flag", G("--nope"), "unrecognized arguments: --nope"),
@@ -258,6 +424,8 @@ def test_hostile_input(case: Case, ws: Workspace, tmp_path, capsys, monkeypatch)
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
+    for key, value in case.env.items():
+        monkeypatch.setenv(key, value)
     if case.setup:
         case.setup(ws, cwd)
     argv = case.argv(ws, cwd)

@@ -148,7 +148,7 @@ def add_lora(model: nn.Module, rank: int, alpha: float, targets: list[str], seed
         layer.qweight = layer.codes  # plain attribute for the injection only; removed below
     try:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)  # PEFT's gaussian init draws from the global generator
+            torch.manual_seed(seed % 2**64)  # PEFT's gaussian init draws from the global generator; seed+k may pass 2^64-1
             # PEFT's own injection (what diffusers' `add_adapter` calls; transformers 5's wants a PEFT not yet released)
             inject_adapter_in_model(config, model)
     finally:

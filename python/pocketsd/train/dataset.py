@@ -30,6 +30,12 @@ CAPTION_HELP = ("put a caption beside each image as a .txt file of the same name
                 "--captions FILE (JSON {\"cat.png\": \"caption\"}, JSONL/CSV with file_name and text, or lines "
                 "'cat.png<TAB>caption')")
 MIN_SIDE = 8  # smaller than one latent pixel of any VAE: certainly not a training image
+# A LoRA learns a style or a subject from tens to hundreds of images; every image is decoded and held as float32
+# pixels at the training size, so the count is bounded up front (10,000 files would be ~120 GB at 1024 px).
+MAX_IMAGES = 2000
+# Decoded pixels per image (a 100 MP photo is 300 MB as RGB): checked from the file's header, before decoding, so a
+# decompression bomb (a few kB of PNG declaring gigapixels) is refused without being inflated.
+MAX_PIXELS = 100_000_000
 _SHOW = 3
 
 
@@ -111,6 +117,9 @@ def find_examples(folder: Path, captions: Path | None = None) -> list[Example]:
     images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
         raise BadInput(f"no images in {folder} (looked for {', '.join(IMAGE_SUFFIXES)} files at its top level)")
+    if len(images) > MAX_IMAGES:  # before any caption or image is read: the refusal costs one listing
+        raise BadInput(f"{folder} holds {len(images)} images, over the limit of {MAX_IMAGES} a LoRA trains on; "
+                       f"copy a subset (tens to hundreds of images is typical) into another folder")
     table = None
     if captions is not None:
         table = _read_caption_table(Path(captions))
@@ -138,34 +147,81 @@ def find_examples(folder: Path, captions: Path | None = None) -> list[Example]:
     return examples
 
 
+def _why_unreadable(path: Path, exc: Exception) -> str:
+    """A short, actionable reason for an image PIL could not decode."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        if path.stat().st_size == 0:
+            return "an empty file"
+    except OSError:
+        return "cannot be opened"
+    if isinstance(exc, Image.DecompressionBombError):
+        return f"over {MAX_PIXELS // 1_000_000} MP"
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image"
+    if "truncated" in str(exc).lower() or isinstance(exc, (EOFError, SyntaxError)):
+        return "truncated"
+    return type(exc).__name__
+
+
+def _to_rgb(im):
+    """RGB of any PIL mode. 16-bit and 32-bit integer images (16-bit grayscale PNGs) are scaled to 8 bits first:
+    PIL's own conversion clips them at 255, which turns a 16-bit image all but white."""
+    from PIL import Image
+
+    if im.mode in ("RGBA", "LA", "P", "PA"):  # transparency: onto white, as viewers show it
+        im = im.convert("RGBA")
+        back = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        return Image.alpha_composite(back, im).convert("RGB")
+    if im.mode.startswith("I;16") or im.mode == "I":
+        a = np.asarray(im, dtype=np.float64)
+        a = a / 257.0 if a.max(initial=0) > 255 else a  # a 16-bit range; an "I" image with 8-bit values as it is
+        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if im.mode == "F":
+        a = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+        a = a * 255.0 if a.max(initial=0) <= 1.0 else a  # [0, 1] floats, or already 0..255
+        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
+    return im.convert("RGB")
+
+
 def prepare_images(examples: list[Example], resolution: int) -> PreparedImages:
     """Open, orient, resize (short side = `resolution`) and centre-crop every image; BadInput naming every
     image that cannot be read."""
+    import warnings
+
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     pixels, sizes, crops, broken = [], [], [], []
     for ex in examples:
         try:
-            with Image.open(ex.path) as im:
-                im.load()
-                im = ImageOps.exif_transpose(im)
-                if min(im.size) < MIN_SIDE:
-                    broken.append(f"{ex.path.name} ({im.size[0]}×{im.size[1]} px)")
-                    continue
-                if im.mode in ("RGBA", "LA", "P", "PA"):  # transparency: onto white, as viewers show it
-                    im = im.convert("RGBA")
-                    back = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                    im = Image.alpha_composite(back, im)
-                rgb = im.convert("RGB")
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-            broken.append(f"{ex.path.name} ({type(exc).__name__})")
+            with warnings.catch_warnings():
+                # PIL warns (on stderr) between its limit and twice it, and raises above; our own, lower limit below
+                # is checked from the header first, so its warning would only be a second line
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(ex.path) as im:
+                    w0, h0 = im.size
+                    if w0 * h0 > MAX_PIXELS:
+                        broken.append(f"{ex.path.name} ({w0}×{h0} px, over the {MAX_PIXELS // 1_000_000} MP limit)")
+                        continue
+                    im.load()
+                    im = ImageOps.exif_transpose(im)
+                    if min(im.size) < MIN_SIDE:
+                        broken.append(f"{ex.path.name} ({im.size[0]}×{im.size[1]} px)")
+                        continue
+                    rgb = _to_rgb(im)
+        except (UnidentifiedImageError, OSError, ValueError, EOFError, SyntaxError, Image.DecompressionBombError) as exc:
+            broken.append(f"{ex.path.name} ({_why_unreadable(ex.path, exc)})")
             continue
         w, h = rgb.size
         scale = resolution / min(w, h)
         rw, rh = max(resolution, round(w * scale)), max(resolution, round(h * scale))
-        resized = rgb.resize((rw, rh), Image.Resampling.BICUBIC)
         top, left = (rh - resolution) // 2, (rw - resolution) // 2
-        crop = resized.crop((left, top, left + resolution, top + resolution))
+        # Resize only the region the crop keeps (PIL's `box`, in source pixels): the same pixels as resizing the
+        # whole image and cropping, without materialising the whole resized image — an 8×8000 px strip at 1024 px
+        # would otherwise become a 1024×1,024,000 image (3 GB) to keep one square of it.
+        box = (left * w / rw, top * h / rh, (left + resolution) * w / rw, (top + resolution) * h / rh)
+        crop = rgb.resize((resolution, resolution), Image.Resampling.BICUBIC, box=box)
         pixels.append(np.asarray(crop, dtype=np.float32).transpose(2, 0, 1) / 127.5 - 1.0)
         sizes.append((h, w))
         crops.append((top, left))
@@ -173,6 +229,11 @@ def prepare_images(examples: list[Example], resolution: int) -> PreparedImages:
         raise BadInput(f"{len(broken)} of {len(examples)} images cannot be read as images ({_listing(broken)}); "
                        "remove or re-save them")
     return PreparedImages(np.stack(pixels), sizes, crops)
+
+
+def pixels_bytes(n_images: int, resolution: int) -> int:
+    """What `prepare_images` holds: float32 RGB at the training size, per image."""
+    return n_images * 3 * resolution * resolution * 4
 
 
 def fingerprint(examples: list[Example]) -> str:

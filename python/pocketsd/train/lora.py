@@ -26,6 +26,7 @@ from .. import __version__
 from ..artifacts import COMPRESSED, COREML, write_json
 from ..errors import BadInput
 from ..models import ModelComponents, precheck, resolve_model
+from ..models.family import downscale
 from . import checkpoint as ckpt
 from .adapters import TEXT_TARGETS, UNET_TARGETS, add_lora, lora_state_dict, trainable_named
 from .dataset import find_examples, fingerprint, prepare_images
@@ -87,8 +88,7 @@ def check_outputs(opts: TrainOptions) -> None:
 def native_resolution(comps: ModelComponents) -> tuple[int, int, int]:
     """(native image size, VAE downscale, the latent multiple the UNet needs)."""
     unet, vae = comps.config("unet"), comps.config("vae")
-    vae_scale = 2 ** (len(vae.get("block_out_channels", [0] * 4)) - 1)
-    multiple = 2 ** (len(unet.get("block_out_channels", [0] * 4)) - 1)
+    vae_scale, multiple = downscale(vae), downscale(unet)
     sample = unet.get("sample_size", 64)
     sample = sample[0] if isinstance(sample, (list, tuple)) else sample
     return int(sample) * vae_scale, vae_scale, multiple
@@ -101,21 +101,87 @@ def check_resolution(resolution: int, vae_scale: int, multiple: int) -> None:
                        f"(e.g. {max(step, resolution // step * step)})")
 
 
+def _target_dims(comps: ModelComponents, name: str, targets: list[str]) -> list[tuple[str, int, int]]:
+    """(module name, input width, output width) of every layer a LoRA with `targets` adapts in component `name`,
+    read from a skeleton built from the config on the meta device (no weight is read). A conv's input width is
+    in·kh·kw, the width of its LoRA down matrix. Compressed layers have the shapes of the modules they replace."""
+    from torch import nn
+
+    from ..models.components import component_class, skeleton
+
+    module = skeleton(component_class(comps.folder, name), comps.config(name))
+    dims = []
+    for mod_name, mod in module.named_modules():
+        if not any(mod_name == t or mod_name.endswith("." + t) for t in targets):  # PEFT's suffix match
+            continue
+        if isinstance(mod, nn.Linear):
+            dims.append((mod_name, mod.in_features, mod.out_features))
+        elif isinstance(mod, nn.Conv2d):
+            k = mod.kernel_size[0] * mod.kernel_size[1]
+            dims.append((mod_name, mod.in_channels * k // mod.groups, mod.out_channels))
+    return dims
+
+
+# AdamW on fp32 factors: the factor, its gradient and two moments (4 + 4 + 8 bytes a parameter).
+BYTES_PER_LORA_PARAM = 16
+
+
+def check_rank(opts: TrainOptions, comps: ModelComponents) -> int:
+    """--rank against the model, before any weight loads: it may not exceed the narrowest adapted layer (a LoRA
+    wider than min(in, out) adds no expressive power, only memory), and the factors with their gradients and AdamW
+    moments must fit in the memory this machine has free. Returns the LoRA's parameter count."""
+    import psutil
+
+    dims = _target_dims(comps, "unet", UNET_TARGETS)
+    if opts.text_encoders:
+        for name in ("text_encoder", "text_encoder_2"):
+            if name in comps.index:
+                dims += [(f"{name}.{n}", i, o) for n, i, o in _target_dims(comps, name, TEXT_TARGETS)]
+    if not dims:
+        raise BadInput(f"{comps.source.spec}: no UNet layer matches the LoRA targets ({', '.join(UNET_TARGETS)})")
+    name, d_in, d_out = min(dims, key=lambda d: min(d[1], d[2]))
+    limit = min(d_in, d_out)
+    if opts.rank > limit:
+        raise BadInput(f"--rank {opts.rank} is larger than the narrowest layer the LoRA adapts ({name}: {d_in} → "
+                       f"{d_out}); use --rank ≤ {limit}")
+    per_rank = sum(i + o for _, i, o in dims)
+    need = opts.rank * per_rank * BYTES_PER_LORA_PARAM
+    free = psutil.virtual_memory().available
+    if need > free // 2:  # the other half: the model, activations, latents and the images
+        fits = max(1, free // 2 // (per_rank * BYTES_PER_LORA_PARAM))
+        raise BadInput(f"--rank {opts.rank} needs {need / 2**30:.1f} GB for the LoRA's factors, gradients and AdamW "
+                       f"moments, more than half the {free / 2**30:.1f} GB free here; use --rank ≤ {fits}")
+    return opts.rank * per_rank
+
+
+def check_data_memory(n_images: int, resolution: int) -> None:
+    """The prepared images are held whole (float32 RGB at the training size): refuse a set that cannot fit."""
+    import psutil
+
+    from .dataset import pixels_bytes
+
+    need = pixels_bytes(n_images, resolution)
+    free = psutil.virtual_memory().available
+    if need > free // 2:
+        fits = max(1, free // 2 // pixels_bytes(1, resolution))
+        raise BadInput(f"{n_images} images at {resolution} px need {need / 2**30:.1f} GB as training pixels, more than "
+                       f"half the {free / 2**30:.1f} GB free here; use at most {fits} images or a lower --resolution")
+
+
 class TextConditioning:
     """The text encoders' conditioning for SDXL (both encoders' penultimate states + pooled projection) or
     SD 1.x/2.x (the last hidden state), as diffusers' pipelines compute it."""
 
     def __init__(self, comps: ModelComponents, device: str):
-        self.family, self.device = comps.family, device
-        names = [("tokenizer", "text_encoder")] + ([("tokenizer_2", "text_encoder_2")] if self.family == "sdxl" else [])
-        self.pairs = [(comps.get(t), comps.get(e).to(device)) for t, e in names]
+        self.family, self.device = comps.model_family, device
+        self.pairs = [(comps.get(t.tokenizer), comps.get(t.component).to(device)) for t in self.family.text_encoders]
 
     def ids(self, captions: list[str]) -> list[torch.Tensor]:
         return [tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True,
                     return_tensors="pt").input_ids for tok, _ in self.pairs]
 
     def encode(self, ids: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.family != "sdxl":
+        if not self.family.penultimate_hidden:  # one encoder, its last (normed) hidden state, no pooled text
             return self.pairs[0][1](ids[0].to(self.device))[0], None
         hidden, pooled = [], None
         for (_, enc), chunk in zip(self.pairs, ids):
@@ -186,6 +252,8 @@ def train_lora(opts: TrainOptions, on_progress: Progress | None = None, log: Cal
     native, vae_scale, multiple = native_resolution(comps)
     resolution = opts.resolution or native
     check_resolution(resolution, vae_scale, multiple)
+    check_rank(opts, comps)
+    check_data_memory(len(examples), resolution)
     prepared = prepare_images(examples, resolution)
     device = opts.device
     import diffusers
@@ -196,7 +264,8 @@ def train_lora(opts: TrainOptions, on_progress: Progress | None = None, log: Cal
     # Frozen inputs, computed once: latent distributions, and text embeddings unless the encoders learn too.
     means, stds = encode_latents(comps, prepared.pixels, device)
     vae_config = comps.get("vae").config
-    scaling, shift = vae_config.scaling_factor, getattr(vae_config, "shift_factor", None) or 0.0
+    scaling, shift = comps.model_family.vae_normalisation(vae_config)
+    shift = shift or 0.0
     comps.release("vae")
     captions = [ex.caption for ex in examples]
     preview_prompts = list(opts.preview_prompts) or captions[:4]
@@ -208,8 +277,8 @@ def train_lora(opts: TrainOptions, on_progress: Progress | None = None, log: Cal
     else:
         hidden, pooled = text.encode_all(captions)
         preview_cond = text.encode_all(preview_prompts)
-        for name in ("text_encoder", "text_encoder_2"):
-            comps.release(name)
+        for encoder in comps.model_family.text_encoders:
+            comps.release(encoder.component)
         text = None
     time_ids = torch.tensor([list(o) + list(c) + [resolution, resolution]
                              for o, c in zip(prepared.original_sizes, prepared.crops_top_left)], dtype=torch.float32)
@@ -220,7 +289,7 @@ def train_lora(opts: TrainOptions, on_progress: Progress | None = None, log: Cal
     if opts.text_encoders:
         for k, enc in enumerate(text.encoders()):
             params += add_lora(enc, opts.rank, opts.lora_alpha, TEXT_TARGETS, opts.seed + 1 + k)
-            modules["text_encoder" if k == 0 else "text_encoder_2"] = enc
+            modules[comps.model_family.text_encoders[k].component] = enc
     unet.to(device)
     if opts.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
@@ -279,7 +348,7 @@ def train_lora(opts: TrainOptions, on_progress: Progress | None = None, log: Cal
         else:
             cond, cond_pooled = hidden[idx].to(device), (pooled[idx].to(device) if pooled is not None else None)
         extra = {}
-        if comps.family == "sdxl":
+        if comps.model_family.time_ids:
             extra["added_cond_kwargs"] = {"text_embeds": cond_pooled, "time_ids": time_ids[idx].to(device)}
         pred = unet(noisy.to(device), timesteps.to(device), cond, **extra).sample
         loss = _loss(pred, target.to(device), timesteps, scheduler, opts.snr_gamma)

@@ -9,6 +9,15 @@ from pathlib import Path
 from ..errors import BadInput
 
 UNET_MODES = ("packed", "dense")
+# Upper bounds, so a typo (an extra zero, a pasted number) is refused in one line instead of running for days or
+# until the kernel's OOM killer ends it without a word.
+MAX_STEPS = 1_000_000
+MAX_BATCH = 256  # images per step: activations grow with it, and 256 is past what any LoRA recipe uses
+MAX_RESOLUTION = 4096  # generate's MAX_SIDE: the largest image any PocketSD stage makes
+MAX_PREVIEW_STEPS = 1000  # generate's MAX_STEPS
+MAX_LR = 1.0  # AdamW with a step of 1 already diverges at once
+MAX_ALPHA = 1e6
+SEED_MAX = 2**64 - 1  # torch.Generator.manual_seed's range
 
 
 @dataclass
@@ -53,29 +62,35 @@ class TrainOptions:
         return self.report or Path(self.out).with_suffix(".json")
 
 
-def _positive_int(name: str, value, minimum: int = 1) -> None:
+def _positive_int(name: str, value, minimum: int = 1, maximum: int | None = None) -> None:
     if not isinstance(value, int) or value < minimum:
         raise BadInput(f"{name} must be an integer ≥ {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise BadInput(f"{name} must be at most {maximum:,}, got {value:,}")
 
 
 def check_options(opts: TrainOptions) -> None:
     """Every check that needs neither the images nor the model; BadInput with one line."""
-    _positive_int("--rank", opts.rank)
-    _positive_int("--steps", opts.steps)
-    _positive_int("--batch", opts.batch)
-    _positive_int("--checkpoint-every", opts.checkpoint_every)
-    _positive_int("--preview-steps", opts.preview_steps)
-    _positive_int("--warmup-steps", opts.warmup_steps, 0)
+    _positive_int("--rank", opts.rank)  # its upper bound depends on the model's layers: lora.check_rank
+    _positive_int("--steps", opts.steps, 1, MAX_STEPS)
+    _positive_int("--batch", opts.batch, 1, MAX_BATCH)
+    _positive_int("--checkpoint-every", opts.checkpoint_every, 1, MAX_STEPS)
+    _positive_int("--preview-steps", opts.preview_steps, 1, MAX_PREVIEW_STEPS)
+    _positive_int("--warmup-steps", opts.warmup_steps, 0, MAX_STEPS)
     if opts.preview_every is not None:
-        _positive_int("--preview-every", opts.preview_every, 0)
+        _positive_int("--preview-every", opts.preview_every, 0, MAX_STEPS)
+    if not isinstance(opts.seed, int) or not 0 <= opts.seed <= SEED_MAX:
+        raise BadInput(f"--seed must be in 0..2^64-1, got {opts.seed}")
     if not (isinstance(opts.lr, (int, float)) and math.isfinite(opts.lr) and opts.lr > 0):
         raise BadInput(f"--lr must be a positive number, got {opts.lr}")
-    if opts.alpha is not None and not (math.isfinite(opts.alpha) and opts.alpha > 0):
-        raise BadInput(f"--alpha must be a positive number, got {opts.alpha}")
+    if opts.lr > MAX_LR:
+        raise BadInput(f"--lr must be at most {MAX_LR:g} (LoRA learning rates are around 1e-4), got {opts.lr:g}")
+    if opts.alpha is not None and not (math.isfinite(opts.alpha) and 0 < opts.alpha <= MAX_ALPHA):
+        raise BadInput(f"--alpha must be a positive number up to {MAX_ALPHA:g}, got {opts.alpha}")
     if opts.snr_gamma is not None and not (math.isfinite(opts.snr_gamma) and opts.snr_gamma > 0):
         raise BadInput(f"--snr-gamma must be a positive number, got {opts.snr_gamma}")
     if opts.resolution is not None:
-        _positive_int("--resolution", opts.resolution, 64)
+        _positive_int("--resolution", opts.resolution, 64, MAX_RESOLUTION)
     if opts.unet_mode not in UNET_MODES:
         raise BadInput(f"--unet-mode must be one of {', '.join(UNET_MODES)}, got {opts.unet_mode!r}")
     out = Path(opts.out)

@@ -13,6 +13,7 @@ import torch
 
 from ..artifacts import atomic_write_path
 from ..models import ModelComponents
+from ..models.components import pipeline_class
 
 GUIDANCE = 5.0
 
@@ -20,7 +21,6 @@ GUIDANCE = 5.0
 @torch.no_grad()
 def render_previews(comps: ModelComponents, unet, cond: tuple, negative: tuple, prompts: list[str], resolution: int,
                     steps: int, seed: int, path: Path, device: str, text_encoders: dict | None = None) -> Path:
-    import diffusers
     from PIL import Image
 
     unet.eval()
@@ -33,22 +33,19 @@ def render_previews(comps: ModelComponents, unet, cond: tuple, negative: tuple, 
     count = len(prompts)
     kwargs = dict(prompt_embeds=hidden.to(device), negative_prompt_embeds=neg_hidden.expand(count, -1, -1).to(device),
                   num_inference_steps=steps, guidance_scale=GUIDANCE, height=resolution, width=resolution,
-                  generator=[torch.Generator().manual_seed(seed + k) for k in range(count)])
-    if comps.family == "sdxl":
+                  generator=[torch.Generator().manual_seed((seed + k) % 2**64) for k in range(count)])
+    family = comps.model_family
+    # the text encoders stay out of the pipeline: the conditioning is given as embeddings
+    no_text = {name: None for t in family.text_encoders for name in (t.component, t.tokenizer)}
+    pipe = pipeline_class(family)(vae=vae, unet=unet, scheduler=scheduler, **no_text, **comps.pipeline_kwargs())
+    if family.pooled_embeddings:
         zeros = comps.force_zeros_for_empty_prompt
-        pipe = diffusers.StableDiffusionXLPipeline(vae=vae, text_encoder=None, text_encoder_2=None, tokenizer=None,
-                                                   tokenizer_2=None, unet=unet, scheduler=scheduler,
-                                                   force_zeros_for_empty_prompt=zeros, add_watermarker=False)
         kwargs["pooled_prompt_embeds"] = pooled.to(device)
         if zeros:  # what the pipeline does for an empty negative prompt on this model
             kwargs["negative_prompt_embeds"] = torch.zeros_like(kwargs["prompt_embeds"])
             kwargs["negative_pooled_prompt_embeds"] = torch.zeros_like(kwargs["pooled_prompt_embeds"])
         else:
             kwargs["negative_pooled_prompt_embeds"] = neg_pooled.expand(count, -1).to(device)
-    else:
-        pipe = diffusers.StableDiffusionPipeline(vae=vae, text_encoder=None, tokenizer=None, unet=unet,
-                                                 scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                                 requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     images = pipe(**kwargs).images
     comps.release("vae")
