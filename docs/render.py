@@ -219,13 +219,26 @@ def loads(data, out: list[float] | None = None) -> list[float]:
 def find_key(data, names: tuple[str, ...]):
     if isinstance(data, dict):
         for n in names:
-            if n in data and not isinstance(data[n], (dict, list)):
+            if data.get(n) is not None and not isinstance(data[n], (dict, list)):
                 return data[n]
         for k in ("machine", "settings", "train", "train_settings"):
             if isinstance(data.get(k), dict):
                 v = find_key(data[k], names)
                 if v is not None:
                     return v
+    return None
+
+
+def find_disjoint(data):
+    """A recorded check that evaluation prompts are disjoint from the compressor's: any key naming 'disjoint'."""
+    if isinstance(data, dict):
+        for k, v in data.items():
+            if "disjoint" in k and not isinstance(v, (dict, list)):
+                return v
+            if isinstance(v, dict):
+                found = find_disjoint(v)
+                if found is not None:
+                    return found
     return None
 
 
@@ -238,19 +251,63 @@ def provenance(stem: str, data: dict, kind: str) -> list[str]:
     cpus = find_key(data, ("cpus", "cpu_count"))
     threads = find_key(data, ("torch_threads", "threads", "omp_threads"))
     platform = find_key(data, ("platform",))
-    machine = ", ".join(x for x in ((f"{cpus} CPUs" if cpus else ""), (f"{threads} torch threads" if threads else ""),
-                                    (platform or "")) if x) or NOT_RECORDED
+    machine = "; ".join(f"{name}: {NOT_RECORDED if v is None else v}" for name, v in
+                        (("CPUs", cpus), ("torch threads", threads), ("platform", platform)))
     ls = loads(data)
     load = (f"1-minute load average {min(ls):.1f}–{max(ls):.1f} over {len(ls)} readings" if len(ls) > 1 else
             f"1-minute load average {ls[0]:.1f}" if ls else NOT_RECORDED)
     date = find_key(data, ("date", "created_utc", "finished_utc", "started_utc")) or NOT_RECORDED
     rows = [["command", f"`{command}`" if command else NOT_RECORDED], ["code version", code],
             ["machine", machine], ["load", load], ["date", str(date)], ["run", kind]]
+    if any(k in data for k in ("calibration", "teacher", "n_image_prompts")) or \
+            any(k in (data.get("settings") or {}) for k in ("calibration", "n_image_prompts")):
+        disjoint = find_disjoint(data)
+        rows.append(["evaluation prompts disjoint from calibration and teacher prompts (by text)",
+                     NOT_RECORDED if disjoint is None else cell(disjoint)])
     return table(["", ""], rows)
 
 
 # ---- run kinds ---------------------------------------------------------------------------------------------
-def compression_row_kind(row: dict, d: dict, teacher: str) -> str:
+def differences_from_default(settings: dict, d: dict) -> list[str]:
+    """How a run's recorded settings differ from the default command's. `settings` may hold `bits_budget`/`budget`,
+    `distill` (mode), `distill_steps` (absent or 0: distillation off), `smoothing`, `calib_timesteps` and
+    `calibration` {prompts, steps}; a setting the run does not record is said to be not recorded."""
+    diffs = []
+    budget = settings.get("bits_budget", settings.get("budget"))
+    if budget is not None and d["budget"] is not None and abs(float(budget) - d["budget"]) > 1e-9:
+        diffs.append(f"budget {float(budget):g} (default {d['budget']:g})")
+    steps = settings.get("distill_steps") or 0
+    mode = settings.get("distill")
+    default_on = bool(d["distill_steps"]) and d["distill"] != "off"
+    if not steps or mode == "off":
+        if default_on:
+            diffs.append("distillation off (the default distils)")
+    else:
+        if not default_on:
+            diffs.append(f"distilled {steps:,} steps (the default does not distil)")
+        elif steps != d["distill_steps"] or settings.get("distill_minutes_cap") is not None:
+            cpu = settings.get("distill_cpu_seconds")
+            diffs.append(f"distilled {steps:,} steps" + (f" in {cpu / 60:.0f} CPU-min" if cpu else "") +
+                         f" (default {d['distill_steps']:,})")
+        if mode is None:
+            diffs.append("distillation mode not recorded" + (f" (default {d['distill']})" if d["distill"] else ""))
+        elif d["distill"] and mode != d["distill"]:
+            diffs.append(f"distillation {mode} (default {d['distill']})")
+        if settings.get("teacher"):
+            diffs.append(f"teacher {settings['teacher']}")
+    if settings.get("smoothing") is False:
+        diffs.append("smoothing off")
+    if settings.get("calib_timesteps", "all") != "all":
+        diffs.append(f"calibration timesteps {settings['calib_timesteps']}")
+    cal = settings.get("calibration")
+    if isinstance(cal, dict) and d["calib_count"] and d["calib_steps"]:
+        if (cal.get("prompts"), cal.get("steps")) != (d["calib_count"], d["calib_steps"]):
+            diffs.append(f"calibration {cal.get('prompts')} prompts × {cal.get('steps')} steps "
+                         f"(default {d['calib_count']} × {d['calib_steps']})")
+    return diffs
+
+
+def compression_row_kind(row: dict, d: dict, teacher: str, calibration: dict | None = None) -> str:
     m = row.get("method", "")
     if m == "fp16":
         return "reference (uncompressed)"
@@ -258,20 +315,45 @@ def compression_row_kind(row: dict, d: dict, teacher: str) -> str:
         if "apple" in m:
             return "baseline (Apple's own code)"
         return "baseline (our re-implementation of Apple's mixed-bit palettization)" if "mbp" in m else "baseline"
-    steps = row.get("distill_steps")
-    budget = row.get("recipe", "")
-    is_default_budget = d["budget"] is not None and budget in (f"budget{d['budget']:g}", f"budget{d['budget']}")
-    ablation = row.get("smoothing") is False or row.get("calib_timesteps", "all") != "all"
-    if steps is None:
-        what = "distillation off" + (", ablation" if ablation else "")
-        return f"special run ({what})" if d["distill_steps"] else ("DEFAULT" if is_default_budget and not ablation
-                                                                   else "special run")
-    cpu_min = (row.get("distill_cpu_seconds") or 0) / 60
-    mode = row.get("distill_mode")
-    if is_default_budget and not ablation and steps == d["distill_steps"] and mode == d["distill"]:
+    if row.get("default_command") is True:
         return "DEFAULT"
-    mode_text = f"{mode} mode" if mode else "distillation mode not recorded"
-    return f"special run (distilled {cpu_min:.0f} CPU-min, {steps:,} steps{teacher}; {mode_text})"
+    settings = dict(row.get("recipe") if isinstance(row.get("recipe"), dict) else {})
+    if isinstance(row.get("recipe"), str):
+        mb_ = re.match(r"budget([\d.]+)$", row["recipe"])
+        settings["bits_budget"] = float(mb_.group(1)) if mb_ else None
+        if not mb_:
+            settings["fixed"] = row["recipe"]
+    for k in ("distill_steps", "distill_cpu_seconds", "smoothing", "calib_timesteps"):
+        if k in row:
+            settings[k] = row[k]
+    if "distill_mode" in row:
+        settings["distill"] = row["distill_mode"]
+    if row.get("distill_cpu_seconds") is not None:
+        settings["distill_minutes_cap"] = "cpu"  # a CPU-minute budget, not the default's step count
+    if teacher:
+        settings["teacher"] = teacher.lstrip("; ").removeprefix("teacher ")
+    settings.setdefault("calibration", row.get("calibration") or calibration)
+    diffs = differences_from_default(settings, d)
+    if settings.get("fixed"):
+        diffs.insert(0, f"fixed recipe {settings['fixed']}")
+    return "DEFAULT" if not diffs else "special run: " + "; ".join(diffs)
+
+
+def curve_point_kind(p: dict, curve: dict, d: dict, nearest: bool) -> str:
+    dist = p.get("distill") if isinstance(p.get("distill"), dict) else {}
+    t = curve.get("teacher") or {}
+    settings = {"bits_budget": p.get("budget"), "distill_steps": dist.get("steps_done", 0),
+                "distill_cpu_seconds": dist.get("cpu_seconds"), "calibration": (curve.get("settings") or {}).get(
+                    "calibration"), "distill": p.get("distill_mode") or dist.get("mode")}
+    if dist.get("cpu_seconds") is not None:
+        settings["distill_minutes_cap"] = "cpu"
+    if "prompts" in t and "steps" in t:
+        settings["teacher"] = f"{t['prompts']} prompts × {t['steps']} steps"
+    diffs = differences_from_default(settings, d)
+    if "lr" in (curve.get("settings") or {}):
+        diffs.append(f"learning rate {num(curve['settings']['lr'])}")
+    label = "DEFAULT" if not diffs else "special run: " + "; ".join(diffs)
+    return ("nearest the default; " if nearest and diffs else "") + label
 
 
 def teacher_text(curve: dict | None) -> str:
@@ -293,7 +375,7 @@ def page_compression(data: dict, ctx: dict) -> tuple[str, list[str]]:
     rows = []
     for r in data.get("rows", []):
         psnr = r.get("image_psnr_db")
-        rows.append([f"`{r.get('method')}`", compression_row_kind(r, d, teacher), num(r.get("bits_per_param")),
+        rows.append([f"`{r.get('method')}`", compression_row_kind(r, d, teacher, data.get("calibration")), num(r.get("bits_per_param")),
                      mb(r.get("unet_bytes")), num(r.get("latent_psnr_db")),
                      ("∞" if psnr is None and r.get("method") == "fp16" else num(psnr)) + ci(r.get("image_psnr_ci95")),
                      num(r.get("image_ssim")), num(r.get("adherence_pct"), 3)])
@@ -323,12 +405,7 @@ def page_distill_curve(data: dict, ctx: dict) -> tuple[str, list[str]]:
     for p in sorted(data.get("points", []), key=lambda p: (p.get("budget", 0), p.get("minutes", 0))):
         dist = p.get("distill") if isinstance(p.get("distill"), dict) else {}
         steps = dist.get("steps_done", 0)
-        if p is near:
-            run = f"special run, nearest the default ({steps:,} steps against {d['distill_steps']:,})"
-        elif not steps:
-            run = "special run (distillation off)" if d["distill_steps"] else "DEFAULT"
-        else:
-            run = "special run"
+        run = curve_point_kind(p, data, d, p is near)
         rows.append([num(p.get("budget")), num(p.get("bits_per_param")), num(p.get("cpu_minutes"), 3),
                      num(p.get("wall_minutes"), 3), f"{steps:,}", num(dist.get("best_step")),
                      num(p.get("held_out_snr_db_before")), num(p.get("held_out_snr_db_after")),
@@ -495,15 +572,14 @@ def headline(ctx: dict) -> list[str]:
             and r.get("calib_timesteps", "all") == "all"
         if m == "fp16" or apple or ours_default_budget:
             psnr = r.get("image_psnr_db")
-            rows.append([f"`{m}`", compression_row_kind(r, d, teacher), f"{bits:.3f}", mb(r.get("unet_bytes")),
+            rows.append([f"`{m}`", compression_row_kind(r, d, teacher, comp.get("calibration")), f"{bits:.3f}", mb(r.get("unet_bytes")),
                          ("∞" if psnr is None else f"{psnr:.2f}") + ci(r.get("image_psnr_ci95")),
                          num(r.get("adherence_pct"), 3), "compression.json"])
     near = nearest_default_point(curve or {}, d)
     if near:
         steps = near["distill"].get("steps_done", 0)
         rows.append([f"budget {near['budget']:g}, distilled {near.get('cpu_minutes', 0):.0f} CPU-min",
-                     f"special run, nearest the default ({steps:,} steps against {d['distill_steps']:,}{teacher}; "
-                     "distillation mode not recorded)",
+                     curve_point_kind(near, curve, d, True),
                      f"{near['bits_per_param']:.3f}", "—", f"{near['image_psnr_db']:.2f}" + ci(near.get("image_psnr_ci95")),
                      num(near.get("adherence_pct"), 3), "distill_curve.json"])
     lines = [f"Default command: {default_command_text(d)}. Reference model, "
