@@ -46,7 +46,9 @@ let package = Package(
         ),
         .executableTarget(
             name: "pocketsd-swift",
-            dependencies: ["PocketSDKit"]
+            // main.swift gates its Core ML path on canImport(StableDiffusion): declared here, not left to the
+            // library's transitive products (which a module import is not guaranteed to see).
+            dependencies: ["PocketSDKit"] + engineProducts
         ),
         .testTarget(
             name: "PocketSDKitTests",
