@@ -30,7 +30,7 @@ test: setup
 # with --strict into site/ (not committed).
 docs: setup
 	$(PY) docs/render.py
-	$(VENV)/bin/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 tiny-model: setup
 	$(PY) -m pocketsd.refmodel.train --max-minutes 78

@@ -370,6 +370,25 @@ def nearest_default_point(curve: dict, d: dict) -> dict | None:
 
 
 # ---- pages with their own layout ---------------------------------------------------------------------------
+def compression_readings(rows: list[dict], d: dict, teacher: str, calibration) -> list[str]:
+    """Sentences computed from the rows: labels against honest bits, and every PocketSD row against each baseline
+    stored in about the same bytes (within 0.05 bits/param)."""
+    out = []
+    for r in rows:
+        if r.get("label_bits") is not None and not r.get("ours") and r.get("bits_per_param"):
+            out.append(f"- `{r['method']}` is labelled {r['label_bits']:.2f} bits and stores "
+                       f"{r['bits_per_param']:.2f} bits/param, every byte counted.")
+    for base in (r for r in rows if not r.get("ours") and r.get("method") != "fp16" and r.get("image_psnr_db")):
+        for ours in (r for r in rows if r.get("ours") and r.get("image_psnr_db")):
+            if abs(ours["bits_per_param"] - base["bits_per_param"]) <= 0.05:
+                delta = ours["image_psnr_db"] - base["image_psnr_db"]
+                kind = compression_row_kind(ours, d, teacher, calibration)
+                out.append(f"- `{ours['method']}` against `{base['method']}` at {ours['bits_per_param']:.2f} against "
+                           f"{base['bits_per_param']:.2f} bits/param: {delta:+.2f} dB image PSNR "
+                           f"({'DEFAULT' if kind == 'DEFAULT' else 'special run'}).")
+    return (["**Read from the rows** (computed, not typed):", ""] + out + [""]) if out else []
+
+
 def page_compression(data: dict, ctx: dict) -> tuple[str, list[str]]:
     d, teacher = ctx["defaults"], teacher_text(ctx["files"].get("distill_curve"))
     rows = []
@@ -392,9 +411,13 @@ def page_compression(data: dict, ctx: dict) -> tuple[str, list[str]]:
     body += [f"Build times (`build_seconds`, compression only): " + ", ".join(
         f"`{r['method']}` {r['build_seconds']:.0f} s" for r in data.get("rows", []) if r.get("build_seconds")
         and r.get("ours")) + ".", ""]
+    body += compression_readings(data.get("rows", []), d, teacher, data.get("calibration"))
     tgt = data.get("target") or {}
     if tgt.get("evaluated"):
-        body += ["Target check recorded in the file: " + ", ".join(f"{k} {cell(v)}" for k, v in tgt.items()) + ".", ""]
+        ours = next((r for r in data.get("rows", []) if r.get("method") == tgt.get("ours")), None)
+        run = compression_row_kind(ours, d, teacher, data.get("calibration")) if ours else NOT_RECORDED
+        body += ["Target check recorded in the file: " + ", ".join(f"{k} {cell(v)}" for k, v in tgt.items()) +
+                 f". The row it judges, `{tgt.get('ours')}`, is: {run}.", ""]
     return kind, body
 
 
