@@ -17,6 +17,7 @@ open class UIApplication {
     public var isIdleTimerDisabled = false
     @available(iOS 7.0, *)
     public func beginBackgroundTask(withName taskName: String?, expirationHandler handler: (@MainActor @Sendable () -> Void)? = nil) -> UIBackgroundTaskIdentifier { .invalid }
+    @available(iOS 4.0, *)
     public func endBackgroundTask(_ identifier: UIBackgroundTaskIdentifier) {}
     public static let didReceiveMemoryWarningNotification = Notification.Name("UIApplicationDidReceiveMemoryWarningNotification")
 }
