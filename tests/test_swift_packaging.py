@@ -76,6 +76,8 @@ def all_steps(doc: dict) -> list[dict]:
 def test_workflow_is_well_formed():
     doc = workflow()
     assert set(doc["on"]) >= {"push", "pull_request", "workflow_dispatch"}
+    # steps pipe into tee: only an explicit bash shell runs them with pipefail
+    assert doc["defaults"]["run"]["shell"] == "bash"
     for name, job in doc["jobs"].items():
         assert str(job["runs-on"]).startswith("macos-"), name
         assert job["steps"][0]["uses"].startswith("actions/checkout@")
