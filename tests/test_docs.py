@@ -80,6 +80,6 @@ def test_headline_rows_come_from_the_files(render, rendered):
     assert shown and set(shown) <= values
 
 
-def test_units_are_stated_once_and_gib_is_not_called_gb():
+def test_units_page_states_decimal_and_binary_units():
     units = (ROOT / "docs" / "units.md").read_text()
     assert "10^9" in units.replace("10⁹", "10^9") and "2^30" in units.replace("2³⁰", "2^30")
