@@ -8,6 +8,7 @@ it fails until the fixture is written again (run this file's `expected()` and du
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from pocketsd.pipeline.generate import control_active
@@ -27,3 +28,23 @@ def test_fixture_is_what_the_python_loop_does():
     # the grid exercises both edges: steps cut at the start, at the end, and none at all
     assert any(not any(c["active"]) for c in cases) and any(not c["active"][0] and c["active"][-1] for c in cases)
     assert any(c["active"][0] and not c["active"][-1] for c in cases)
+
+
+def swift_constant(name: str) -> str:
+    source = (FIXTURE.parents[3] / "Sources" / "PocketSDKit" / "Core" / "GenerationRequest.swift").read_text()
+    match = re.search(rf"public static let {name} = ([^\n]+)", source)
+    assert match, name
+    return match.group(1).strip()
+
+
+def test_defaults_are_the_python_clis():
+    # One set of defaults on both sides: the Swift constants are checked against the Python ones they copy.
+    from pocketsd.pipeline import inputs, options
+
+    assert int(swift_constant("defaultSteps")) == options.DEFAULT_STEPS
+    assert float(swift_constant("defaultGuidance")) == options.DEFAULT_GUIDANCE
+    assert swift_constant("defaultScheduler") == f"SchedulerKind.{options.DEFAULT_SCHEDULER}"
+    assert float(swift_constant("defaultImageStrength")) == options.DEFAULT_STRENGTH
+    assert float(swift_constant("defaultSketchStrength")) == inputs.SKETCH_STRENGTH
+    assert float(swift_constant("defaultMaskStrength")) == options.DEFAULT_INPAINT_STRENGTH
+    assert float(swift_constant("maxControlNetScale")) == options.MAX_CONTROLNET_SCALE

@@ -69,7 +69,7 @@ public enum CommandLineOptions {
       --image FILE             start from an image (image → image)
       --mask FILE              with --image: repaint where the mask is white (inpainting)
       --sketch FILE            start from a line drawing (cleaned, filled, then image → image)
-      --strength F             share of the schedule re-run from the image, in (0, 1] (0.8 / sketch 0.75 / mask 1.0)
+      --strength F             share of the schedule re-run from the image, in (0, 1] (0.8 / sketch 0.65 / mask 1.0)
       --controlnet NAME        a ControlNet shipped in the bundle (Resources/controlnet/NAME), steered by --sketch's
                                strokes or by --image; the run then starts from noise (as `pocketsd generate`)
       --controlnet-scale F     the ControlNet's weight, 0…10 (default 1)

@@ -112,10 +112,11 @@ public struct ResolvedRequest: Equatable, Sendable {
     public static let defaultSteps = 20
     public static let defaultGuidance = 5.0
     public static let defaultScheduler = SchedulerKind.euler
-    /// As on the Python side: an image keeps its layout at 0.8, a sketch (a flat filled shape) at 0.75; inpainting
-    /// repaints the masked area from pure noise level (1.0), the rest of the image is kept anyway.
+    /// The Python CLI's values (options.py DEFAULT_STRENGTH and DEFAULT_INPAINT_STRENGTH, inputs.py SKETCH_STRENGTH;
+    /// tests/test_swift_parity.py compares them): an image keeps its layout at 0.8, a sketch (a flat filled shape)
+    /// at 0.65; inpainting repaints the masked area from pure noise level (1.0), the rest of the image is kept anyway.
     public static let defaultImageStrength = 0.8
-    public static let defaultSketchStrength = 0.75
+    public static let defaultSketchStrength = 0.65
     public static let defaultMaskStrength = 1.0
     /// The Python CLI's bound (python/pocketsd/pipeline/options.py, MAX_CONTROLNET_SCALE).
     public static let maxControlNetScale = 10.0

@@ -3,7 +3,7 @@ import Foundation
 /// The app's steps, guidance, scheduler and strength as its form shows them, and which of them the user changed.
 ///
 /// On the command line an unset flag is nil, so a domain preset's steps, guidance and scheduler apply, and the
-/// strength follows the start (0.8 an image, 0.75 a sketch, 1.0 a mask). A form always has a value in every
+/// strength follows the start (0.8 an image, 0.65 a sketch, 1.0 a mask). A form always has a value in every
 /// field; sending them all would override the preset and the start's strength every time. So the form shows the
 /// preset's (or the start's) values, and only the fields the user changed go into the request.
 public struct SettingsForm: Equatable, Sendable {
