@@ -473,13 +473,71 @@ def page_sdxl_real_size(data: dict, ctx: dict) -> tuple[str, list[str]]:
     return kind, body
 
 
-SPECIAL = {"compression": page_compression, "distill_curve": page_distill_curve, "sdxl_real_size": page_sdxl_real_size}
+def metric_text(m: dict | None, digits: int = 2) -> str:
+    if not isinstance(m, dict):
+        return "—"
+    if m.get("skipped"):
+        return "skipped"
+    v = m.get("value")
+    if v is None:
+        return "—"
+    text = f"{v:.{digits}f}"
+    if m.get("low") is not None and m.get("high") is not None:
+        text += f" [{m['low']:.{digits}f}, {m['high']:.{digits}f}]"
+    return text + ("" if m.get("real_weights") in (None, True) or m.get("value") is None or
+                   not m.get("weights") else " (random weights)")
+
+
+def args_kind(args: list[str], d: dict) -> str:
+    """A compress command line against the default command."""
+    diffs = []
+    if "--recipe" in args:
+        diffs.append(f"fixed recipe {args[args.index('--recipe') + 1]}")
+    if "--bits-budget" in args and d["budget"] is not None:
+        b = float(args[args.index("--bits-budget") + 1])
+        if b != d["budget"]:
+            diffs.append(f"budget {b:g} (default {d['budget']:g})")
+    if "--distill-steps" in args and args[args.index("--distill-steps") + 1] == "0" or \
+            "--distill" in args and args[args.index("--distill") + 1] == "off":
+        diffs.append("distillation off")
+    elif d["distill"]:
+        diffs.append("distillation with the defaults of the code that ran it (mode not recorded)")
+    if "--components" in args:
+        diffs.append(f"components {args[args.index('--components') + 1]}")
+    return "DEFAULT" if not diffs else "special run: " + "; ".join(diffs)
+
+
+def page_eval_refmodel(data: dict, ctx: dict) -> tuple[str, list[str]]:
+    d = ctx["defaults"]
+    rows = []
+    for r in data.get("rows", []):
+        m = r.get("metrics") or {}
+        skipped = [k for k, v in m.items() if isinstance(v, dict) and v.get("skipped")]
+        rows.append([f"`{r.get('variant')}`", args_kind(r.get("compress_args") or [], d),
+                     f"`pocketsd compress {' '.join(r.get('compress_args') or [])}`",
+                     ", ".join(r.get("compressed_components") or []), num(r.get("unet_bits_per_param")),
+                     metric_text(m.get("psnr")), metric_text(m.get("ssim"), 4), metric_text(m.get("adherence"), 3),
+                     ", ".join(skipped) or "—"])
+    p, e = data.get("prompts") or {}, data.get("eval_settings") or {}
+    body = [f"fp16 reference model (B) against each compressed variant (A) through `pocketsd eval`: prompts "
+            f"`{p.get('name', NOT_RECORDED)}` ({p.get('count', NOT_RECORDED)} of {p.get('total', NOT_RECORDED)}), "
+            f"{e.get('steps', NOT_RECORDED)} steps, guidance {num(e.get('guidance'))}, scheduler "
+            f"{e.get('scheduler', NOT_RECORDED)}, device {e.get('device', NOT_RECORDED)}. Brackets: 95 % intervals. "
+            "A skipped metric had no weights on the machine (the file keeps the one-line reason).", ""]
+    body += table(["variant", "run", "command", "compressed", "UNet bits/param", "image PSNR dB", "SSIM", "adherence",
+                   "skipped"], rows, ["---"] * 4 + ["---:"] * 4 + ["---"])
+    body += [f"fp16 adherence: {metric_text(data.get('fp16_adherence'), 3)}.", ""]
+    if data.get("variants_not_run"):
+        body += ["Planned and not run: " + ", ".join(f"`{v}`" for v in data["variants_not_run"]) + ".", ""]
+    return "special runs (see each row)" if rows else NOT_RECORDED, body
+
+
+SPECIAL = {"compression": page_compression, "eval_refmodel": page_eval_refmodel, "distill_curve": page_distill_curve, "sdxl_real_size": page_sdxl_real_size}
 
 # What each file's run is, for files whose kind is a matter of what they measure rather than their settings.
 KINDS = {
     "apple_mbp": "baseline: Apple's own pre-analysis code on the reference model (not a PocketSD command)",
     "generate": "`pocketsd bench` with the settings below (whether they were its defaults: not recorded)",
-    "eval_refmodel": "special runs: the variants' compress arguments are listed per row",
     "compression_part_A": "part of compression.json (merged there)",
     "compression_part_C": "part of compression.json (merged there)",
     "compression_part_D": "part of compression.json (merged there)",
