@@ -575,30 +575,38 @@ def records_table(name: str, items: list[dict]) -> list[str]:
     return [f"**{name}**", ""] + table([label(k) for k in keys], rows)
 
 
+def _walk(data: dict, prefix: str, settings: list, tables: list, depth: int = 0) -> None:
+    """Flatten scalars (and short lists of scalars) into `settings`, collect lists of records into `tables`."""
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if is_scalar(v):
+            text = cell(v) if not isinstance(v, str) else (v if len(v) < 300 else v[:300] + " …")
+            settings.append([label(key), text.replace("|", "\\|").replace("\n", " ")])
+        elif isinstance(v, list) and (not v or not isinstance(v[0], dict)):
+            settings.append([label(key), cell(v)])
+        elif isinstance(v, list):
+            tables.append((key, v))
+        elif isinstance(v, dict) and v and all(isinstance(x, dict) for x in v.values()) and \
+                all(all(is_scalar(y) or isinstance(y, (list, dict)) for y in x.values()) for x in v.values()) \
+                and len(v) <= 60 and not any(isinstance(y, dict) and any(isinstance(z, dict) for z in y.values())
+                                             for x in v.values() for y in x.values()):
+            tables.append((key, [{"": name, **x} for name, x in v.items()]))
+        elif isinstance(v, dict) and depth < 3:
+            _walk(v, key + ".", settings, tables, depth + 1)
+
+
 def generic_body(data) -> list[str]:
-    body: list[str] = []
     if not isinstance(data, dict):
         return [f"{type(data).__name__} of {len(data)} items." if isinstance(data, list) else cell(data), ""]
-    settings = []
-    for k, v in data.items():
-        if is_scalar(v):
-            settings.append([k if not isinstance(v, str) else k, cell(v) if not isinstance(v, str) else
-                             (v if len(v) < 300 else v[:300] + " …").replace("|", "\\|").replace("\n", " ")])
-        elif isinstance(v, dict) and v and all(is_scalar(x) or isinstance(x, list) for x in v.values()):
-            for kk, vv in v.items():
-                settings.append([f"{k}.{kk}", cell(vv)])
-        elif isinstance(v, list) and (not v or not isinstance(v[0], dict)):
-            settings.append([k, cell(v)])
-    if settings:
-        body += table(["field", "value"], [[label(a), b] for a, b in settings])
-    for k, v in data.items():
-        if isinstance(v, list) and v and all(isinstance(x, dict) for x in v) and len(v) <= 60:
-            body += records_table(k, v)
-        elif isinstance(v, list) and v and isinstance(v[0], dict):
-            body += [f"`{k}`: {len(v)} records (see the JSON file).", ""]
-        elif isinstance(v, dict) and v and all(isinstance(x, dict) for x in v.values()):
-            items = [{"": name, **{kk: vv for kk, vv in x.items()}} for name, x in v.items()]
-            body += records_table(k, items)
+    settings: list = []
+    tables: list = []
+    _walk(data, "", settings, tables)
+    body = table(["field", "value"], settings) if settings else []
+    for name, items in tables:
+        if len(items) <= 60:
+            body += records_table(name, items)
+        else:
+            body += [f"`{name}`: {len(items)} records (see the JSON file).", ""]
     return body
 
 
