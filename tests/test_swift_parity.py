@@ -48,3 +48,19 @@ def test_defaults_are_the_python_clis():
     assert float(swift_constant("defaultSketchStrength")) == inputs.SKETCH_STRENGTH
     assert float(swift_constant("defaultMaskStrength")) == options.DEFAULT_INPAINT_STRENGTH
     assert float(swift_constant("maxControlNetScale")) == options.MAX_CONTROLNET_SCALE
+    assert int(swift_constant("defaultMaskBlur")) == options.MASK_BLUR
+    assert int(swift_constant("maxMaskBlur")) == options.MAX_MASK_BLUR
+
+
+def test_inpainting_fixture_is_what_the_python_side_does():
+    # Fixtures/inpaint.json (CLIParityTests.testInpaintingMatchesThePythonLoop holds Swift to it) made again by
+    # the Python side's load_mask, latent_mask and loop over the fake networks: the same numbers.
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("make_fixtures", FIXTURE.parents[3] / "scripts" / "make_fixtures.py")
+    make_fixtures = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("make_fixtures", make_fixtures)
+    spec.loader.exec_module(make_fixtures)
+    stored = json.loads((FIXTURE.parent / "inpaint.json").read_text())
+    assert json.loads(json.dumps(make_fixtures.inpaint_fixture())) == stored

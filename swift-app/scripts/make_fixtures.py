@@ -9,11 +9,14 @@ script runs exactly that code and writes what it produced, so the Swift tests co
   schedulers.json  timesteps, sigmas and a short run of euler / dpmpp2m / ddim (diffusers) for three spacings
   loop.json        whole runs of pocketsd's loop over small fake networks (text → image, image → image, CFG on/off,
                    no negative prompt vs an explicit one): final latents and the decoded 8-bit pixels
+  inpaint.json     masks through `inputs.load_mask` (hole, feathered alpha) and `generate.latent_mask`, and whole
+                   inpainting runs over the same fake networks (strength 1.0 from noise and below, paste-back on/off)
 
 The fake networks are simple closed-form functions written twice, here and in Tests/PocketSDKitTests/FakeModels.swift;
 a change to one must be made to the other.
 
-    .venv/bin/python swift-app/scripts/make_fixtures.py      (from the repository root; a few seconds)
+    .venv/bin/python swift-app/scripts/make_fixtures.py [NAME ...]   (from the repository root; a few seconds;
+                                                                     NAME: rng, schedulers, loop, inpaint; default all)
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "swift-app" / "Tests" / "PocketSDKitTests" / "Fixtures"
 sys.path.insert(0, str(ROOT / "python"))
 
+from pocketsd.models.family import SDXL  # noqa: E402
 from pocketsd.pipeline.generate import GenerationRequest, generate, make_scheduler  # noqa: E402
 
 SCHEDULER_CONFIG = json.loads((ROOT / "python/pocketsd/data/reference/model/scheduler/scheduler_config.json").read_text())
@@ -139,7 +143,7 @@ def fake_text(index: int, ids: list[int]) -> tuple[np.ndarray, np.ndarray | None
 
 class FakeBackend:
     name = "fake"
-    family = "sdxl"
+    family = SDXL  # the loop reads time_ids and the pooled encoder from the family (pocketsd.models.family)
     vae_scale_factor = 8
     latent_channels = 4
     scaling_factor = 0.5
@@ -217,9 +221,59 @@ def loop_fixture() -> dict:
     return {"scaling_factor": FakeBackend.scaling_factor, "cases": out}
 
 
+def fixture_mask(kind: str, height: int = 24, width: int = 40) -> np.ndarray:
+    """8-bit masks at the fake bundle's size, white = repaint: a rectangle off the 8-px grid, and a disc."""
+    y, x = np.mgrid[0:height, 0:width]
+    if kind == "rect":
+        hole = (x >= 13) & (x < 29) & (y >= 5) & (y < 14)
+    else:
+        hole = (x - 26.5) ** 2 + (y - 13.0) ** 2 <= 36
+    return np.where(hole, 255, 0).astype(np.uint8)
+
+
+def inpaint_fixture() -> dict:
+    from PIL import Image
+
+    from pocketsd.pipeline.generate import latent_mask
+    from pocketsd.pipeline.inputs import load_mask
+
+    masks = []
+    for kind in ("rect", "disc"):
+        gray = fixture_mask(kind)
+        for blur in (0, 1, 4):
+            loaded = load_mask(Image.fromarray(gray, "L"), 40, 24, blur=blur, warn=None)
+            masks.append({"kind": kind, "blur": blur, "pixels": [int(v) for v in gray.flatten()],
+                          "alpha": floats(torch.from_numpy(loaded.alpha)),
+                          "latent": floats(latent_mask(loaded.tensor(), 8))})
+    runs = []
+    cases = [
+        dict(scheduler="euler", steps=4, guidance=5.0, seed=1, strength=1.0, kind="rect", blur=4, paste_back=True),
+        dict(scheduler="dpmpp2m", steps=6, guidance=4.0, seed=5, strength=0.75, kind="disc", blur=4, paste_back=True),
+        dict(scheduler="ddim", steps=5, guidance=1.0, seed=2, strength=1.0, kind="disc", blur=0, paste_back=False),
+        dict(scheduler="euler", steps=8, guidance=3.0, seed=9, strength=0.5, kind="rect", blur=1, paste_back=False),
+    ]
+    for case in cases:
+        backend = FakeBackend()
+        h, w = backend.default_size
+        loaded = load_mask(Image.fromarray(fixture_mask(case["kind"]), "L"), w, h, blur=case["blur"], warn=None)
+        request = GenerationRequest(prompt="a red circle on a white background", negative_prompt=None,
+                                    steps=case["steps"], guidance=case["guidance"], seed=case["seed"],
+                                    scheduler=case["scheduler"], height=h, width=w, init_image=init_image(h, w),
+                                    strength=case["strength"], mask=loaded.tensor(), paste_back=case["paste_back"])
+        result = generate(backend, request, low_memory=True)
+        pixels = np.asarray(result.images[0], dtype=np.uint8)
+        runs.append({**case, "prompt": request.prompt, "timesteps": result.timesteps, "latents": floats(result.latents),
+                     "pixels": [int(v) for v in pixels.flatten()]})
+    return {"height": 24, "width": 40, "masks": masks, "runs": runs}
+
+
+FIXTURES = {"rng": rng_fixture, "schedulers": scheduler_fixture, "loop": loop_fixture, "inpaint": inpaint_fixture}
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
-    for name, make in (("rng", rng_fixture), ("schedulers", scheduler_fixture), ("loop", loop_fixture)):
+    names = sys.argv[1:] or list(FIXTURES)
+    for name, make in ((name, FIXTURES[name]) for name in names):
         path = OUT / f"{name}.json"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(make(), separators=(",", ":")) + "\n")

@@ -123,4 +123,71 @@ final class CLIParityTests: XCTestCase {
         form.fill(&request)
         XCTAssertNil(request.strength, "a ControlNet run takes no strength")
     }
+
+    // MARK: inpainting
+
+    /// Masks through the Python CLI's load_mask and latent_mask, and whole inpainting runs of its loop over the same
+    /// fake networks (Fixtures/inpaint.json, scripts/make_fixtures.py): alpha, latent mask, final latents, pixels.
+    func testInpaintingMatchesThePythonLoop() throws {
+        let fixture = try Fixtures.load("inpaint")
+        func gray(_ item: JSONValue) -> GrayImage {
+            GrayImage(width: 40, height: 24, pixels: item["pixels"]!.array!.map { UInt8($0.int!) })
+        }
+        func floats(_ value: JSONValue?) -> [Float] { value!.array!.map { Float($0.double!) } }
+        let masks = fixture["masks"]!.array!
+        XCTAssertEqual(masks.count, 6)
+        for item in masks {
+            let mask = try ImageTensors.inpaintMask(gray(item), blur: item["blur"]!.int!, latentHeight: 3, latentWidth: 5)
+            let alpha = floats(item["alpha"])
+            XCTAssertLessThan(zip(mask.alpha.scalars, alpha).map { abs($0 - $1) }.max()!, 1e-6, "\(item["kind"]!) blur \(item["blur"]!)")
+            XCTAssertEqual(mask.latent.scalars, floats(item["latent"]), "\(item["kind"]!) blur \(item["blur"]!)")
+        }
+        let masksByCase = Dictionary(masks.map { ("\($0["kind"]!.string!)-\($0["blur"]!.int!)", $0) }, uniquingKeysWith: { a, _ in a })
+        var worst: Float = 0
+        for run in fixture["runs"]!.array! {
+            let key = "\(run["kind"]!.string!)-\(run["blur"]!.int!)"
+            let mask = try ImageTensors.inpaintMask(gray(masksByCase[key]!), blur: run["blur"]!.int!, latentHeight: 3, latentWidth: 5)
+            let (loop, _, _) = FakeBundle().make()
+            let request = DiffusionLoop.Request(
+                prompt: run["prompt"]!.string!, steps: run["steps"]!.int!, guidance: run["guidance"]!.double!,
+                seed: UInt32(run["seed"]!.int!), scheduler: SchedulerKind(rawValue: run["scheduler"]!.string!)!,
+                initImage: fixtureInitImage(), strength: run["strength"]!.double!, mask: mask.latent,
+                pasteBack: run["paste_back"]!.bool! ? mask.alpha : nil)
+            let label = "\(request.scheduler) strength \(request.strength) \(key) paste-back \(request.pasteBack != nil)"
+            let output = try loop.run(request, timer: RunTimer())
+            XCTAssertEqual(output.timesteps, floats(run["timesteps"]).map(Double.init), label)
+            let expected = Tensor(shape: output.latents.shape, scalars: floats(run["latents"]))
+            let scale = max(1, expected.scalars.map(abs).max() ?? 1)
+            XCTAssertLessThan(output.latents.maxAbsDifference(expected) / scale, 1e-5, label)
+            worst = max(worst, output.latents.maxAbsDifference(expected) / scale)
+            let pixels = try ImageTensors.rgb(output.image).pixels
+            let reference = run["pixels"]!.array!.map { UInt8($0.int!) }
+            let off = zip(pixels, reference).filter { $0 != $1 }
+            XCTAssertTrue(off.allSatisfy { abs(Int($0) - Int($1)) <= 1 }, "\(label): pixels differ by more than 1")
+            XCTAssertLessThanOrEqual(off.count, pixels.count / 100, "\(label): \(off.count) pixels differ")
+        }
+        print("inpainting parity: largest relative latent difference \(worst)")
+    }
+
+    func testTheMaskFlagsAreThePythonCLIs() throws {
+        let o = try CommandLineOptions.parse(["generate", "p", "--resources", "R", "--image", "i.png", "--mask", "m.png",
+                                              "--mask-blur", "9", "--no-paste-back"])
+        guard case .generate(let options) = o else { return XCTFail("\(o)") }
+        XCTAssertEqual(options.request.maskBlur, 9)
+        XCTAssertEqual(options.request.pasteBack, false)
+        let resolved = try options.request.resolve(catalog: nil)
+        XCTAssertEqual(resolved.maskBlur, 9)
+        XCTAssertFalse(resolved.pasteBack)
+        var plain = GenerationRequest(prompt: "x")
+        plain.imagePath = "i.png"
+        plain.maskPath = "m.png"
+        XCTAssertEqual(try plain.resolve(catalog: nil).maskBlur, 4)
+        XCTAssertTrue(try plain.resolve(catalog: nil).pasteBack)
+        plain.maskBlur = 65
+        XCTAssertThrowsError(try plain.resolve(catalog: nil)) { XCTAssertTrue("\($0)".contains("0..64"), "\($0)") }
+        var noMask = GenerationRequest(prompt: "x")
+        noMask.imagePath = "i.png"
+        noMask.pasteBack = false
+        XCTAssertThrowsError(try noMask.resolve(catalog: nil)) { XCTAssertTrue("\($0)".contains("only apply with --mask"), "\($0)") }
+    }
 }

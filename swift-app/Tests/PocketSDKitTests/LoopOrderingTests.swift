@@ -213,7 +213,7 @@ final class LoopInputsTests: XCTestCase {
     func testInpaintingKeepsTheUnmaskedLatentsAndRepaintsTheRest() throws {
         var request = base
         request.initImage = fixtureInitImage()
-        request.strength = 1.0
+        request.strength = 0.75   // below 1, inpainting starts from the noised image as image → image does
         let (plain, _) = try run(FakeBundle(), request)
 
         // Mask: repaint columns 0–2 of 5, keep 3–4.
@@ -244,13 +244,22 @@ final class LoopInputsTests: XCTestCase {
         XCTAssertGreaterThan(kept.maxAbsDifference(plain.latents), 0.1, "keeping and repainting differ")
     }
 
-    func testTheLatentMaskIsBinarizedAndNearestDownsampled() {
+    func testTheLatentMaskRepaintsEveryCellTheFeatherTouches() throws {
         var pixels = [UInt8](repeating: 0, count: 24 * 40)
         for y in 0..<24 { for x in 20..<40 { pixels[y * 40 + x] = 200 } }
         pixels[0] = 127   // below one half: keep
-        let mask = ImageTensors.latentMask(GrayImage(width: 40, height: 24, pixels: pixels), latentHeight: 3, latentWidth: 5)
-        XCTAssertEqual(mask.shape, [1, 1, 3, 5])
-        XCTAssertEqual(mask.scalars, [0, 0, 0, 1, 1, 0, 0, 0, 1, 1, 0, 0, 0, 1, 1])
+        let gray = GrayImage(width: 40, height: 24, pixels: pixels)
+        let sharp = try ImageTensors.inpaintMask(gray, blur: 0, latentHeight: 3, latentWidth: 5)
+        XCTAssertEqual(sharp.latent.shape, [1, 1, 3, 5])
+        XCTAssertEqual(sharp.latent.scalars, [0, 0, 1, 1, 1, 0, 0, 1, 1, 1, 0, 0, 1, 1, 1], "any pixel of a cell repaints it")
+        XCTAssertEqual(sharp.alpha.scalars[0], 0)
+        // The feather reaches blur px: x = 15 is 5 px from the hole, outside a 4 px feather, inside a 5 px one.
+        XCTAssertEqual(try ImageTensors.inpaintMask(gray, blur: 4, latentHeight: 3, latentWidth: 5).latent.scalars[1], 0)
+        XCTAssertEqual(try ImageTensors.inpaintMask(gray, blur: 5, latentHeight: 3, latentWidth: 5).latent.scalars[1], 1)
+        XCTAssertThrowsError(try ImageTensors.inpaintMask(GrayImage(width: 40, height: 24, pixels: [UInt8](repeating: 0, count: 960)),
+                                                          blur: 4, latentHeight: 3, latentWidth: 5))
+        XCTAssertThrowsError(try ImageTensors.inpaintMask(GrayImage(width: 40, height: 24, pixels: [UInt8](repeating: 255, count: 960)),
+                                                          blur: 4, latentHeight: 3, latentWidth: 5))
     }
 
     func testControlNetResidualsReachTheUnetScaled() throws {

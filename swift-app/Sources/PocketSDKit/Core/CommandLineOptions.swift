@@ -68,6 +68,8 @@ public enum CommandLineOptions {
       --size WxH               checked against the bundle's fixed size
       --image FILE             start from an image (image → image)
       --mask FILE              with --image: repaint where the mask is white (inpainting)
+      --mask-blur N            px the paste-back feathers outside the mask, 0…64 (default 4)
+      --no-paste-back          keep the generated pixels outside the mask too
       --sketch FILE            start from a line drawing (cleaned, filled, then image → image)
       --strength F             share of the schedule re-run from the image, in (0, 1] (0.8 / sketch 0.65 / mask 1.0)
       --controlnet NAME        a ControlNet shipped in the bundle (Resources/controlnet/NAME), steered by --sketch's
@@ -153,6 +155,8 @@ public enum CommandLineOptions {
             case "--sketch": request.sketchPath = try parser.value(for: arg)
             case "--strength": request.strength = try parser.double(for: arg)
             case "--mask": request.maskPath = try parser.value(for: arg)
+            case "--mask-blur": request.maskBlur = try parser.int(for: arg)
+            case "--no-paste-back": request.pasteBack = false
             case "--controlnet": request.controlNet = try parser.value(for: arg)
             case "--controlnet-scale": request.controlScale = try parser.double(for: arg)
             case "--control-guidance-start": request.controlGuidanceStart = try parser.double(for: arg)

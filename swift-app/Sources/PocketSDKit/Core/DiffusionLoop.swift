@@ -118,6 +118,9 @@ public final class DiffusionLoop {
         public var strength: Double
         /// (1, 1, h, w) at latent size, 1 = repaint, 0 = keep (with `initImage`: inpainting).
         public var mask: Tensor?
+        /// Inpainting: (1, 1, H, W) alpha at image size; after decoding, the original is put back where it is 0
+        /// and blended where it is between (`ImageTensors.pasteBack`). nil: no paste-back.
+        public var pasteBack: Tensor?
         /// A bundled ControlNet's name and its conditioning image (1, 3, H, W) in [0, 1].
         public var controlNet: String?
         public var controlImage: Tensor?
@@ -128,7 +131,7 @@ public final class DiffusionLoop {
 
         public init(prompt: String, negativePrompt: String? = nil, steps: Int, guidance: Double, seed: UInt32,
                     scheduler: SchedulerKind, initImage: Tensor? = nil, strength: Double = 0.8, mask: Tensor? = nil,
-                    controlNet: String? = nil, controlImage: Tensor? = nil, controlScale: Float = 1,
+                    pasteBack: Tensor? = nil, controlNet: String? = nil, controlImage: Tensor? = nil, controlScale: Float = 1,
                     controlGuidanceStart: Double = 0, controlGuidanceEnd: Double = 1) {
             self.prompt = prompt
             self.negativePrompt = negativePrompt
@@ -139,6 +142,7 @@ public final class DiffusionLoop {
             self.initImage = initImage
             self.strength = strength
             self.mask = mask
+            self.pasteBack = pasteBack
             self.controlNet = controlNet
             self.controlImage = controlImage
             self.controlScale = controlScale
@@ -298,7 +302,10 @@ public final class DiffusionLoop {
             observe(.stage("vae_encode"))
             let encoded = try encodeImage(image, random: &random, timer: timer)
             let drawn = random.normal(encoded.shape)
-            latents = scheduler.addNoise(encoded, noise: drawn, stepIndex: begin)
+            // Inpainting at strength 1 starts from pure noise, as diffusers' inpaint pipeline and the Python loop
+            // do (the image's latents are still encoded first, in the same draw order, for the blending).
+            latents = request.mask != nil && request.strength >= 1
+                ? drawn.map { $0 * scheduler.initNoiseSigma } : scheduler.addNoise(encoded, noise: drawn, stepIndex: begin)
             imageLatents = encoded
             noise = drawn
             try checkpoint()
@@ -392,7 +399,11 @@ public final class DiffusionLoop {
         }
         release(models.vaeDecoder)
         try Self.checkFinite(image, "the VAE decoder")
-        return Output(latents: latents, image: image, timesteps: timesteps, warnings: warnings)
+        var output = image
+        if let alpha = request.pasteBack, let original = request.initImage {
+            output = ImageTensors.pasteBack(decoded: image, original: original, alpha: alpha)
+        }
+        return Output(latents: latents, image: output, timesteps: timesteps, warnings: warnings)
     }
 
     /// The VAE encoder's moments → a sample from them with the run's generator, shifted and scaled
@@ -471,6 +482,9 @@ public final class DiffusionLoop {
         }
         if let mask = request.mask, mask.shape != [1, 1, geometry.latentHeight, geometry.latentWidth] {
             throw PocketSDError.badInput("the mask is \(mask.shape) at latent size, the bundle's latents are \(geometry.latentHeight)×\(geometry.latentWidth)")
+        }
+        if let alpha = request.pasteBack, request.mask == nil || alpha.shape != [1, 1, geometry.imageHeight, geometry.imageWidth] {
+            throw PocketSDError.badInput("the paste-back needs the mask at image size, [1, 1, \(geometry.imageHeight), \(geometry.imageWidth)]")
         }
         if request.controlNet != nil && request.controlImage == nil {
             throw PocketSDError.badInput("a ControlNet needs a control image (--sketch or --control-image)")

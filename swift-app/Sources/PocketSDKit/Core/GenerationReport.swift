@@ -118,6 +118,9 @@ public struct GenerationReport: Equatable, Sendable {
         /// With a ControlNet only, as the Python report writes them: its scale and its [start, end] share.
         public var controlnetScale: Double?
         public var controlGuidance: [Double]?
+        /// With a mask only, as the Python report writes them.
+        public var maskBlur: Int?
+        public var pasteBack: Bool?
 
         public init(image: String? = nil, sketch: String? = nil, mask: String? = nil, strength: Double? = nil, controlnet: String? = nil,
                     controlnetScale: Double? = nil, controlGuidance: [Double]? = nil) {
@@ -179,10 +182,15 @@ public struct GenerationReport: Equatable, Sendable {
         self.memory = memory
         self.memoryMethod = memoryMethod
         self.output = output
-        self.input = Input(image: request.imagePath, sketch: request.sketchPath, mask: request.maskPath,
-                           strength: request.strength, controlnet: request.controlNet,
-                           controlnetScale: request.controlNet == nil ? nil : request.controlScale,
-                           controlGuidance: request.controlNet == nil ? nil : [request.controlGuidanceStart, request.controlGuidanceEnd])
+        var input = Input(image: request.imagePath, sketch: request.sketchPath, mask: request.maskPath,
+                          strength: request.strength, controlnet: request.controlNet,
+                          controlnetScale: request.controlNet == nil ? nil : request.controlScale,
+                          controlGuidance: request.controlNet == nil ? nil : [request.controlGuidanceStart, request.controlGuidanceEnd])
+        if request.maskPath != nil {
+            input.maskBlur = request.maskBlur
+            input.pasteBack = request.pasteBack
+        }
+        self.input = input
         self.lowMemory = request.lowMemory
         self.warnings = request.notes + warnings
         var details = backendDetails
@@ -205,6 +213,8 @@ public struct GenerationReport: Equatable, Sendable {
         // Present with a ControlNet only, as in the Python report (pocketsd/pipeline/session.py).
         if let scale = input.controlnetScale { inputJSON["controlnet_scale"] = .number(scale) }
         if let share = input.controlGuidance { inputJSON["control_guidance"] = .array(share.map { .number($0) }) }
+        if let blur = input.maskBlur { inputJSON["mask_blur"] = .integer(blur) }
+        if let paste = input.pasteBack { inputJSON["paste_back"] = .bool(paste) }
         func seconds(_ table: [String: Double]) -> JSONValue { .object(table.mapValues { .number($0) }) }
         var timingsObject: [String: JSONValue] = [
             "load": .number(timings.load),

@@ -56,6 +56,10 @@ public struct GenerationRequest: Equatable, Sendable {
     public var sketchPath: String?
     /// With `imagePath`: white = repaint (inpainting).
     public var maskPath: String?
+    /// `--mask-blur`: px the paste-back feathers outside the mask (nil: 4, the Python CLI's default).
+    public var maskBlur: Int?
+    /// `--no-paste-back` sets false: keep the decoded image outside the mask too.
+    public var pasteBack: Bool?
     /// A ControlNet shipped in the bundle (`controlnet/<Name>`). As on the Python side, the image or the sketch then
     /// becomes its conditioning image (a sketch's strokes, white on black) and the run starts from noise.
     public var controlNet: String?
@@ -78,7 +82,7 @@ public struct GenerationRequest: Equatable, Sendable {
             && a.imagePath == b.imagePath && a.sketchPath == b.sketchPath && a.strength == b.strength
             && a.lowMemory == b.lowMemory && a.maskPath == b.maskPath && a.controlNet == b.controlNet
             && a.controlScale == b.controlScale && a.controlGuidanceStart == b.controlGuidanceStart
-            && a.controlGuidanceEnd == b.controlGuidanceEnd
+            && a.controlGuidanceEnd == b.controlGuidanceEnd && a.maskBlur == b.maskBlur && a.pasteBack == b.pasteBack
     }
 }
 
@@ -101,6 +105,8 @@ public struct ResolvedRequest: Equatable, Sendable {
     public var imagePath: String?
     public var sketchPath: String?
     public var maskPath: String?
+    public var maskBlur: Int
+    public var pasteBack: Bool
     public var controlNet: String?
     public var controlScale: Double
     public var controlGuidanceStart: Double
@@ -120,6 +126,9 @@ public struct ResolvedRequest: Equatable, Sendable {
     public static let defaultMaskStrength = 1.0
     /// The Python CLI's bound (python/pocketsd/pipeline/options.py, MAX_CONTROLNET_SCALE).
     public static let maxControlNetScale = 10.0
+    /// options.py MASK_BLUR, MAX_MASK_BLUR.
+    public static let defaultMaskBlur = 4
+    public static let maxMaskBlur = 64
 }
 
 extension GenerationRequest {
@@ -155,6 +164,12 @@ extension GenerationRequest {
             throw PocketSDError.badInput("--mask repaints --image, --controlnet is steered by it: use one or the other")
         }
         // The Python CLI's rules and sentences (python/pocketsd/pipeline/options.py), so both refuse the same flags.
+        if maskPath == nil && (maskBlur != nil || pasteBack == false) {
+            throw PocketSDError.badInput("--mask-blur and --no-paste-back only apply with --mask")
+        }
+        if let blur = maskBlur, !(0...ResolvedRequest.maxMaskBlur).contains(blur) {
+            throw PocketSDError.badInput("--mask-blur must be a whole number of pixels in 0..\(ResolvedRequest.maxMaskBlur), got \(blur)")
+        }
         if controlNet == nil && (controlScale != nil || controlGuidanceStart != nil || controlGuidanceEnd != nil) {
             throw PocketSDError.badInput("--controlnet-scale and --control-guidance-start/end only apply with --controlnet")
         }
@@ -228,6 +243,8 @@ extension GenerationRequest {
             imagePath: imagePath,
             sketchPath: sketchPath,
             maskPath: maskPath,
+            maskBlur: maskBlur ?? ResolvedRequest.defaultMaskBlur,
+            pasteBack: pasteBack ?? true,
             controlNet: controlNet,
             controlScale: controlScale ?? 1,
             controlGuidanceStart: guidanceStart,

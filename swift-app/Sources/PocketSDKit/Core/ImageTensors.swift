@@ -46,17 +46,71 @@ public enum ImageTensors {
         return RGBImage(width: w, height: h, pixels: pixels)
     }
 
-    /// An inpainting mask at image size (white = repaint) → (1, 1, h, w) at latent size, as diffusers prepares it:
-    /// binarized at one half, then nearest-neighbour downsampling.
-    public static func latentMask(_ mask: GrayImage, latentHeight: Int, latentWidth: Int) -> Tensor {
-        var out = [Float](repeating: 0, count: latentHeight * latentWidth)
-        for y in 0..<latentHeight {
-            let sy = y * mask.height / latentHeight
-            for x in 0..<latentWidth {
-                let sx = x * mask.width / latentWidth
-                out[y * latentWidth + x] = Float(mask.pixels[sy * mask.width + sx]) / 255 >= 0.5 ? 1 : 0
+    /// An inpainting mask read as the Python CLI reads it (`inputs.load_mask`, `generate.latent_mask`).
+    public struct InpaintMask: Sendable {
+        /// (1, 1, H, W): 1 in the hole, falling to 0 over `blur` px outside it (the paste-back's blend).
+        public let alpha: Tensor
+        /// (1, 1, h, w): 1 for a latent cell any of whose pixels has alpha > 0 (repainted), 0 for one kept. Taken
+        /// from the feathered alpha, so the repainted latents cover the whole edge the paste-back blends over.
+        public let latent: Tensor
+    }
+
+    /// A mask at image size (white = repaint) → the hole (pixels ≥ 128), its alpha (smoothstep of 1 − d / (blur + 1),
+    /// d the Euclidean distance to the hole), and the latent mask (any pixel of an 8×8 cell with alpha > 0).
+    /// An empty or a full hole is refused, as on the Python side: nothing to repaint, or not inpainting.
+    public static func inpaintMask(_ mask: GrayImage, blur: Int, latentHeight: Int, latentWidth: Int) throws -> InpaintMask {
+        let w = mask.width, h = mask.height
+        let hole = mask.pixels.map { $0 >= 128 }
+        guard hole.contains(true) else {
+            throw PocketSDError.badInput("the mask is empty at \(w)×\(h): nothing to repaint (white marks the area to repaint, black what to keep)")
+        }
+        guard hole.contains(false) else {
+            throw PocketSDError.badInput("the mask covers the whole image: that is text → image (drop --image and --mask) or image → image (drop --mask)")
+        }
+        var alpha = hole.map { $0 ? Float(1) : 0 }
+        if blur > 0 {
+            // Only distances below blur + 1 give a non-zero alpha, and every hole pixel that close lies in the
+            // (2·reach + 1)² window: the window's minimum is the exact distance transform where it matters.
+            let reach = blur + 1
+            for y in 0..<h {
+                for x in 0..<w where !hole[y * w + x] {
+                    var best = Int.max
+                    for dy in max(-reach, -y)...min(reach, h - 1 - y) {
+                        for dx in max(-reach, -x)...min(reach, w - 1 - x) where hole[(y + dy) * w + x + dx] {
+                            best = min(best, dx * dx + dy * dy)
+                        }
+                    }
+                    guard best < reach * reach else { continue }
+                    let t = min(max(1 - Double(best).squareRoot() / Double(reach), 0), 1)
+                    alpha[y * w + x] = Float(t * t * (3 - 2 * t))  // smoothstep: no kink where the feather ends
+                }
             }
         }
-        return Tensor(shape: [1, 1, latentHeight, latentWidth], scalars: out)
+        let fy = h / latentHeight, fx = w / latentWidth
+        var latent = [Float](repeating: 0, count: latentHeight * latentWidth)
+        for ly in 0..<latentHeight {
+            for lx in 0..<latentWidth {
+                cell: for y in (ly * fy)..<min((ly + 1) * fy, h) {
+                    for x in (lx * fx)..<min((lx + 1) * fx, w) where alpha[y * w + x] > 0 {
+                        latent[ly * latentWidth + lx] = 1
+                        break cell
+                    }
+                }
+            }
+        }
+        return InpaintMask(alpha: Tensor(shape: [1, 1, h, w], scalars: alpha),
+                           latent: Tensor(shape: [1, 1, latentHeight, latentWidth], scalars: latent))
+    }
+
+    /// The original wherever `alpha` is 0, the generated image where it is 1, blended between (the Python loop's
+    /// `paste_back`), on (1, 3, H, W) tensors in [-1, 1].
+    public static func pasteBack(decoded: Tensor, original: Tensor, alpha: Tensor) -> Tensor {
+        let plane = alpha.count
+        var out = decoded.scalars
+        for i in 0..<out.count {
+            let a = alpha.scalars[i % plane]
+            out[i] = original.scalars[i] * (1 - a) + decoded.scalars[i] * a
+        }
+        return Tensor(shape: decoded.shape, scalars: out)
     }
 }

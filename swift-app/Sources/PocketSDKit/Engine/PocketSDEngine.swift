@@ -242,11 +242,14 @@ public final class PocketSDEngine {
                          shouldContinue: @escaping () -> Bool = { true }, timer: RunTimer = RunTimer()) throws -> Output {
         guard let loop else { throw PocketSDError.badInput("the models are not loaded; call prepare() first") }
         let size = manifest.imageSize
+        let inpaint = try inputs.mask.map {
+            try ImageTensors.inpaintMask($0, blur: request.maskBlur, latentHeight: manifest.latentSize.height, latentWidth: manifest.latentSize.width)
+        }
         let loopRequest = DiffusionLoop.Request(
             prompt: request.expandedPrompt, negativePrompt: request.negativePrompt, steps: request.steps, guidance: request.guidance,
             seed: request.seed, scheduler: request.scheduler,
             initImage: inputs.start.map(ImageTensors.tensor), strength: request.strength ?? ResolvedRequest.defaultImageStrength,
-            mask: inputs.mask.map { ImageTensors.latentMask($0, latentHeight: manifest.latentSize.height, latentWidth: manifest.latentSize.width) },
+            mask: inpaint?.latent, pasteBack: request.pasteBack ? inpaint?.alpha : nil,
             controlNet: request.controlNet, controlImage: inputs.control, controlScale: Float(request.controlScale),
             controlGuidanceStart: request.controlGuidanceStart, controlGuidanceEnd: request.controlGuidanceEnd)
         let options = planOptions(loaded ?? LoadSettings(), imageInput: inputs.start != nil, controlNet: request.controlNet)
