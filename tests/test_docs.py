@@ -83,3 +83,9 @@ def test_headline_rows_come_from_the_files(render, rendered):
 def test_units_page_states_decimal_and_binary_units():
     units = (ROOT / "docs" / "units.md").read_text()
     assert "10^9" in units.replace("10⁹", "10^9") and "2^30" in units.replace("2³⁰", "2^30")
+
+
+def test_readme_is_a_five_minute_read():
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 300, len(lines)
+    assert lines[2:4] and "make demo" in lines[3] and "make test" in lines[4]  # the two commands come first
