@@ -94,3 +94,9 @@ test-swift:
 	python3 swift-app/scripts/check_availability.py
 	@if [ "$$(uname)" = Darwin ]; then cd swift-app && swift test; \
 	else swift-app/scripts/linux-swift.sh test && swift-app/scripts/typecheck-engine.sh; fi
+
+# The artifact readers under Hypothesis with fresh randomness and 20,000 examples per property (CI runs the same file
+# derandomized with ~2,400 in all); HYPOTHESIS_PROFILE picks the profile registered in tests/test_fuzz_readers.py.
+.PHONY: fuzz
+fuzz: setup
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest tests/test_fuzz_readers.py -q --hypothesis-show-statistics

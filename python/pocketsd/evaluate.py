@@ -24,6 +24,9 @@ from .errors import BadInput
 METRIC_ALIASES = {"clip": "clip_score", "ir": "image_reward", "imagereward": "image_reward",
                   "clip_score": "clip_score", "image_reward": "image_reward"}
 DEFAULT_OUT = "pocketsd-eval"
+# A prompt longer than this is a file read wrongly (a whole document on one line), not a caption: CLIP reads 77 tokens
+# (a few hundred characters) and the rest only fills eval.json and every PNG's metadata.
+MAX_PROMPT_CHARS = 10_000
 
 
 # ---- arguments (cli.py adds the `eval` parser and calls `run_command`) --------------------------------------------
@@ -248,6 +251,7 @@ def build_plan(args):
     categories = [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else None
     prompts = load_prompt_set(args.prompts or (REFERENCE_SET if is_reference else DEFAULT_SET), count=args.count,
                               seed=args.subsample_seed, categories=categories)
+    check_prompts(prompts)
     has_scenes = all(p.scene is not None for p in prompts)
     if metrics is None:
         metrics = default_metrics(opts_b is not None, args.reference_images is not None, has_scenes)
@@ -268,6 +272,22 @@ def build_plan(args):
         except BadInput as exc:
             raise BadInput(f"--against: {exc}") from None
     return plan, side_a, side_b
+
+
+def check_prompts(prompts) -> None:
+    """A prompt file's lines, before anything generates: none huge, and in a plain text file no line twice (its ids
+    are line numbers, so a repeated line would be generated and counted twice in every mean)."""
+    for p in prompts:
+        if len(p.text) > MAX_PROMPT_CHARS:
+            raise BadInput(f"{prompts.source}: prompt {p.id} is {len(p.text):,} characters, over the "
+                           f"{MAX_PROMPT_CHARS:,} limit (one prompt a line; CLIP reads only the first 77 tokens)")
+    if prompts.format == "text":
+        first: dict[str, str] = {}
+        for p in prompts:
+            if p.text in first:
+                raise BadInput(f"{prompts.source}: {p.id} repeats {first[p.text]} ({p.text[:60]!r}); remove the "
+                               "repeated line (each prompt must count once in the means)")
+            first[p.text] = p.id
 
 
 def run_command(args) -> int:

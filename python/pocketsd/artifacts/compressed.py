@@ -247,10 +247,15 @@ class CompressedModel:
 
     def config(self, component: str) -> dict:
         path = self.folder / self.components[component].config
+        if not path.is_file():  # missing, a folder, or a FIFO (which would block the read below)
+            raise BadInput(f"{path} is missing or not a regular file; re-run `pocketsd compress`")
         try:
-            return json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise BadInput(f"{path} is missing or not valid JSON ({type(exc).__name__}); re-run `pocketsd compress`") from None
+        if not isinstance(data, dict):
+            raise BadInput(f"{path} is not a config (not a JSON object); re-run `pocketsd compress`")
+        return data
 
 
 def is_compressed(folder: Path) -> bool:

@@ -62,6 +62,9 @@ def mismatches(root: Path, recorded: dict[str, str], only: Iterable[str] | None 
         if not target.exists():
             bad.append(f"{rel} (missing)")
             continue
+        if not (target.is_file() or target.is_dir()):  # a FIFO or a device: opening it would block or never end
+            bad.append(f"{rel} (not a regular file)")
+            continue
         actual = tree_sha256(target) if target.is_dir() else file_sha256(target)
         if actual != digest:
             bad.append(rel)

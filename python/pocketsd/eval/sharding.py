@@ -30,9 +30,39 @@ def process_state(cpu: bool | None = None):
     import torch
     from accelerate import PartialState
 
+    check_launch_env()
     if cpu is None:
         cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     return PartialState(cpu=True) if cpu else PartialState()
+
+
+def check_launch_env(env=None) -> None:
+    """A launcher's variables that disagree (WORLD_SIZE without RANK or MASTER_ADDR, a RANK outside the world) would
+    make accelerate fail after the model loads, or wait forever for processes that never come: refused up front."""
+    from ..errors import BadInput
+
+    env = os.environ if env is None else env
+    raw = env.get("WORLD_SIZE")
+    if raw is None:
+        return
+    try:
+        world = int(raw)
+        rank = int(env.get("RANK", "0"))
+        local = int(env.get("LOCAL_RANK", env.get("RANK", "0")))
+    except ValueError:
+        raise BadInput(f"WORLD_SIZE={raw!r}, RANK={env.get('RANK')!r}, LOCAL_RANK={env.get('LOCAL_RANK')!r} must be "
+                       "whole numbers (set by torchrun or accelerate launch; unset them for one process)") from None
+    if world < 1:
+        raise BadInput(f"WORLD_SIZE={world} must be at least 1 (unset it for one process)")
+    if world == 1:
+        return
+    missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not env.get(k)]
+    if missing:
+        raise BadInput(f"WORLD_SIZE={world} is set but not {', '.join(missing)}: start the shards with `torchrun "
+                       "--nproc_per_node N -m pocketsd.eval …` or `accelerate launch`, or unset WORLD_SIZE")
+    if not (0 <= rank < world and 0 <= local < world):
+        raise BadInput(f"RANK={rank} (LOCAL_RANK={local}) is outside WORLD_SIZE={world}: the shards disagree on how "
+                       "many processes there are; start them all with one torchrun/accelerate launch")
 
 
 def is_main_process(state=None) -> bool:
