@@ -188,6 +188,15 @@ class FakeBackend:
         return torch.cat([mean, logvar])[None]
 
 
+class FakeInpaintBackend(FakeBackend):
+    """An inpainting UNet (9 input channels: latents, mask, masked-image latents) over the same fakes."""
+    unet_in_channels = 9
+
+    def unet(self, latents, timestep, encoder_hidden_states, added_cond=None, **extra):
+        mixed = 0.1 * latents[:, :4] + 0.05 * latents[:, 4:5] + 0.02 * latents[:, 5:9]
+        return super().unet(mixed / 0.1, timestep, encoder_hidden_states, added_cond, **extra)
+
+
 def init_image(height: int, width: int) -> torch.Tensor:
     y, x = np.mgrid[0:height, 0:width]
     planes = [((x * 7 + y * 3 + c * 11) % 17) / 8.0 - 1.0 for c in range(3)]
@@ -251,9 +260,13 @@ def inpaint_fixture() -> dict:
         dict(scheduler="dpmpp2m", steps=6, guidance=4.0, seed=5, strength=0.75, kind="disc", blur=4, paste_back=True),
         dict(scheduler="ddim", steps=5, guidance=1.0, seed=2, strength=1.0, kind="disc", blur=0, paste_back=False),
         dict(scheduler="euler", steps=8, guidance=3.0, seed=9, strength=0.5, kind="rect", blur=1, paste_back=False),
+        dict(scheduler="euler", steps=4, guidance=5.0, seed=3, strength=1.0, kind="disc", blur=4, paste_back=True,
+             inpaint_unet=True),
+        dict(scheduler="dpmpp2m", steps=6, guidance=4.0, seed=8, strength=0.75, kind="rect", blur=1, paste_back=False,
+             inpaint_unet=True),
     ]
     for case in cases:
-        backend = FakeBackend()
+        backend = FakeInpaintBackend() if case.get("inpaint_unet") else FakeBackend()
         h, w = backend.default_size
         loaded = load_mask(Image.fromarray(fixture_mask(case["kind"]), "L"), w, h, blur=case["blur"], warn=None)
         request = GenerationRequest(prompt="a red circle on a white background", negative_prompt=None,

@@ -51,6 +51,7 @@ final class CLIParityTests: XCTestCase {
                 model: .init(path: "/b", unetBytes: 1, bitsPerWeight: nil),
                 timings: .init(load: 0, textEncode: 0, unetSteps: [0], vaeDecode: 0, total: 0),
                 memory: .init(peakRSSMB: 1, peakFootprintMB: nil), output: "o.png", backendDetails: .init(), device: nil)
+            XCTAssertEqual(report.json["unet_mode"], JSONValue.null, "the Python report's key, null for a Core ML bundle")
             return report.json["input"]
         }
         let steered = try inputJSON { $0.sketchPath = "s.png"; $0.controlNet = "Edges"; $0.controlScale = 0.6; $0.controlGuidanceEnd = 0.8 }
@@ -59,6 +60,10 @@ final class CLIParityTests: XCTestCase {
         let plain = try inputJSON { $0.sketchPath = "s.png" }
         XCTAssertNil(plain?["controlnet_scale"], "absent without a ControlNet, as in the Python report")
         XCTAssertNil(plain?["control_guidance"])
+        XCTAssertNil(plain?["mask_blur"], "mask fields only with a mask")
+        let masked = try inputJSON { $0.imagePath = "i.png"; $0.maskPath = "m.png"; $0.maskBlur = 2 }
+        XCTAssertEqual(masked?["mask_blur"], .integer(2))
+        XCTAssertEqual(masked?["paste_back"], .bool(true))
     }
 
     func testTheOldFlagNameSaysTheNewOne() {
@@ -147,13 +152,15 @@ final class CLIParityTests: XCTestCase {
         for run in fixture["runs"]!.array! {
             let key = "\(run["kind"]!.string!)-\(run["blur"]!.int!)"
             let mask = try ImageTensors.inpaintMask(gray(masksByCase[key]!), blur: run["blur"]!.int!, latentHeight: 3, latentWidth: 5)
-            let (loop, _, _) = FakeBundle().make()
+            var bundle = FakeBundle()
+            bundle.inpaintUNet = run["inpaint_unet"]?.bool ?? false
+            let (loop, _, _) = bundle.make()
             let request = DiffusionLoop.Request(
                 prompt: run["prompt"]!.string!, steps: run["steps"]!.int!, guidance: run["guidance"]!.double!,
                 seed: UInt32(run["seed"]!.int!), scheduler: SchedulerKind(rawValue: run["scheduler"]!.string!)!,
                 initImage: fixtureInitImage(), strength: run["strength"]!.double!, mask: mask.latent,
-                pasteBack: run["paste_back"]!.bool! ? mask.alpha : nil)
-            let label = "\(request.scheduler) strength \(request.strength) \(key) paste-back \(request.pasteBack != nil)"
+                maskAlpha: mask.alpha, pasteBack: run["paste_back"]!.bool!)
+            let label = "\(request.scheduler) strength \(request.strength) \(key) paste-back \(request.pasteBack) inpainting UNet \(bundle.inpaintUNet)"
             let output = try loop.run(request, timer: RunTimer())
             XCTAssertEqual(output.timesteps, floats(run["timesteps"]).map(Double.init), label)
             let expected = Tensor(shape: output.latents.shape, scalars: floats(run["latents"]))
@@ -166,7 +173,17 @@ final class CLIParityTests: XCTestCase {
             XCTAssertTrue(off.allSatisfy { abs(Int($0) - Int($1)) <= 1 }, "\(label): pixels differ by more than 1")
             XCTAssertLessThanOrEqual(off.count, pixels.count / 100, "\(label): \(off.count) pixels differ")
         }
+        XCTAssertEqual(fixture["runs"]!.array!.filter { $0["inpaint_unet"]?.bool == true }.count, 2)
         print("inpainting parity: largest relative latent difference \(worst)")
+
+        // An inpainting UNet needs the image and the mask (the Python loop's sentence).
+        var bundle = FakeBundle()
+        bundle.inpaintUNet = true
+        let (loop, _, _) = bundle.make()
+        XCTAssertThrowsError(try loop.run(DiffusionLoop.Request(prompt: "p", steps: 3, guidance: 5, seed: 1, scheduler: .euler),
+                                          timer: RunTimer())) { error in
+            XCTAssertTrue("\(error)".contains("is an inpainting UNet (9 input channels"), "\(error)")
+        }
     }
 
     func testTheMaskFlagsAreThePythonCLIs() throws {

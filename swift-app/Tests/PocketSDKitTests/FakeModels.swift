@@ -120,7 +120,24 @@ final class FakeUNet: FakeModel, TensorModel {
         calls += 1
         lastInputs = inputs
         if let failAtCall, calls >= failAtCall { throw FakeError.boom }
-        let sample = inputs["sample"]!
+        var sample = inputs["sample"]!
+        if sample.shape[1] == 9 {
+            // An inpainting UNet: 0.1·latents + 0.05·mask + 0.02·masked latents, then as a plain UNet
+            // (make_fixtures.FakeInpaintBackend, the same operations in the same order).
+            let n = sample.batch, plane = sample.shape[2] * sample.shape[3]
+            var mixed = [Float](repeating: 0, count: n * 4 * plane)
+            for b in 0..<n {
+                let base = b * 9 * plane
+                for c in 0..<4 {
+                    for p in 0..<plane {
+                        let x = sample.scalars[base + c * plane + p], m = sample.scalars[base + 4 * plane + p]
+                        let masked = sample.scalars[base + (5 + c) * plane + p]
+                        mixed[(b * 4 + c) * plane + p] = ((Float(0.1) * x + Float(0.05) * m) + Float(0.02) * masked) / Float(0.1)
+                    }
+                }
+            }
+            sample = Tensor(shape: [n, 4, sample.shape[2], sample.shape[3]], scalars: mixed)
+        }
         if part == .first { return ["partial": 0.1 * sample] }
         let partial = part == .second ? inputs["partial"]! : 0.1 * sample
         let b = sample.batch
@@ -216,6 +233,8 @@ struct FakeBundle {
     var controlInputs = false
     var lowMemory = true
     var forceZeros = true
+    /// A 9-channel inpainting UNet (latents, mask, masked-image latents).
+    var inpaintUNet = false
     var weights: [String: Int] = ["TextEncoder": 100, "TextEncoder2": 300, "VAEEncoder": 50, "Unet": 1000,
                                   "UnetChunk1": 600, "UnetChunk2": 500, "VAEDecoder": 80, "controlnet/Edges": 200]
 
@@ -223,13 +242,13 @@ struct FakeBundle {
         let unet: [FakeUNet] = chunked
             ? [FakeUNet(name: "UnetChunk1", part: .first, batch: unetBatch, flatTimeIds: flatTimeIds, log: log),
                FakeUNet(name: "UnetChunk2", part: .second, batch: unetBatch, flatTimeIds: flatTimeIds, controlInputs: controlInputs, log: log)]
-            : [FakeUNet(batch: unetBatch, flatTimeIds: flatTimeIds, controlInputs: controlInputs, log: log)]
+            : [FakeUNet(batch: unetBatch, latent: [inpaintUNet ? 9 : 4, 3, 5], flatTimeIds: flatTimeIds, controlInputs: controlInputs, log: log)]
         let models = DiffusionLoop.Models(
             textEncoders: [FakeTextEncoder(index: 0, log: log), FakeTextEncoder(index: 1, log: log)],
             unet: unet, vaeDecoder: FakeDecoder(log: log), vaeEncoder: withEncoder ? FakeEncoder(log: log) : nil,
             controlNets: ["Edges": FakeControlNet(log: log)])
-        let geometry = LoopGeometry(family: "sdxl", imageHeight: 24, imageWidth: 40, scalingFactor: 0.5,
-                                    forceZerosForEmptyPrompt: forceZeros)
+        let geometry = LoopGeometry(family: "sdxl", imageHeight: 24, imageWidth: 40, unetInChannels: inpaintUNet ? 9 : 4,
+                                    scalingFactor: 0.5, forceZerosForEmptyPrompt: forceZeros)
         let residency = ModelResidency(weightBytes: weights)
         let loop = DiffusionLoop(models: models, geometry: geometry, schedulerConfig: Fixtures.schedulerConfig,
                                  residency: residency, lowMemory: lowMemory)

@@ -10,6 +10,9 @@ public struct LoopGeometry: Equatable, Sendable {
     public var imageHeight: Int
     public var imageWidth: Int
     public var latentChannels: Int
+    /// The UNet's `sample` channels: `latentChannels`, or 2·C + 1 for an inpainting UNet (latents, mask, and the
+    /// masked image's latents).
+    public var unetInChannels: Int
     public var latentHeight: Int
     public var latentWidth: Int
     /// The UNet takes `encoder_hidden_states` as (B, D, 1, 77) (Apple's Neural Engine layout) rather than (B, 77, D).
@@ -21,13 +24,15 @@ public struct LoopGeometry: Equatable, Sendable {
     public var encoderInput: String
     public var assumptions: [String]
 
-    public init(family: String, imageHeight: Int, imageWidth: Int, latentChannels: Int = 4, hiddenStatesChannelsFirst: Bool = true,
+    public init(family: String, imageHeight: Int, imageWidth: Int, latentChannels: Int = 4, unetInChannels: Int? = nil,
+                hiddenStatesChannelsFirst: Bool = true,
                 scalingFactor: Float, shiftFactor: Float? = nil, forceZerosForEmptyPrompt: Bool,
                 decoderInput: String = "z", encoderInput: String = "x", assumptions: [String] = []) {
         self.family = family
         self.imageHeight = imageHeight
         self.imageWidth = imageWidth
         self.latentChannels = latentChannels
+        self.unetInChannels = unetInChannels ?? latentChannels
         self.latentHeight = imageHeight / 8
         self.latentWidth = imageWidth / 8
         self.hiddenStatesChannelsFirst = hiddenStatesChannelsFirst
@@ -47,8 +52,12 @@ public struct LoopGeometry: Equatable, Sendable {
         if hidden == nil { assumed.append("UNet takes encoder_hidden_states as (B, D, 1, 77) (Apple's layout)") }
         let decoder = manifest.component(BundleLayout.decoder)?.inputs.first?.name
         let encoder = manifest.component(BundleLayout.encoder)?.inputs.first?.name
+        // The latents' channels are the VAE decoder's input; the UNet's sample may have more (an inpainting UNet).
+        let unetIn = sample.map { $0.count == 4 ? $0[1] : 4 } ?? 4
+        let decoderIn = manifest.component(BundleLayout.decoder)?.inputs.first?.shape
+        let latent = decoderIn.flatMap { $0.count == 4 ? $0[1] : nil } ?? (unetIn == 9 ? 4 : unetIn)
         self.init(family: manifest.family, imageHeight: manifest.imageSize.height, imageWidth: manifest.imageSize.width,
-                  latentChannels: sample.map { $0.count == 4 ? $0[1] : 4 } ?? 4,
+                  latentChannels: latent, unetInChannels: unetIn,
                   hiddenStatesChannelsFirst: hidden.map { $0.shape.count == 4 } ?? true,
                   scalingFactor: Float(manifest.vaeScalingFactor), shiftFactor: manifest.vaeShiftFactor.map(Float.init),
                   forceZerosForEmptyPrompt: manifest.forceZerosForEmptyPrompt,
@@ -118,9 +127,11 @@ public final class DiffusionLoop {
         public var strength: Double
         /// (1, 1, h, w) at latent size, 1 = repaint, 0 = keep (with `initImage`: inpainting).
         public var mask: Tensor?
-        /// Inpainting: (1, 1, H, W) alpha at image size; after decoding, the original is put back where it is 0
-        /// and blended where it is between (`ImageTensors.pasteBack`). nil: no paste-back.
-        public var pasteBack: Tensor?
+        /// Inpainting: (1, 1, H, W) alpha at image size (`ImageTensors.InpaintMask.alpha`): what an inpainting
+        /// UNet's masked image leaves out, and the paste-back's blend.
+        public var maskAlpha: Tensor?
+        /// After decoding, put the original back where `maskAlpha` is 0, blended where it is between.
+        public var pasteBack: Bool
         /// A bundled ControlNet's name and its conditioning image (1, 3, H, W) in [0, 1].
         public var controlNet: String?
         public var controlImage: Tensor?
@@ -131,7 +142,7 @@ public final class DiffusionLoop {
 
         public init(prompt: String, negativePrompt: String? = nil, steps: Int, guidance: Double, seed: UInt32,
                     scheduler: SchedulerKind, initImage: Tensor? = nil, strength: Double = 0.8, mask: Tensor? = nil,
-                    pasteBack: Tensor? = nil, controlNet: String? = nil, controlImage: Tensor? = nil, controlScale: Float = 1,
+                    maskAlpha: Tensor? = nil, pasteBack: Bool = true, controlNet: String? = nil, controlImage: Tensor? = nil, controlScale: Float = 1,
                     controlGuidanceStart: Double = 0, controlGuidanceEnd: Double = 1) {
             self.prompt = prompt
             self.negativePrompt = negativePrompt
@@ -142,6 +153,7 @@ public final class DiffusionLoop {
             self.initImage = initImage
             self.strength = strength
             self.mask = mask
+            self.maskAlpha = maskAlpha
             self.pasteBack = pasteBack
             self.controlNet = controlNet
             self.controlImage = controlImage
@@ -296,18 +308,28 @@ public final class DiffusionLoop {
         var latents: Tensor
         var imageLatents: Tensor?
         var noise: Tensor?
+        var inpaintChannels: Tensor?
         if let image = request.initImage {
             let initSteps = min(Int(Double(request.steps) * request.strength), request.steps)
             begin = max(request.steps - initSteps, 0)
             observe(.stage("vae_encode"))
-            let encoded = try encodeImage(image, random: &random, timer: timer)
-            let drawn = random.normal(encoded.shape)
             // Inpainting at strength 1 starts from pure noise, as diffusers' inpaint pipeline and the Python loop
-            // do (the image's latents are still encoded first, in the same draw order, for the blending).
-            latents = request.mask != nil && request.strength >= 1
-                ? drawn.map { $0 * scheduler.initNoiseSigma } : scheduler.addNoise(encoded, noise: drawn, stepIndex: begin)
-            imageLatents = encoded
+            // do. The draws keep the Python loop's order: the image's latents (a plain UNet blends them back in,
+            // and a start below 1 noises them), the noise, then an inpainting UNet's masked image.
+            let fromNoise = request.mask != nil && request.strength >= 1
+            let inpaintUNet = geometry.unetInChannels != geometry.latentChannels
+            let encoded: Tensor? = try fromNoise && inpaintUNet ? nil : encodeImage(image, random: &random, timer: timer)
+            let drawn = random.normal(geometry.latentShape)
+            latents = fromNoise || encoded == nil
+                ? drawn.map { $0 * scheduler.initNoiseSigma } : scheduler.addNoise(encoded!, noise: drawn, stepIndex: begin)
+            imageLatents = inpaintUNet ? nil : encoded
             noise = drawn
+            if inpaintUNet, let mask = request.mask, let alpha = request.maskAlpha {
+                // Repainted pixels blanked (0 is mid-gray in [-1, 1]) wherever the feathered mask reaches.
+                let masked = Self.blank(image, where: alpha)
+                let maskedLatents = try encodeImage(masked, random: &random, timer: timer)
+                inpaintChannels = .concatenatingChannels([mask, maskedLatents])
+            }
             try checkpoint()
         } else {
             latents = random.normal(geometry.latentShape).map { $0 * scheduler.initNoiseSigma }
@@ -352,6 +374,9 @@ public final class DiffusionLoop {
             var modelIn = doGuidance ? Tensor.concatenating([latents, latents]) : latents
             modelIn = scheduler.scaleModelInput(modelIn, stepIndex: stepIndex)
             var feeds = conditioning
+            if let inpaintChannels {
+                modelIn = .concatenatingChannels([modelIn, .concatenating(Array(repeating: inpaintChannels, count: modelIn.batch))])
+            }
             feeds["sample"] = modelIn
             feeds["timestep"] = Tensor(shape: [batch], repeating: Float(t))
             if controlNet != nil, !Self.controlActive(step: i, of: timesteps.count, start: request.controlGuidanceStart,
@@ -400,7 +425,7 @@ public final class DiffusionLoop {
         release(models.vaeDecoder)
         try Self.checkFinite(image, "the VAE decoder")
         var output = image
-        if let alpha = request.pasteBack, let original = request.initImage {
+        if request.pasteBack, let alpha = request.maskAlpha, let original = request.initImage {
             output = ImageTensors.pasteBack(decoded: image, original: original, alpha: alpha)
         }
         return Output(latents: latents, image: output, timesteps: timesteps, warnings: warnings)
@@ -457,6 +482,14 @@ public final class DiffusionLoop {
         name.contains("res_sample") || name.contains("additional_residual")
     }
 
+    /// The image with every pixel the mask touches (alpha > 0) set to 0, the mask (1, 1, H, W) shared by the channels.
+    static func blank(_ image: Tensor, where alpha: Tensor) -> Tensor {
+        let plane = alpha.count
+        var out = image.scalars
+        for i in 0..<out.count where alpha.scalars[i % plane] > 0 { out[i] = 0 }
+        return Tensor(shape: image.shape, scalars: out)
+    }
+
     /// (1 − mask)·kept + mask·painted, the mask (1, 1, h, w) shared by every channel.
     static func blend(kept: Tensor, painted: Tensor, mask: Tensor) -> Tensor {
         let plane = mask.count
@@ -483,8 +516,17 @@ public final class DiffusionLoop {
         if let mask = request.mask, mask.shape != [1, 1, geometry.latentHeight, geometry.latentWidth] {
             throw PocketSDError.badInput("the mask is \(mask.shape) at latent size, the bundle's latents are \(geometry.latentHeight)×\(geometry.latentWidth)")
         }
-        if let alpha = request.pasteBack, request.mask == nil || alpha.shape != [1, 1, geometry.imageHeight, geometry.imageWidth] {
-            throw PocketSDError.badInput("the paste-back needs the mask at image size, [1, 1, \(geometry.imageHeight), \(geometry.imageWidth)]")
+        if let alpha = request.maskAlpha, request.mask == nil || alpha.shape != [1, 1, geometry.imageHeight, geometry.imageWidth] {
+            throw PocketSDError.badInput("the inpainting mask at image size must be [1, 1, \(geometry.imageHeight), \(geometry.imageWidth)]")
+        }
+        if geometry.unetInChannels != geometry.latentChannels {
+            // The Python loop's sentences (pocketsd/pipeline/generate.py, _check_unet_channels).
+            guard geometry.unetInChannels == 2 * geometry.latentChannels + 1 else {
+                throw PocketSDError.badInput("the UNet takes \(geometry.unetInChannels) input channels, the VAE makes \(geometry.latentChannels)-channel latents: only plain (\(geometry.latentChannels)) and inpainting (\(2 * geometry.latentChannels + 1)) UNets are supported")
+            }
+            guard request.mask != nil, request.maskAlpha != nil else {
+                throw PocketSDError.badInput("this model's UNet is an inpainting UNet (\(geometry.unetInChannels) input channels: latents, mask and masked-image latents); give --image FILE --mask FILE")
+            }
         }
         if request.controlNet != nil && request.controlImage == nil {
             throw PocketSDError.badInput("a ControlNet needs a control image (--sketch or --control-image)")

@@ -263,6 +263,9 @@ public struct GenerationReport: Equatable, Sendable {
             "output": .string(output),
             "input": .object(inputJSON),
             "low_memory": .bool(lowMemory),
+            // The Python report's key: dense or packed 4-bit weights of a compressed model run by torch; null for a
+            // Core ML bundle, whose weights the converter fixed (python/pocketsd/pipeline/session.py).
+            "unet_mode": .null,
             "warnings": .array(warnings.map { .string($0) }),
             "backend_details": .object([
                 "compute_units": str(backendDetails.computeUnits),

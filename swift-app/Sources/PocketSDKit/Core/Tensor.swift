@@ -45,6 +45,20 @@ public struct Tensor: Equatable, Sendable {
     }
 
     /// Concatenation along the last axis (SDXL joins its two encoders' hidden states this way).
+    /// Concatenation along axis 1 (channels) of (N, C_i, …) tensors with the same N and trailing shape.
+    public static func concatenatingChannels(_ parts: [Tensor]) -> Tensor {
+        let n = parts[0].shape[0]
+        let rows = parts.map { $0.count / n }
+        var out: [Float] = []
+        out.reserveCapacity(parts.reduce(0) { $0 + $1.count })
+        for b in 0..<n {
+            for (part, row) in zip(parts, rows) { out += part.scalars[(b * row)..<((b + 1) * row)] }
+        }
+        var shape = parts[0].shape
+        shape[1] = parts.reduce(0) { $0 + $1.shape[1] }
+        return Tensor(shape: shape, scalars: out)
+    }
+
     public static func concatenatingLastAxis(_ parts: [Tensor]) -> Tensor {
         precondition(!parts.isEmpty)
         let lead = Array(parts[0].shape.dropLast())

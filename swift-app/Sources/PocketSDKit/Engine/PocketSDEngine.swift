@@ -249,7 +249,7 @@ public final class PocketSDEngine {
             prompt: request.expandedPrompt, negativePrompt: request.negativePrompt, steps: request.steps, guidance: request.guidance,
             seed: request.seed, scheduler: request.scheduler,
             initImage: inputs.start.map(ImageTensors.tensor), strength: request.strength ?? ResolvedRequest.defaultImageStrength,
-            mask: inpaint?.latent, pasteBack: request.pasteBack ? inpaint?.alpha : nil,
+            mask: inpaint?.latent, maskAlpha: inpaint?.alpha, pasteBack: request.pasteBack,
             controlNet: request.controlNet, controlImage: inputs.control, controlScale: Float(request.controlScale),
             controlGuidanceStart: request.controlGuidanceStart, controlGuidanceEnd: request.controlGuidanceEnd)
         let options = planOptions(loaded ?? LoadSettings(), imageInput: inputs.start != nil, controlNet: request.controlNet)
