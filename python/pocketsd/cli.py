@@ -6,19 +6,14 @@ Exit codes (shared/CONTRACT.md): 0 done, 2 bad input (one line on stderr), 1 any
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 
 from . import __version__
+from .entry import OneLineParser as _OneLineParser
+from .entry import quiet_libraries as _quiet_libraries
+from .entry import run_entry
 from .errors import BadInput
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse's errors as one line and exit code 2, like every other bad input."""
-
-    def error(self, message: str):  # noqa: D401
-        raise BadInput(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
 # ---- generate (owner: generation) -------------------------------------------------------------
@@ -78,20 +73,6 @@ def _parse_lora(text: str):
     from .palettize.lora import parse_lora_arg
 
     return parse_lora_arg(text)
-
-
-def _quiet_libraries() -> None:
-    # transformers/diffusers print loading bars and optional-dependency notices; our own bar and table say enough.
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    # Environment variables only reach libraries imported later; ones already loaded (tests, bench) are told directly.
-    for name in ("transformers", "diffusers"):
-        if name in sys.modules:
-            lib_logging = importlib.import_module(f"{name}.utils.logging")
-            lib_logging.disable_progress_bar()
-            lib_logging.set_verbosity_error()
 
 
 def _run_generate(args) -> int:
@@ -196,10 +177,7 @@ def _parse_size(text: str | None, flag: str) -> tuple[int, int] | None:
         return None
     from .pipeline.options import parse_size
 
-    try:
-        return parse_size(text)
-    except BadInput as exc:
-        raise BadInput(str(exc).replace("--size", flag)) from None
+    return parse_size(text, flag)
 
 
 def _run_compress(args) -> int:
@@ -393,10 +371,9 @@ def _run_convert(args) -> int:
 
     size = None
     if args.size:
-        w, _, h = args.size.lower().partition("x")
-        if not (w.isdigit() and h.isdigit()):
-            raise BadInput(f"--size {args.size!r} is not WxH (e.g. 1024x1024)")
-        size = (int(w), int(h))
+        from .models.family import parse_size
+
+        size = parse_size(args.size)
     opts = ConvertOptions(
         model=args.model, out=Path(args.out), size=size, target=args.target, attention=args.attention,
         chunk_unet=args.chunk_unet, unet_batch_one=args.unet_batch_one, loras=[_parse_lora(x) for x in args.lora],
@@ -451,7 +428,8 @@ def _add_bench(sub) -> None:
     p.add_argument("--threads", type=int, help="torch threads (default: min(2, CPUs))")
     p.add_argument("--kinds", default="fp16,compressed-dense,compressed-packed",
                    help="comma-separated subset of fp16, compressed-dense, compressed-packed")
-    p.add_argument("--out-dir", default="benchmarks/results", help="where generate.json/.md/.png go")
+    p.add_argument("--out-dir", help="where generate.json/.md/.png go (default: benchmarks/results in a source "
+                   "checkout, else ./pocketsd-bench)")
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"],
                    help="torch device (default cpu; auto: CUDA, then MPS, then CPU)")
     p.set_defaults(func=_run_bench)
@@ -462,16 +440,15 @@ def _run_bench(args) -> int:
 
     from rich.console import Console
 
-    harness = _bench_harness()
-    PROMPTS, markdown, run_bench = harness.PROMPTS, harness.markdown, harness.run_bench
+    from .bench import KINDS as known
+    from .bench import PROMPTS, default_out_dir, markdown, run_bench
 
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
-    known = ("fp16", "compressed-dense", "compressed-packed")
     if not kinds or any(k not in known for k in kinds):
         raise BadInput(f"--kinds {args.kinds!r}: choose from {', '.join(known)}")
     if args.steps < 1 or args.seeds < 1 or not 1 <= args.prompts <= len(PROMPTS):
         raise BadInput(f"--steps and --seeds must be ≥ 1 and --prompts in 1..{len(PROMPTS)}")
-    out_dir = Path(args.out_dir)
+    out_dir = Path(args.out_dir) if args.out_dir else default_out_dir()
     if not out_dir.parent.is_dir():
         raise BadInput(f"--out-dir {out_dir}: folder {out_dir.parent} does not exist")
     console = Console(stderr=True)
@@ -503,19 +480,10 @@ def _run_eval(args) -> int:
 
 # ---- info (shared: dispatches on the kind of path) --------------------------------------------
 def _bench_harness():
-    """benchmarks/generate.py of the source checkout: the harness lives with the benchmarks, not in the package."""
-    import importlib.util
-    from pathlib import Path
+    """The harness behind `pocketsd bench` (`pocketsd.bench`, part of the package: it works from a wheel)."""
+    from . import bench
 
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "generate.py"
-    if not path.is_file():
-        raise BadInput("`pocketsd bench` runs benchmarks/generate.py from a source checkout of PocketSD, which this "
-                       "install does not have; clone the repository and `pip install -e .` it")
-    spec = importlib.util.spec_from_file_location("pocketsd_bench_harness", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return bench
 
 
 def _add_info(sub) -> None:
@@ -593,28 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or bool(os.environ.get("POCKETSD_DEBUG"))
-    if not debug:
-        # Library tqdm bars (coremltools' op and pass bars) off: our rich bars say the same. tqdm ≥ 4.66 reads
-        # TQDM_* defaults when it is first imported, so this must come before any library import.
-        os.environ.setdefault("TQDM_DISABLE", "1")
-    try:
-        args = build_parser().parse_args(argv)
-        _quiet_libraries()
-        return int(args.func(args) or 0)
-    except BadInput as exc:
-        if debug:
-            raise
-        print(f"pocketsd: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("pocketsd: interrupted; nothing half-written was kept", file=sys.stderr)
-        return 130
-    except Exception as exc:  # the contract: one line and exit 1, traceback only on request
-        if debug:
-            raise
-        print(f"pocketsd: failed: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", file=sys.stderr)
-        return 1
+    return run_entry(build_parser, argv)
 
 
 if __name__ == "__main__":

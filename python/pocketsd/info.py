@@ -9,9 +9,10 @@ from pathlib import Path
 from .artifacts import COMPRESSED, COREML
 from .artifacts.bundle import read_bundle_manifest
 from .artifacts.compressed import read_compressed_model
-from .artifacts.model_folder import FAMILY_NAMES, detect_family, read_model_index, safetensors_stats
+from .artifacts.model_folder import detect_family, read_model_index, safetensors_stats
 from .errors import BadInput
 from .models import model_folder, resolve_model
+from .models.family import downscale, family_named
 
 MB = 2**20
 
@@ -35,7 +36,7 @@ def describe_model_folder(folder: Path, kind: str) -> str:
     """Family, components, parameters, bytes and dtypes of a diffusers folder (from safetensors headers only)."""
     index = read_model_index(folder)
     family = detect_family(folder)
-    lines = [f"{folder}: diffusers pipeline {index.get('_class_name')} — {FAMILY_NAMES[family]}"
+    lines = [f"{folder}: diffusers pipeline {index.get('_class_name')} — {family_named(family).title}"
              f" (kind {kind}, diffusers {index.get('_diffusers_version', '?')})",
              f"  {'component':<16} {'class':<30} {'parameters':>12} {'MB':>9}  dtype"]
     total_n = total_b = 0
@@ -55,7 +56,7 @@ def describe_model_folder(folder: Path, kind: str) -> str:
     lines.append(f"  {'total':<16} {'':<30} {total_n:>12,} {total_b / 1e6:>9.2f}")
     unet = json.loads((folder / "unet" / "config.json").read_text()) if (folder / "unet" / "config.json").is_file() else {}
     vae = json.loads((folder / "vae" / "config.json").read_text()) if (folder / "vae" / "config.json").is_file() else {}
-    factor = 2 ** (len(vae.get("block_out_channels", [0] * 4)) - 1)
+    factor = downscale(vae)
     sample = unet.get("sample_size")
     if sample:
         lines.append(f"  native size {sample * factor}x{sample * factor} px (latents {sample}x{sample}, VAE {factor}×), "

@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..models.family import MAX_SIDE
+
 DEFAULT_HOST = "127.0.0.1"  # reachable from this machine only; anything else is an explicit --host
 DEFAULT_PORT = 7860
 MAX_UPLOAD_MB = 20.0
-MAX_UPLOAD_PIXELS = 4096 * 4096  # 16.8 MP: far above the model's size, far below a decompression bomb
+MAX_UPLOAD_PIXELS = MAX_SIDE * MAX_SIDE  # 16.8 MP: far above the model's size, far below a decompression bomb
 QUEUE_SIZE = 8  # requests waiting in line before the page says the queue is full
 CACHE_MODELS = 4  # opened models kept at most (each also evicted when memory runs short)
 

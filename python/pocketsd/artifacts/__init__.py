@@ -13,4 +13,4 @@ atomic (`atomic`) and every written file's sha256 is recorded (`integrity`).
 
 from .atomic import atomic_dir, atomic_file, atomic_write_path, folder_bytes, read_json, write_json  # noqa: F401
 from .manifest import COMPRESSED, COREML, FORMAT_VERSIONS, MANIFEST, manifest_kind, read_manifest  # noqa: F401
-from .model_folder import FAMILY_NAMES, detect_family, read_model_index  # noqa: F401
+from .model_folder import detect_family, read_model_index  # noqa: F401

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BadInput
+from ..models.family import ModelFamily, family_named, family_of_package_names, tokenizer_settings
 from . import integrity
 from .atomic import folder_bytes, kill_point, write_json
 from .manifest import COREML, FORMAT_VERSIONS, MANIFEST, manifest_kind, read_manifest
@@ -45,6 +46,13 @@ VOCAB, MERGES = "vocab.json", "merges.txt"
 # SD 1.x/2.x: the final one, "last_hidden_state") and the pooled/projected output.
 INPUT_IDS = "input_ids"
 HIDDEN_XL, HIDDEN_SD, POOLED = "hidden_embeds", "last_hidden_state", "pooled_outputs"
+
+
+def text_hidden_name(penultimate: bool) -> str:
+    """A text encoder package's hidden-state output: Apple names the penultimate layer (XL) differently."""
+    return HIDDEN_XL if penultimate else HIDDEN_SD
+
+
 SAMPLE, TIMESTEP, ENCODER_HIDDEN_STATES = "sample", "timestep", "encoder_hidden_states"
 TEXT_EMBEDS, TIME_IDS, NOISE_PRED = "text_embeds", "time_ids", "noise_pred"
 DECODER_IN, DECODER_OUT = "z", "image"
@@ -142,11 +150,6 @@ def memory_plan(components: dict[str, dict]) -> dict:
 
 
 # ---- reading ---------------------------------------------------------------------------------------
-_SDXL_SCHEDULER = {"_class_name": "EulerDiscreteScheduler", "num_train_timesteps": 1000, "beta_start": 0.00085,
-                   "beta_end": 0.012, "beta_schedule": "scaled_linear", "prediction_type": "epsilon",
-                   "steps_offset": 1, "timestep_spacing": "leading"}
-
-
 def _source_json(manifest: dict, *parts: str) -> dict | None:
     folder = (manifest.get("source_model") or {}).get("path")
     path = Path(folder).joinpath(*parts) if folder else None
@@ -163,30 +166,28 @@ def _migrate_v1(manifest: dict, folder: Path) -> dict:
         comp.setdefault("stage", stage_of(name))
         blob = (comp.get("census") or {}).get("weight_blob_bytes")
         comp.setdefault("weight_bytes", int(blob or comp.get("bytes") or 0))
-    xl = manifest.get("model_type", "sdxl") == "sdxl"
+    family = family_named(manifest.get("model_type"))  # format 1 predates families: SDXL only
     if "scheduler_config" not in manifest:
         sched = _source_json(manifest, "scheduler", "scheduler_config.json")
-        manifest["scheduler_config"] = sched or dict(_SDXL_SCHEDULER)
+        manifest["scheduler_config"] = sched or dict(family.scheduler_config)
         if sched is None:
-            assumed.append("scheduler_config (SDXL's)")
+            assumed.append(f"scheduler_config ({family.title}'s)")
     if "force_zeros_for_empty_prompt" not in manifest:
         index = _source_json(manifest, "model_index.json")
-        manifest["force_zeros_for_empty_prompt"] = bool((index or {}).get("force_zeros_for_empty_prompt", xl))
+        manifest["force_zeros_for_empty_prompt"] = bool((index or {}).get("force_zeros_for_empty_prompt",
+                                                                          family.force_zeros_for_empty_prompt))
         if index is None:
             assumed.append("force_zeros_for_empty_prompt")
     if "tokenizers" not in manifest:
         toks = []
-        for sub in ("tokenizer", "tokenizer_2")[: 2 if xl else 1]:
+        for sub in family.tokenizers:
             conf = _source_json(manifest, sub, "tokenizer_config.json")
             if conf is None:
                 assumed.append(f"{sub} settings")
-                conf = {}
-            pad = conf.get("pad_token", "<|endoftext|>")
-            pad = pad.get("content", "<|endoftext|>") if isinstance(pad, dict) else pad
-            toks.append({"pad_token": pad, "model_max_length": int(conf.get("model_max_length", 77))})
+            toks.append(tokenizer_settings(conf))
         manifest["tokenizers"] = toks
     if "vae_scaling_factor" not in manifest:
-        manifest["vae_scaling_factor"] = 0.13025 if xl else 0.18215
+        manifest["vae_scaling_factor"] = family.vae_scaling
         assumed.append("vae_scaling_factor")
     manifest.setdefault("vae_shift_factor", None)
     manifest["memory_plan"] = memory_plan(manifest.get("components", {}))
@@ -212,7 +213,11 @@ class BundleManifest:
 
     @property
     def family(self) -> str:
-        return self.manifest.get("model_type", "sdxl")
+        return self.model_family.name
+
+    @property
+    def model_family(self) -> ModelFamily:
+        return family_named(self.manifest.get("model_type"))
 
     def packages_for(self, stage: str) -> list[str]:
         return [n for n, c in self.components.items() if c.get("stage", stage_of(n)) == stage
@@ -258,7 +263,12 @@ def _spec_of_package(package: Path) -> tuple[list[dict], list[dict]]:
     import coremltools as ct
 
     array_types = {65568: "float32", 65552: "float16", 131104: "int32", 65600: "float64"}
-    desc = ct.models.MLModel(str(package), skip_model_load=True).get_spec().description
+    try:
+        desc = ct.models.MLModel(str(package), skip_model_load=True).get_spec().description
+    except Exception as exc:  # coremltools raises RuntimeError/IOError/protobuf errors for a damaged package
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise BadInput(f"{package} is not a readable Core ML package ({type(exc).__name__}: {first}); re-convert "
+                       "it with `pocketsd convert`") from None
 
     def records(features):
         return [TensorSpec(f.name, tuple(int(d) for d in f.type.multiArrayType.shape),
@@ -284,7 +294,7 @@ def manifest_from_packages(folder: Path) -> dict:
         raise BadInput(f"{folder} is not a Core ML bundle: no {MANIFEST} and no Core ML packages; make one with "
                        "`pocketsd convert`")
     manifest = {"kind": COREML, "format_version": FORMAT_VERSIONS[COREML], "source_model": {}, "components": components,
-                "model_type": "sdxl" if "TextEncoder2" in components else "sd", "foreign": True}
+                "model_type": family_of_package_names(components).name, "foreign": True}
     manifest = _migrate_v1(manifest, folder)
     manifest["assumed"] = ["made without pocketsd: every pipeline setting"] + manifest.get("assumed", [])
     return manifest

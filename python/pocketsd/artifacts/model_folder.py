@@ -14,23 +14,9 @@ import shutil
 from pathlib import Path
 
 from ..errors import BadInput
+from ..models.family import ModelFamily, family_of_index  # ground-floor data (see tests/test_layering.py)
 
 MODEL_INDEX = "model_index.json"
-# Pipelines we can run, by model_index.json `_class_name`. Others (SD3, Flux, the SDXL refiner…) need another loop.
-FAMILIES = {
-    "StableDiffusionXLPipeline": "sdxl",
-    "StableDiffusionXLImg2ImgPipeline": "sdxl",
-    "StableDiffusionXLInpaintPipeline": "sdxl",
-    "StableDiffusionPipeline": "sd",
-    "StableDiffusionImg2ImgPipeline": "sd",
-    "StableDiffusionInpaintPipeline": "sd",
-}
-FAMILY_NAMES = {"sdxl": "Stable Diffusion XL", "sd": "Stable Diffusion 1.x/2.x"}
-SUPPORTED_TEXT = "supported: Stable Diffusion XL (base) and Stable Diffusion 1.x/2.x pipelines"
-FAMILY_COMPONENTS = {
-    "sdxl": ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "vae", "scheduler"),
-    "sd": ("text_encoder", "tokenizer", "unet", "vae", "scheduler"),
-}
 # Component folders holding networks with weights (what `compress --components` can name).
 NETWORKS = ("unet", "text_encoder", "text_encoder_2", "vae")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".msgpack", ".onnx", ".ckpt", ".pt", ".pth", ".xml")
@@ -51,19 +37,19 @@ def read_model_index(folder: Path) -> dict:
     return data
 
 
-def detect_family(folder: Path) -> str:
-    """'sdxl' or 'sd' from model_index.json; anything else is a BadInput listing what is supported."""
-    index = read_model_index(folder)
-    name = index.get("_class_name", "?")
-    family = FAMILIES.get(name)
-    if family == "sdxl" and not (index.get("text_encoder") or [None, None])[1]:
-        family = None  # the SDXL refiner: one text encoder, aesthetic-score conditioning
-    if family is None:
-        raise BadInput(f"{folder}: model family {name} is not supported ({SUPPORTED_TEXT})")
-    missing = [c for c in FAMILY_COMPONENTS[family] if not (Path(folder) / c).is_dir()]
+def family_of_folder(folder: Path) -> ModelFamily:
+    """The family (`pocketsd.models.family`) of a diffusers model folder, from model_index.json; one the loop
+    cannot run, or a pipeline missing a component folder, is a BadInput."""
+    family = family_of_index(read_model_index(folder), folder)
+    missing = [c for c in family.components if not (Path(folder) / c).is_dir()]
     if missing:
-        raise BadInput(f"{folder} is an incomplete {FAMILY_NAMES[family]} pipeline: missing {', '.join(missing)}/")
+        raise BadInput(f"{folder} is an incomplete {family.title} pipeline: missing {', '.join(missing)}/")
     return family
+
+
+def detect_family(folder: Path) -> str:
+    """The name of the folder's model family (what manifests and reports record)."""
+    return family_of_folder(folder).name
 
 
 def components(folder: Path) -> dict[str, tuple[str, str]]:

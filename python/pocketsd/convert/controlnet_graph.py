@@ -19,6 +19,7 @@ from torch import nn
 
 from ..artifacts import bundle as names
 from ..errors import BadInput
+from ..models.family import takes_time_ids
 from .ane import rewrite_for_ane
 from .unet_graph import State, check_supported, context, down_mid_steps, embed, run_steps
 
@@ -34,10 +35,10 @@ class ControlNetSteps(nn.Module):
             raise BadInput("ControlNets with global_pool_conditions (shuffle) give pooled residuals; not supported")
         self.attention = attention
         self.bgr = getattr(cfg, "controlnet_conditioning_channel_order", "rgb") == "bgr"
-        self.is_xl = cfg.addition_embed_type == "text_time"
+        self.time_conditioned = takes_time_ids(cfg)  # read by unet_graph.embed, as for the UNet
         self.time_proj, self.time_embedding = controlnet.time_proj, controlnet.time_embedding
-        self.add_time_proj = getattr(controlnet, "add_time_proj", None) if self.is_xl else None
-        self.add_embedding = getattr(controlnet, "add_embedding", None) if self.is_xl else None
+        self.add_time_proj = getattr(controlnet, "add_time_proj", None) if self.time_conditioned else None
+        self.add_embedding = getattr(controlnet, "add_embedding", None) if self.time_conditioned else None
         self.conv_in, self.cond_embedding = controlnet.conv_in, controlnet.controlnet_cond_embedding
         self.zero_convs = controlnet.controlnet_down_blocks
         self.mid_zero_conv = controlnet.controlnet_mid_block

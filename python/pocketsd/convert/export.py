@@ -22,6 +22,7 @@ from torch import nn
 
 from ..artifacts import bundle as names
 from ..artifacts.bundle import TensorSpec
+from ..models.family import downscale, takes_time_ids
 from . import DEFAULT_TARGET, TARGETS  # noqa: F401 (re-exported)
 
 SEQ_LEN = 77
@@ -124,10 +125,11 @@ def _example(spec: TensorSpec) -> torch.Tensor:
 
 
 def text_encoder_specs(encoder: nn.Module, xl: bool) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """`xl`: the encoder's output is the penultimate hidden state (the family's `penultimate_hidden`)."""
     cfg = encoder.config
     pooled = getattr(cfg, "projection_dim", None) if hasattr(encoder, "text_projection") else cfg.hidden_size
     seq = min(SEQ_LEN, cfg.max_position_embeddings)
-    outs = [TensorSpec(names.HIDDEN_XL if xl else names.HIDDEN_SD, (1, seq, cfg.hidden_size)),
+    outs = [TensorSpec(names.text_hidden_name(penultimate=xl), (1, seq, cfg.hidden_size)),
             TensorSpec(names.POOLED, (1, pooled))]
     return [TensorSpec(names.INPUT_IDS, (1, seq))], outs
 
@@ -146,7 +148,7 @@ def _denoiser_inputs(config, latent_hw, batch, text_len, pooled_dim) -> list[Ten
     h, w = latent_hw
     ins = [TensorSpec(names.SAMPLE, (batch, config.in_channels, h, w)), TensorSpec(names.TIMESTEP, (batch,)),
            TensorSpec(names.ENCODER_HIDDEN_STATES, (batch, config.cross_attention_dim, 1, text_len))]
-    if config.addition_embed_type == "text_time":
+    if takes_time_ids(config):
         n_ids = (config.projection_class_embeddings_input_dim - pooled_dim) // config.addition_time_embed_dim
         ins += [TensorSpec(names.TEXT_EMBEDS, (batch, pooled_dim)), TensorSpec(names.TIME_IDS, (batch, n_ids))]
     return ins
@@ -180,7 +182,7 @@ def controlnet_specs(config, latent_hw: tuple[int, int], image_hw: tuple[int, in
 
 def vae_specs(vae: nn.Module, image_hw: tuple[int, int]):
     cfg = vae.config
-    factor = 2 ** (len(cfg.block_out_channels) - 1)
+    factor = downscale(cfg)
     h, w = image_hw[0] // factor, image_hw[1] // factor
     dec = ([TensorSpec(names.DECODER_IN, (1, cfg.latent_channels, h, w))],
            [TensorSpec(names.DECODER_OUT, (1, cfg.out_channels, *image_hw))])

@@ -14,18 +14,17 @@ from types import SimpleNamespace
 from ..artifacts import COMPRESSED, COREML
 from ..artifacts import bundle as names
 from ..artifacts.compressed import read_compressed_model
-from ..artifacts.model_folder import check_weight_files, detect_family, read_config
+from ..artifacts.model_folder import check_weight_files, family_of_folder, read_config
 from ..artifacts.outputs import check_out
 from ..errors import BadInput
 from ..models import model_folder, resolve_model
+from ..models.family import MAX_SIDE, ModelFamily, check_side, downscale  # noqa: F401  (MAX_SIDE: one limit)
 from ..palettize.lora import check_lora_files, check_lora_scale, read_lora
 from . import TARGETS
 from .bundle import ConvertOptions
 
-MAX_SIDE = 4096  # pixels per side, as `generate` (pipeline.options.MAX_SIDE)
 # Targets whose Core ML opset has the grouped lookup tables and int4 blocks our compressed layers use.
 COMPRESSED_TARGETS = ("iOS18", "macOS15")
-TEXT_ENCODER_FOLDERS = {"TextEncoder": "text_encoder", "TextEncoder2": "text_encoder_2"}
 
 
 @dataclass
@@ -34,7 +33,7 @@ class ConvertPlan:
     spec: str
     kind: str  # "diffusers" | "compressed"
     source: Path
-    family: str  # "sdxl" | "sd"
+    family: ModelFamily
     unet_config: SimpleNamespace
     vae_config: dict
     image_hw: tuple[int, int]
@@ -53,8 +52,9 @@ class ConvertPlan:
         return self.out / names.RESOURCES
 
     @property
-    def is_xl(self) -> bool:
-        return self.family == "sdxl"
+    def text_encoder_folders(self) -> dict[str, str]:
+        """{Core ML package: component folder} of the family's text encoders."""
+        return {t.package: t.component for t in self.family.text_encoders}
 
     @property
     def unet_packages(self) -> list[str]:
@@ -62,7 +62,7 @@ class ConvertPlan:
 
     @property
     def text_encoders(self) -> list[str]:
-        return [n for n, folder in TEXT_ENCODER_FOLDERS.items() if (self.source / folder).is_dir()]
+        return [n for n, folder in self.text_encoder_folders.items() if (self.source / folder).is_dir()]
 
     def packages(self) -> list[str]:
         return (self.text_encoders + [names.VAE_DECODER, names.VAE_ENCODER] + self.unet_packages
@@ -83,14 +83,14 @@ def _folder_digest(f: Path) -> str:
 
 
 def source_digest(plan: ConvertPlan, package: str) -> str:
-    if package in TEXT_ENCODER_FOLDERS:
-        return _folder_digest(plan.source / TEXT_ENCODER_FOLDERS[package])
+    if package in plan.text_encoder_folders:
+        return _folder_digest(plan.source / plan.text_encoder_folders[package])
     if package in (names.VAE_DECODER, names.VAE_ENCODER):
         return _folder_digest(plan.source / "vae")
     for name, folder in plan.controlnets:
         if package == names.controlnet_package(name):
             return _folder_digest(folder)
-    return _folder_digest(plan.source / "unet")
+    return _folder_digest(plan.source / plan.family.denoiser)
 
 
 def _check_controlnets(opts: ConvertOptions, unet_config: dict) -> list[tuple[str, Path]]:
@@ -124,17 +124,16 @@ def controlnet_recipe(text: str):
 
 
 def _sizes(opts: ConvertOptions, unet_cfg, vae_cfg: dict) -> tuple[tuple[int, int], tuple[int, int]]:
-    vae_factor = 2 ** (len(vae_cfg.get("block_out_channels", [0] * 4)) - 1)
+    vae_factor = downscale(vae_cfg)
     if opts.size is None:
         side = unet_cfg.sample_size * vae_factor
         width, height = side, side
     else:
         width, height = opts.size
-    unet_factor = 2 ** (len(unet_cfg.down_block_types) - 1)
+    unet_factor = downscale({"down_block_types": unet_cfg.down_block_types})
     need = vae_factor * unet_factor
-    if max(width, height) > MAX_SIDE:
-        raise BadInput(f"--size {width}x{height} is over the {MAX_SIDE} px per side pocketsd converts (SDXL's native is 1024)")
-    if width <= 0 or height <= 0 or width % need or height % need:
+    check_side(width, height)
+    if width % need or height % need:
         raise BadInput(f"size {width}x{height} does not fit this model: width and height must be positive multiples "
                        f"of {need} (VAE ×{vae_factor}, UNet ×{unet_factor})")
     return (height, width), (height // vae_factor, width // vae_factor)
@@ -160,7 +159,7 @@ def make_plan(opts: ConvertOptions) -> ConvertPlan:
     kind = COMPRESSED if source.kind == COMPRESSED else "diffusers"
     if kind == "diffusers" and not (path / "unet" / "config.json").is_file():
         raise BadInput(f"{opts.model} has no UNet (no unet/config.json); give a full SD/SDXL pipeline folder")
-    family = detect_family(path)
+    family = family_of_folder(path)
     check_weight_files(path)  # a truncated download fails now, naming the file, not after converting other packages
     compressed_components: set[str] = set()
     if kind == COMPRESSED:

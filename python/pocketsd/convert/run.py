@@ -20,26 +20,22 @@ from ..artifacts import bundle as names
 from ..artifacts.bundle import load_partial_manifest, write_bundle_manifest
 from ..artifacts.compressed import read_compressed_model
 from ..artifacts.model_folder import read_config, read_model_index
+from ..models.family import tokenizer_settings
 from . import bundle as B
 from .export import TextEncoderModule, VAEDecoderModule, VAEEncoderModule, convert_module, text_encoder_specs, vae_specs
-from .plan import TEXT_ENCODER_FOLDERS, ConvertPlan, make_plan, source_digest
+from .plan import ConvertPlan, make_plan, source_digest
 
 Log = Callable[[str], None]
 
 
 def _tokenizer_settings(plan: ConvertPlan) -> list[dict]:
-    """What Swift's tokenizers need per text encoder (SDXL's second pads with "!", CLIP's with <|endoftext|>)."""
-    out = []
-    for folder in ("tokenizer", "tokenizer_2")[: len(plan.text_encoders)]:
-        conf = {}
-        path = plan.source / folder / "tokenizer_config.json"
-        if path.is_file():
-            import json
+    """What Swift's tokenizers need per text encoder (`models.family.tokenizer_settings`)."""
+    import json
 
-            conf = json.loads(path.read_text())
-        pad = conf.get("pad_token", "<|endoftext|>")
-        pad = pad.get("content", "<|endoftext|>") if isinstance(pad, dict) else pad
-        out.append({"pad_token": pad, "model_max_length": min(int(conf.get("model_max_length", 77)), 77)})
+    out = []
+    for folder in plan.family.tokenizers[: len(plan.text_encoders)]:
+        path = plan.source / folder / "tokenizer_config.json"
+        out.append(tokenizer_settings(json.loads(path.read_text()) if path.is_file() else None))
     return out
 
 
@@ -52,11 +48,11 @@ def prepare_bundle(plan: ConvertPlan) -> tuple[dict, dict]:
     previous = load_partial_manifest(plan.out)
     manifest = B.base_manifest({"spec": plan.spec, "path": str(plan.source), "kind": plan.kind}, plan.opts)
     index = read_model_index(plan.source)
+    scaling, shift = plan.family.vae_normalisation(plan.vae_config)
     manifest.update({
-        "components": dict(previous.get("components", {})), "model_type": plan.family,
+        "components": dict(previous.get("components", {})), "model_type": plan.family.name,
         "image_size": [plan.image_hw[1], plan.image_hw[0]], "latent_size": [plan.latent_hw[1], plan.latent_hw[0]],
-        "vae_scaling_factor": float(plan.vae_config.get("scaling_factor", 0.18215)),
-        "vae_shift_factor": plan.vae_config.get("shift_factor"),
+        "vae_scaling_factor": scaling, "vae_shift_factor": shift,
         "scheduler_config": read_config(plan.source, "scheduler"),
         "force_zeros_for_empty_prompt": bool(index.get("force_zeros_for_empty_prompt", False)),
         "tokenizers": _tokenizer_settings(plan),
@@ -101,13 +97,14 @@ def _component_jobs(plan: ConvertPlan):
         return cls.from_pretrained(plan.source / component, **kwargs).eval()
 
     def text_encoder(package):
-        encoder = load(TEXT_ENCODER_FOLDERS[package], classes[package])
+        encoder = load(plan.text_encoder_folders[package], classes[package])
         if plan.loras:  # a LoRA's text-encoder layers are baked in like its UNet layers
             from ..palettize.lora import apply_lora_files
 
-            apply_lora_files(encoder, plan.loras, TEXT_ENCODER_FOLDERS[package])
-        ins, outs = text_encoder_specs(encoder, xl=plan.is_xl)
-        return TextEncoderModule(encoder, penultimate=plan.is_xl), ins, outs, compressed_layers(encoder)
+            apply_lora_files(encoder, plan.loras, plan.text_encoder_folders[package])
+        penultimate = plan.family.penultimate_hidden
+        ins, outs = text_encoder_specs(encoder, xl=penultimate)
+        return TextEncoderModule(encoder, penultimate=penultimate), ins, outs, compressed_layers(encoder)
 
     def vae(package):
         model = load("vae", AutoencoderKL)

@@ -27,6 +27,7 @@ from torch import nn
 
 from ..artifacts import bundle as names
 from ..errors import BadInput
+from ..models.family import DENOISER_EMBED_TYPES, takes_time_ids
 from .ane import rewrite_for_ane
 
 SUPPORTED_DOWN = {"DownBlock2D", "CrossAttnDownBlock2D"}
@@ -74,7 +75,7 @@ def check_supported(config) -> None:
         t for t in config.up_block_types if t not in SUPPORTED_UP]
     if config.mid_block_type not in ("UNetMidBlock2DCrossAttn",):
         bad.append(config.mid_block_type)
-    if config.addition_embed_type not in (None, "text_time") or config.class_embed_type is not None:
+    if config.addition_embed_type not in DENOISER_EMBED_TYPES or config.class_embed_type is not None:
         bad.append(f"addition/class embedding {config.addition_embed_type or config.class_embed_type}")
     if config.encoder_hid_dim_type is not None or config.time_cond_proj_dim is not None:
         bad.append("encoder_hid_proj/time_cond_proj")
@@ -90,10 +91,10 @@ class UnetSteps(nn.Module):
         cfg = unet.config
         check_supported(cfg)
         self.attention = attention
-        self.is_xl = cfg.addition_embed_type == "text_time"
+        self.time_conditioned = takes_time_ids(cfg)  # pooled text + time_ids inputs (the family's conditioning)
         self.time_proj, self.time_embedding = unet.time_proj, unet.time_embedding
-        self.add_time_proj = getattr(unet, "add_time_proj", None) if self.is_xl else None
-        self.add_embedding = getattr(unet, "add_embedding", None) if self.is_xl else None
+        self.add_time_proj = getattr(unet, "add_time_proj", None) if self.time_conditioned else None
+        self.add_embedding = getattr(unet, "add_embedding", None) if self.time_conditioned else None
         self.conv_in = unet.conv_in
         self.conv_norm_out, self.conv_act, self.conv_out = unet.conv_norm_out, unet.conv_act, unet.conv_out
         self.n_upsamplers = sum(1 for b in unet.up_blocks if b.upsamplers)
@@ -191,7 +192,7 @@ def down_mid_steps(down_blocks, mid_block, attn) -> list[Step]:
 def embed(model, timestep, text_embeds=None, time_ids=None) -> torch.Tensor:
     """Timestep embedding plus SDXL's text_time conditioning (diffusers' get_time_embed + get_aug_embed)."""
     emb = model.time_embedding(model.time_proj(timestep))
-    if model.is_xl:
+    if model.time_conditioned:
         time_embeds = model.add_time_proj(time_ids.flatten()).reshape(time_ids.shape[0], -1)
         emb = emb + model.add_embedding(torch.cat([text_embeds, time_embeds.to(emb.dtype)], dim=-1))
     return emb
@@ -230,7 +231,7 @@ def run_steps(steps: list[Step], attention: str, state: State, start: int, end: 
 def _base_inputs(steps: UnetSteps, args: tuple) -> tuple[tuple, tuple]:
     """Split a package's positional inputs into Apple's (sample, timestep, encoder_hidden_states[, text_embeds,
     time_ids]) and the rest."""
-    n = 5 if steps.is_xl else 3
+    n = 5 if steps.time_conditioned else 3
     return args[:n], args[n:]
 
 

@@ -21,6 +21,7 @@ from ..artifacts import bundle as names
 from ..artifacts.bundle import TensorSpec
 from ..artifacts.compressed import read_compressed_model
 from ..models.components import load_compressed_component
+from ..models.family import takes_time_ids
 from ..palettize.layer import compressed_layers
 from ..palettize.lora import apply_lora_files
 from . import bundle as B
@@ -73,16 +74,17 @@ def _part_layers(part: str, steps, cut: int | None, layers: dict) -> dict:
 
 def _pooled_dim(plan: ConvertPlan) -> int | None:
     cfg = plan.unet_config
-    if cfg.addition_embed_type != "text_time":
+    if not takes_time_ids(cfg):
         return None
-    te2 = plan.source / "text_encoder_2" / "config.json"
-    if te2.is_file():
+    pooling = next(t.component for t in plan.family.text_encoders if t.pooled)
+    config = plan.source / pooling / "config.json"
+    if config.is_file():
         import json
 
-        dim = json.loads(te2.read_text()).get("projection_dim")
+        dim = json.loads(config.read_text()).get("projection_dim")
         if dim:
             return dim
-    return cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
+    return cfg.projection_class_embeddings_input_dim - plan.family.time_ids * cfg.addition_time_embed_dim
 
 
 def _chunk_parts(steps, cut, ins, outs, residuals: bool = False):

@@ -47,7 +47,7 @@ from ..artifacts import atomic_file, write_json
 from ..data.prompt_sets import Prompt, PromptSet, prompt_seed
 from ..errors import BadInput
 from . import sharding
-from .results import MetricResult
+from .results import MetricResult, image_name, load_image, results_of  # noqa: F401  (re-exported)
 from .scoring import METRICS, NEEDS_WEIGHTS, PAIRED, MetricWeights
 
 RUN_FORMAT = "pocketsd-eval"
@@ -113,15 +113,6 @@ def slug(text: str, limit: int = 40) -> str:
     """A file-name-safe short form of a model name (the settings key keeps folders apart, not this)."""
     base = re.sub(r"[^A-Za-z0-9._-]+", "_", str(text).rstrip("/").split("/")[-1] or "model").strip("._") or "model"
     return base[:limit]
-
-
-def image_name(prompt_id: str, seed: int) -> str:
-    """`<id>_s<seed>.png`; ids with characters a file name cannot carry are cleaned and given a short hash, so two
-    ids never share a file."""
-    safe = re.sub(r"[^A-Za-z0-9.-]+", "_", prompt_id)[:80]
-    if safe != prompt_id:
-        safe += "~" + hashlib.sha256(prompt_id.encode("utf-8")).hexdigest()[:8]
-    return f"{safe}_s{seed}.png"
 
 
 # ---- checks before anything loads --------------------------------------------------------------------------------
@@ -274,13 +265,6 @@ def save_image(image, path: Path, prompt: Prompt, seed: int, side: ModelSide) ->
         info.add_text(key, value)
     with atomic_file(path, "wb") as fh:
         image.convert("RGB").save(fh, format="PNG", pnginfo=info)
-
-
-def load_image(path: Path):
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return im.convert("RGB")
 
 
 def _score(plan: EvalPlan, prompts: list[Prompt], folders: dict[str, Path], has_against: bool, state,
@@ -443,18 +427,4 @@ def versions() -> dict[str, str | None]:
             out[name] = version(name)
         except PackageNotFoundError:
             out[name] = None
-    return out
-
-
-def results_of(doc: dict) -> dict[str, MetricResult]:
-    """eval.json's metrics back as MetricResult records (for callers that read a finished run)."""
-    out = {}
-    for key, d in doc["metrics"].items():
-        d = dict(d)
-        for f in ("value", "low", "high"):
-            if isinstance(d.get(f), str):
-                d[f] = float(d[f])
-        if d.get("per_item"):
-            d["per_item"] = [float(v) for v in d["per_item"]]
-        out[key] = MetricResult(**d)
     return out

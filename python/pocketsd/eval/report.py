@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .results import MetricResult, _fmt
+from .results import MetricResult, _fmt, image_name, load_image, results_of
 
 LABELS = {"psnr": "PSNR (A vs B, dB)", "ssim": "SSIM (A vs B)", "lpips": "LPIPS (A vs B)", "fid": "FID",
           "clip_score": "CLIP score", "image_reward": "ImageReward", "adherence": "adherence"}
@@ -18,7 +18,6 @@ UNITS_NOTE = {"adherence": "share of images whose colour, shape and background a
 
 
 def _metric(doc: dict, key: str) -> MetricResult:
-    from .protocol import results_of
 
     return results_of({"metrics": {key: doc["metrics"][key]}})[key]
 
@@ -125,7 +124,6 @@ def grid_image(doc: dict, folders: dict[str, Path], plan, path: Path, tile: int 
     from PIL import Image, ImageDraw
 
     from ..artifacts import atomic_file
-    from .protocol import image_name, load_image
 
     order = grid_order(doc)[: plan.grid_pairs]
     psnr = (doc["metrics"].get("psnr") or {}).get("per_item")

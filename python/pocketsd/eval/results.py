@@ -1,4 +1,5 @@
-"""The record every metric returns: a value with its interval, or a skip that says why.
+"""The record every metric returns: a value with its interval, or a skip that says why; and how a run's images
+and eval.json are named and read back (shared by `protocol`, which writes them, and `report`, which shows them).
 
 A record always says whether the metric ran on real weights. Numbers from random-weight networks (the CI path)
 carry `real_weights: false` and must never be read as a quality measure.
@@ -6,8 +7,11 @@ carry `real_weights: false` and must never be read as a quality measure.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import re
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from .stats import Interval
 
@@ -81,3 +85,34 @@ def _json_safe(obj):
     if isinstance(obj, (list, tuple)):
         return [_json_safe(v) for v in obj]
     return obj
+
+
+# ---- a run's files -------------------------------------------------------------------------------
+def image_name(prompt_id: str, seed: int) -> str:
+    """`<id>_s<seed>.png`; ids with characters a file name cannot carry are cleaned and given a short hash, so two
+    ids never share a file."""
+    safe = re.sub(r"[^A-Za-z0-9.-]+", "_", prompt_id)[:80]
+    if safe != prompt_id:
+        safe += "~" + hashlib.sha256(prompt_id.encode("utf-8")).hexdigest()[:8]
+    return f"{safe}_s{seed}.png"
+
+
+def load_image(path: Path):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+def results_of(doc: dict) -> dict[str, MetricResult]:
+    """eval.json's metrics back as MetricResult records (for callers that read a finished run)."""
+    out = {}
+    for key, d in doc["metrics"].items():
+        d = dict(d)
+        for f in ("value", "low", "high"):
+            if isinstance(d.get(f), str):
+                d[f] = float(d[f])
+        if d.get("per_item"):
+            d["per_item"] = [float(v) for v in d["per_item"]]
+        out[key] = MetricResult(**d)
+    return out

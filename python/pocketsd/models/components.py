@@ -13,12 +13,11 @@ from pathlib import Path
 
 from ..artifacts import COMPRESSED
 from ..artifacts.compressed import CompressedModel, read_compressed_model
-from ..artifacts.model_folder import FAMILY_COMPONENTS, SUPPORTED_TEXT, detect_family, read_config, read_model_index
+from ..artifacts.model_folder import detect_family, read_config, read_model_index
 from ..errors import BadInput
+from .family import SUPPORTED_TEXT, ModelFamily, family_named, family_of_single_file
 from .resolve import PICKLE_SUFFIXES, ModelSource, hub_snapshot, model_folder, precheck, resolve_model
 
-# single-file checkpoints: diffusers' inferred model type → our family
-SINGLE_FILE_TYPES = {"xl_base": "sdxl", "playground-v2-5": None, "v1": "sd", "v2": "sd"}
 UNET_MODES = ("dense", "packed")
 
 
@@ -104,10 +103,10 @@ def single_file_family(path: Path, allow_pickle: bool) -> tuple[str, str]:
         model_type = None
     if model_type == "v1" and not any(k.startswith("model.diffusion_model.") for k in keys):
         model_type = None  # diffusers falls back to "v1" for any unknown file; require an LDM UNet at least
-    family = SINGLE_FILE_TYPES.get(model_type)
+    family = family_of_single_file(model_type)
     if family is None:
         raise BadInput(f"{path}: checkpoint type {model_type or 'unknown'} is not supported ({SUPPORTED_TEXT})")
-    return family, DIFFUSERS_DEFAULT_PIPELINE_PATHS[model_type]["pretrained_model_name_or_path"]
+    return family.name, DIFFUSERS_DEFAULT_PIPELINE_PATHS[model_type]["pretrained_model_name_or_path"]
 
 
 def _single_file_config(repo: str, path: Path) -> Path:
@@ -120,10 +119,11 @@ def _single_file_config(repo: str, path: Path) -> Path:
                        f"`huggingface-cli download {repo} --include '*.json' '*.txt'`") from None
 
 
-def _pipeline_class(family: str):
+def pipeline_class(family: ModelFamily):
+    """The diffusers pipeline class that assembles `family`'s components."""
     import diffusers
 
-    return diffusers.StableDiffusionXLPipeline if family == "sdxl" else diffusers.StableDiffusionPipeline
+    return getattr(diffusers, family.pipeline_class)
 
 
 # ---- components ----------------------------------------------------------------------------------------
@@ -152,6 +152,7 @@ class ModelComponents:
             if source.kind == COMPRESSED:
                 self.compressed = read_compressed_model(self.folder)
         self.index = read_model_index(self.folder)
+        self.model_family = family_named(self.family)  # `family` stays the name (reports record it)
 
     def config(self, name: str) -> dict:
         """A component's config, without loading weights."""
@@ -160,6 +161,13 @@ class ModelComponents:
     @property
     def force_zeros_for_empty_prompt(self) -> bool:
         return bool(self.index.get("force_zeros_for_empty_prompt", False))
+
+    def pipeline_kwargs(self) -> dict:
+        """What the family's diffusers pipeline takes beyond its components (no watermarker, no safety checker)."""
+        extra = dict(self.model_family.pipeline_kwargs)
+        if self.model_family.force_zeros_for_empty_prompt:  # only the pipelines that zero an empty prompt take it
+            extra["force_zeros_for_empty_prompt"] = self.force_zeros_for_empty_prompt
+        return extra
 
     def is_loaded(self, name: str) -> bool:
         return name in self._loaded
@@ -206,7 +214,7 @@ class ModelComponents:
 
     def _from_single_file(self, name: str):
         if self._pipe is None or getattr(self._pipe, name, None) is None:
-            cls = _pipeline_class(self.family)
+            cls = pipeline_class(self.model_family)
             try:
                 self._pipe = cls.from_single_file(str(self.source.path), config=str(self.folder), torch_dtype=self.dtype,
                                                   local_files_only=True)
@@ -218,12 +226,9 @@ class ModelComponents:
 def load_pipeline(spec: str | None = None, *, allow_pickle: bool = False, dtype=None, unet_mode: str = "dense"):
     """A diffusers pipeline (StableDiffusionXLPipeline or StableDiffusionPipeline) for any model kind torch runs."""
     comps = ModelComponents(resolve_model(spec), allow_pickle=allow_pickle, dtype=dtype, unet_mode=unet_mode)
-    cls = _pipeline_class(comps.family)
-    parts = {name: comps.get(name) for name in FAMILY_COMPONENTS[comps.family]}
-    if comps.family == "sdxl":
-        return cls(**parts, force_zeros_for_empty_prompt=comps.force_zeros_for_empty_prompt, add_watermarker=False)
-    return cls(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    parts = {name: comps.get(name) for name in comps.model_family.components}
+    return pipeline_class(comps.model_family)(**parts, **comps.pipeline_kwargs())
 
 
 __all__ = ["ModelComponents", "load_pipeline", "load_compressed_component", "component_class", "skeleton",
-           "single_file_family", "UNET_MODES", "PICKLE_SUFFIXES"]
+           "single_file_family", "pipeline_class", "UNET_MODES", "PICKLE_SUFFIXES"]

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..artifacts import COMPRESSED, COREML, manifest_kind
-from ..artifacts.model_folder import MODEL_INDEX, SUPPORTED_TEXT, detect_family
+from ..artifacts.model_folder import MODEL_INDEX, detect_family
 from ..data import REFERENCE_MODEL
 from ..errors import BadInput
+from .family import SUPPORTED_TEXT
 
 REFERENCE = "reference"
 PICKLE_SUFFIXES = {".ckpt", ".bin", ".pt", ".pth", ".pkl"}

@@ -55,13 +55,15 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
+from ..models.family import ModelFamily
+
 COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
 
 
 @runtime_checkable
 class Backend(Protocol):
     name: str                         # "torch" | "coreml" (goes into the report)
-    family: str                       # "sdxl" | "sd" (SD 1.x/2.x)
+    family: ModelFamily               # the model family's descriptor (text encoders, conditioning, VAE defaults)
     tokenizers: Sequence[Any]         # transformers CLIPTokenizer(s), one per text encoder
     scheduler_config: Mapping         # the model's scheduler/scheduler_config.json (as a dict)
     vae_scale_factor: int             # 8 for every SD/SDXL VAE: image px per latent px

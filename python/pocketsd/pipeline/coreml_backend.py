@@ -136,7 +136,7 @@ class CoreMLBackend:
         info = self.info
         self.family = info.family
         self.tokenizers = info.tokenizers()
-        self.hidden_name = names.HIDDEN_XL if info.family == "sdxl" else names.HIDDEN_SD
+        self.hidden_name = names.text_hidden_name(info.family.penultimate_hidden)
         self.scheduler_config = info.scheduler_config
         self.vae_scale_factor = info.vae_scale_factor
         self.scaling_factor = info.scaling_factor
@@ -188,8 +188,8 @@ class CoreMLBackend:
         if index >= len(predictors):
             raise BadInput(f"the bundle has {len(predictors)} text encoder(s) but the pipeline asked for number {index + 1}")
         out = run_batched([predictors[index]], {names.INPUT_IDS: _to_numpy(input_ids)})
-        # SDXL: only the encoder with a projection (TextEncoder2) supplies the pooled text embedding.
-        keep_pooled = self.family == "sdxl" and index == len(predictors) - 1
+        # only the encoder with a projection (SDXL's TextEncoder2) supplies the pooled text embedding
+        keep_pooled = self.family.pooled_from(index)
         return out[self.hidden_name], (out[names.POOLED] if keep_pooled else None)
 
     def _unet_feeds(self, latents, timestep, encoder_hidden_states, added_cond) -> dict[str, np.ndarray]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from ..artifacts import bundle as names
 from ..artifacts.bundle import BundleManifest, TensorSpec, read_bundle_manifest
 from ..errors import BadInput
+from ..models.family import CLIP_PAD_TOKEN, ModelFamily
 
 _STAGES = {"text_encoder": names.TEXT_ENCODE, "unet": names.DENOISE, "vae_decoder": names.VAE_DECODE,
            "vae_encoder": names.VAE_ENCODE}
@@ -36,8 +37,8 @@ class BundleInfo:
         return self.bundle.manifest
 
     @property
-    def family(self) -> str:
-        return self.bundle.family
+    def family(self) -> ModelFamily:
+        return self.bundle.model_family
 
     @property
     def source_model(self) -> str | None:
@@ -110,7 +111,7 @@ class BundleInfo:
             length = ids.shape[1] if ids is not None and len(ids.shape) == 2 else 77
             toks.append(CLIPTokenizer(vocab=str(vocab), merges=str(merges),
                                       model_max_length=min(int(conf.get("model_max_length", length)), length),
-                                      pad_token=conf.get("pad_token", "<|endoftext|>")))
+                                      pad_token=conf.get("pad_token", CLIP_PAD_TOKEN)))
         return toks
 
 

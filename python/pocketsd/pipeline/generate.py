@@ -309,9 +309,9 @@ def generate(backend: Backend, request: GenerationRequest, *, timer: RunTimer | 
         latents = scheduler.add_noise(init_latents, noise, timesteps[:1])
 
     added_cond = None
-    if backend.family == "sdxl":
+    if backend.family.time_ids:
         # micro-conditioning: original size, crop top-left, target size (diffusers' defaults for a plain run)
-        time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32)
+        time_ids = torch.tensor([backend.family.time_ids_for(height, width)], dtype=torch.float32)
         added_cond = {"text_embeds": pooled, "time_ids": time_ids.repeat(embeds.shape[0], 1)}
 
     step_kwargs = _step_kwargs(scheduler, generator)

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import BadInput
+from ..models import family
+from ..models.family import MAX_SIDE  # noqa: F401  (the one side limit, re-exported for the CLI and the app)
 
 DEFAULT_STEPS, DEFAULT_GUIDANCE, DEFAULT_SCHEDULER, DEFAULT_STRENGTH = 20, 5.0, "euler", 0.8
 DEFAULT_INPAINT_STRENGTH = 1.0  # with --mask: the hole is drawn from pure noise (the rest is kept anyway)
@@ -23,7 +25,6 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 UNET_MODES = ("dense", "packed")
 MAX_STEPS = 1000  # the schedulers' training timesteps: more steps than that repeat timesteps
 MAX_GUIDANCE = 50.0
-MAX_SIDE = 4096  # pixels per side; SDXL's native is 1024
 MAX_COUNT = 10_000
 MAX_LORA_SCALE = 100.0
 SEED_MAX = 2**64 - 1
@@ -71,17 +72,10 @@ class GenerateOptions:
     force: bool = False  # overwrite an --out/--report that exists but is not a PocketSD image/report
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().replace("×", "x").split("x"))
-    except ValueError:
-        raise BadInput(f"--size {text!r} is not WIDTHxHEIGHT (e.g. 128x128)") from None
-    if w <= 0 or h <= 0:
-        raise BadInput(f"--size {text!r} must be positive")
-    if w > MAX_SIDE or h > MAX_SIDE:
-        raise BadInput(f"--size {text!r} is over the {MAX_SIDE} px per side pocketsd generates (SDXL's native is 1024; "
-                       f"decoding {MAX_SIDE}x{MAX_SIDE} alone holds ≈ {decode_memory_bytes(MAX_SIDE, MAX_SIDE) / 2**30:.0f} GiB)")
-    return w, h
+def parse_size(text: str, flag: str = "--size") -> tuple[int, int]:
+    """`WxH` as `generate` takes it: the family module's one parser and side limit, with what decoding costs."""
+    note = f" (decoding {MAX_SIDE}x{MAX_SIDE} alone holds ≈ {decode_memory_bytes(MAX_SIDE, MAX_SIDE) / 2**30:.0f} GiB)"
+    return family.parse_size(text, flag, note)
 
 
 def decode_memory_bytes(width: int, height: int) -> int:

@@ -12,10 +12,13 @@ import torch
 
 from ..errors import BadInput
 from ..models import ModelComponents, ModelSource, resolve_model
+from ..models.family import ModelFamily, downscale
 
-_STAGE_PARTS = {"sdxl": {"text_encoder": ("text_encoder", "text_encoder_2")},
-                "sd": {"text_encoder": ("text_encoder",)}}
-_COMMON_PARTS = {"unet": ("unet",), "vae_decoder": ("vae",), "vae_encoder": ("vae",)}
+
+def _stage_parts(family: ModelFamily) -> dict[str, tuple[str, ...]]:
+    """The component folders each loop stage loads."""
+    return {"text_encoder": tuple(t.component for t in family.text_encoders), "unet": (family.denoiser,),
+            "vae_decoder": ("vae",), "vae_encoder": ("vae",)}
 
 
 class TorchBackend:
@@ -26,16 +29,15 @@ class TorchBackend:
                  transforms: dict[str, list[Callable[[Any], Any]]] | None = None):
         self.components = components
         self.device = torch.device(device)
-        self.family = components.family
+        self.family = components.model_family
         # Applied to a component every time it is loaded (LoRAs): low-memory mode reloads it per image.
         self.transforms = {part: list(fns) for part, fns in (transforms or {}).items()}
         if unet_transforms:
             self.transforms.setdefault("unet", []).extend(unet_transforms)
-        names = ("tokenizer", "tokenizer_2") if self.family == "sdxl" else ("tokenizer",)
-        self.tokenizers = [components.get(n) for n in names]  # small; kept for the whole run
+        self.tokenizers = [components.get(n) for n in self.family.tokenizers]  # small; kept for the whole run
         self.scheduler_config = components.config("scheduler")
         vae_cfg, unet_cfg = components.config("vae"), components.config("unet")
-        self.vae_scale_factor = 2 ** (len(vae_cfg.get("block_out_channels", [0] * 4)) - 1)
+        self.vae_scale_factor = downscale(vae_cfg)
         self.latent_channels = int(vae_cfg.get("latent_channels", 4))
         # An inpainting UNet takes 2·C + 1 channels (latents, mask, masked-image latents): generate.py feeds them.
         self.unet_in_channels = int(unet_cfg.get("in_channels", 4))
@@ -43,13 +45,12 @@ class TorchBackend:
             raise BadInput(f"{components.folder}: UNet in_channels {self.unet_in_channels} fits neither the VAE's "
                            f"{self.latent_channels} latent channels nor an inpainting UNet's {2 * self.latent_channels + 1} "
                            "(edit/depth-concat UNets are not supported)")
-        self.scaling_factor = float(vae_cfg.get("scaling_factor", 0.18215))
-        self.shift_factor = vae_cfg.get("shift_factor") or None
+        self.scaling_factor, self.shift_factor = self.family.vae_normalisation(vae_cfg)
         sample = unet_cfg.get("sample_size", 64)
         sample = sample if isinstance(sample, (list, tuple)) else (sample, sample)
         self.default_size = (int(sample[0]) * self.vae_scale_factor, int(sample[1]) * self.vae_scale_factor)
         self.force_zeros_for_empty_prompt = components.force_zeros_for_empty_prompt
-        self._stage_parts = {**_STAGE_PARTS[self.family], **_COMMON_PARTS}
+        self._stage_parts = _stage_parts(self.family)
 
     @property
     def unet_transforms(self) -> list[Callable[[Any], Any]]:
@@ -85,13 +86,12 @@ class TorchBackend:
     # ---- networks ----
     @torch.inference_mode()
     def encode_text(self, index: int, input_ids):
-        name = "text_encoder" if index == 0 else f"text_encoder_{index + 1}"
-        encoder = self.components.get(name)
+        encoder = self.components.get(self.family.text_encoders[index].component)
         out = encoder(input_ids.to(self.device), output_hidden_states=True)
-        if self.family == "sd":
-            return out[0].float().cpu(), None
-        pooled = out[0] if out[0].ndim == 2 else None  # CLIPTextModelWithProjection.text_embeds
-        return out.hidden_states[-2].float().cpu(), (pooled.float().cpu() if pooled is not None else None)
+        hidden = out.hidden_states[-2] if self.family.penultimate_hidden else out[0]  # out[0]: last_hidden_state
+        # the pooling encoder is a CLIPTextModelWithProjection: its first output is text_embeds
+        pooled = out[0].float().cpu() if self.family.pooled_from(index) else None
+        return hidden.float().cpu(), pooled
 
     @torch.inference_mode()
     def unet(self, latents, timestep, encoder_hidden_states, added_cond: Mapping[str, Any] | None, **extra):

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from ..models.family import SDXL  # the reference model is an SDXL, scaled down
+
 IMAGE_SIZE = 128
 TEXT_HIDDEN = (64, 64)  # CLIP-L stand-in, CLIP-bigG stand-in
 PROJECTION_DIM = 64
@@ -45,10 +47,10 @@ def unet_config() -> dict:
         norm_num_groups=16,
         cross_attention_dim=cross,
         use_linear_projection=True,
-        addition_embed_type="text_time",
+        addition_embed_type=SDXL.addition_embed_type,
         addition_time_embed_dim=ADDITION_TIME_EMBED_DIM,
         # SDXL: pooled text embedding + 6 micro-conditioning ids, each Fourier-embedded.
-        projection_class_embeddings_input_dim=6 * ADDITION_TIME_EMBED_DIM + PROJECTION_DIM,
+        projection_class_embeddings_input_dim=SDXL.time_ids * ADDITION_TIME_EMBED_DIM + PROJECTION_DIM,
     )
 
 

@@ -212,10 +212,14 @@ def grid(rows: list[list], path: Path) -> None:
 
 
 def _recipe_of(compressed: Path) -> dict:
-    """The compressed UNet's recipe and honest bits, from the folder's manifest."""
-    unet = json.loads((compressed / "pocketsd.json").read_text())["components"]["unet"]
-    return {"recipe": unet.get("recipe"), "bits_per_param": unet["accounting"].get("bits_per_param"),
-            "distillation": unet.get("distillation")}
+    """The compressed UNet's recipe and honest bits, from the folder's manifest (read, checked and migrated by
+    the artifacts reader, as every stage reads it)."""
+    from ..artifacts.compressed import read_compressed_model
+
+    model = read_compressed_model(compressed)
+    unet = model.components["unet"]
+    return {"recipe": unet.recipe or None, "bits_per_param": unet.accounting.get("bits_per_param"),
+            "distillation": model.manifest["components"]["unet"].get("distillation")}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -29,9 +29,9 @@ def _fp16(layers: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def write_lora(out: Path, comps: ModelComponents, modules: dict[str, torch.nn.Module], rank: int, alpha: float) -> int:
     """Write the adapters of `modules` ({"unet": …, "text_encoder": …}) to `out`; returns the UNet layer count."""
-    import diffusers
+    from ..models.components import pipeline_class
 
-    pipeline = diffusers.StableDiffusionXLPipeline if comps.family == "sdxl" else diffusers.StableDiffusionPipeline
+    pipeline = pipeline_class(comps.model_family)
     meta = {"r": rank, "lora_alpha": alpha}
     kwargs = {"unet_lora_layers": _fp16(lora_state_dict(modules["unet"])),
               "unet_lora_adapter_metadata": {**meta, "target_modules": UNET_TARGETS}}
