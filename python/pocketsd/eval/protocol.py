@@ -146,10 +146,72 @@ def check_plan(plan: EvalPlan, has_against: bool) -> None:
         raise BadInput(f"--out {out} is a file; give a folder")
     if not out.expanduser().resolve().parent.is_dir():
         raise BadInput(f"--out {out}: folder {out.expanduser().resolve().parent} does not exist (create it first)")
+    if out.is_dir():
+        _check_run_folder(out)
     if plan.images is not None and Path(plan.images).exists() and not Path(plan.images).is_dir():
         raise BadInput(f"--images {plan.images} is a file; give a folder")
     if plan.reference_images is not None:
         reference_files(plan)
+
+
+OUTPUT_FILES = ("manifest.json", "eval.json", "eval.md", "eval_grid.png", "eval_plot.png")
+
+
+def _check_run_folder(out: Path) -> None:
+    """--out may be a new folder, an earlier run's (resumed) or any folder without our output names in it; never one
+    whose eval.json or manifest.json PocketSD did not write (they would be replaced)."""
+    manifest = out / "manifest.json"
+    ours = False
+    if manifest.is_file():
+        try:
+            ours = json.loads(manifest.read_text(encoding="utf-8")).get("format") == RUN_FORMAT + "-manifest"
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+            ours = False
+    if not ours:
+        clash = [name for name in OUTPUT_FILES if (out / name).exists()]
+        if clash:
+            raise BadInput(f"--out {out} already holds {clash[0]}, which is not from a `pocketsd eval` run; give "
+                           "another --out folder (nothing there was changed)")
+
+
+def check_resume(plan: EvalPlan, folders: dict[str, Path], sides: dict[str, "ModelSide"]) -> None:
+    """What an earlier run left in the image folders must be this run's: settings.json readable and equal, and every
+    existing image whole and made for the same prompt text (ids of a plain text file are line numbers, so another
+    file's line 3 has the same name). Checked for every side before anything is written."""
+    for role, side in sides.items():
+        folder = folders[role]
+        if folder.exists() and not folder.is_dir():
+            raise BadInput(f"{folder} is a file where the image folder of {side.name} goes; remove it")
+        path = folder / SETTINGS_FILE
+        if path.exists():
+            try:
+                old = json.loads(path.read_text(encoding="utf-8"))
+                if not isinstance(old, dict):
+                    raise ValueError("not a JSON object")
+            except (OSError, UnicodeDecodeError, ValueError) as exc:
+                raise BadInput(f"{path} is not readable ({type(exc).__name__}); remove the folder {folder} or use "
+                               "another --images/--out") from None
+            if old.get("key") != side.key or old.get("settings") != _jsonable(side.settings):
+                raise BadInput(f"{folder} holds images made with other settings (its {SETTINGS_FILE} differs); "
+                               "remove the folder or use another --images/--out")
+        for prompt in plan.prompts:
+            image = folder / image_name(prompt.id, plan.seed_of(prompt))
+            if image.exists():
+                _check_existing_image(image, prompt)
+
+
+def _check_existing_image(path: Path, prompt: Prompt) -> None:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            made_for = im.text.get("prompt") if hasattr(im, "text") else None
+            im.load()  # decodes every pixel: a truncated or bit-flipped PNG fails its zlib stream or CRCs here
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise BadInput(f"{path} is damaged ({type(exc).__name__}); delete it and re-run to make it again") from None
+    if made_for is not None and made_for != prompt.text:
+        raise BadInput(f"{path} was made for another prompt ({made_for[:40]!r}, not {prompt.id}'s "
+                       f"{prompt.text[:40]!r}): this folder belongs to another prompt set; use another --out/--images")
 
 
 def reference_files(plan: EvalPlan) -> tuple[list[Path], str]:
@@ -185,6 +247,7 @@ def run_eval(plan: EvalPlan, model: ModelSide, against: ModelSide | None = None,
     sides = {"model": model, **({"against": against} if against is not None else {})}
     folders = {role: plan.image_root / side.folder_name for role, side in sides.items()}
     if main:
+        check_resume(plan, folders, sides)
         for role, side in sides.items():
             _prepare_folder(folders[role], side)
     sharding.wait_for_everyone(state)
