@@ -25,6 +25,7 @@ migrated on read, taking the settings from the source folder when it is still th
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,9 +197,15 @@ def _migrate_v1(manifest: dict, folder: Path) -> dict:
     return manifest
 
 
+# The pipeline's loop components (pipeline.backend.COMPONENTS) → the bundle stage whose packages serve them.
+LOOP_STAGES = {"text_encoder": TEXT_ENCODE, "unet": DENOISE, "vae_decoder": VAE_DECODE, "vae_encoder": VAE_ENCODE}
+
+
 @dataclass
 class BundleManifest:
-    """A bundle's manifest, read and checked; typed accessors for what the pipeline and `info` need."""
+    """A bundle's manifest, read and checked, and the one reader of it: typed accessors for what the Core ML
+    backend and `info` need — which packages serve which stage, their specs, and the pipeline settings the
+    converter recorded (format 2; format 1 and foreign bundles are migrated on read)."""
 
     root: Path
     manifest: dict
@@ -218,6 +225,61 @@ class BundleManifest:
     @property
     def model_family(self) -> ModelFamily:
         return family_named(self.manifest.get("model_type"))
+
+    # ---- the pipeline settings -----------------------------------------------------------------------
+    @property
+    def source_model(self) -> str | None:
+        src = self.manifest.get("source_model") or {}
+        return src.get("path") or src.get("spec")
+
+    @property
+    def scheduler_config(self) -> dict:
+        return dict(self.manifest["scheduler_config"])
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.manifest["vae_scaling_factor"])
+
+    @property
+    def shift_factor(self) -> float | None:
+        value = self.manifest.get("vae_shift_factor")
+        return float(value) if value else None
+
+    @property
+    def vae_scale_factor(self) -> int:
+        image, latent = self.manifest.get("image_size"), self.manifest.get("latent_size")
+        return int(image[0] // latent[0]) if image and latent else self.model_family.latent_factor
+
+    @property
+    def force_zeros_for_empty_prompt(self) -> bool:
+        return bool(self.manifest.get("force_zeros_for_empty_prompt", False))
+
+    def tokenizer_settings(self) -> list[dict]:
+        """{pad_token, model_max_length} per text encoder, in package order (`models.family.tokenizer_settings`)."""
+        return list(self.manifest.get("tokenizers") or [])
+
+    # ---- packages --------------------------------------------------------------------------------------
+    def models_for(self, component: str) -> list[str]:
+        """Packages serving a loop component ("text_encoder", "unet", "vae_decoder", "vae_encoder"), in order."""
+        if component == "unet":
+            return self.unet_packages()
+        if component == "text_encoder":
+            return [n for n in TEXT_ENCODERS if n in self.components]
+        return self.packages_for(LOOP_STAGES[component])
+
+    def model_path(self, name: str) -> Path:
+        package = self.root / self.components[name]["file"]
+        compiled = package.with_suffix(".mlmodelc")
+        if sys.platform == "darwin" and compiled.exists():
+            return compiled  # compiled models skip the compile step on load
+        return package
+
+    def unet_input(self, name: str) -> TensorSpec:
+        for model in self.models_for("unet"):
+            inputs, _ = self.specs(model)
+            if name in inputs:
+                return inputs[name]
+        raise BadInput(f"the Core ML bundle {self.root} has no UNet with a {name!r} input; re-run `pocketsd convert`")
 
     def packages_for(self, stage: str) -> list[str]:
         return [n for n, c in self.components.items() if c.get("stage", stage_of(n)) == stage

@@ -101,7 +101,7 @@ def controlnet_hook(folder: Path, control_image, backend, *, scale: float = 1.0,
     torch: load the diffusers ControlNet and check it against `backend`'s UNet. Core ML: select the bundle's
     ControlNet package of that name (or converted from that folder) and check its outputs against the UNet's inputs."""
     if getattr(backend, "name", None) == "coreml":
-        return coreml_residuals_hook(backend, bundle_controlnet_name(folder, backend.info.bundle.controlnets()),
+        return coreml_residuals_hook(backend, bundle_controlnet_name(folder, backend.info.controlnets()),
                                      control_image, scale)
     components = getattr(backend, "components", None)
     if components is None:

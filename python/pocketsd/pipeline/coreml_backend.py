@@ -123,20 +123,20 @@ class CoreMLBackend:
             raise BadInput(f"--compute-units {compute_units!r} is not one of {', '.join(COMPUTE_UNITS)}")
         self.info: BundleInfo = read_bundle(bundle)
         if verify:  # every package against the sha256 the converter recorded, before Core ML reads any
-            self.info.bundle.verify()
+            self.info.verify()
         if predictor_factory is None and sys.platform != "darwin":
             raise PlatformUnsupported(coreml_unavailable_message(bundle, self.info.source_model))
         self.factory = predictor_factory or CoreMLPredictor
         self.compute_units = compute_units
         self.function_name = function_name
-        if function_name and not self.info.unet_functions:
+        if function_name and not self.info.unet_functions():
             raise BadInput(f"this bundle's UNet has no functions to select ({function_name!r}); re-convert with the LoRA/domain baked in")
-        if function_name and function_name not in self.info.unet_functions:
-            raise BadInput(f"the bundle's UNet has no function {function_name!r}; it has: {', '.join(self.info.unet_functions)}")
+        if function_name and function_name not in self.info.unet_functions():
+            raise BadInput(f"the bundle's UNet has no function {function_name!r}; it has: {', '.join(self.info.unet_functions())}")
         info = self.info
-        self.family = info.family
+        self.family = info.model_family
         self.tokenizers = info.tokenizers()
-        self.hidden_name = names.text_hidden_name(info.family.penultimate_hidden)
+        self.hidden_name = names.text_hidden_name(info.model_family.penultimate_hidden)
         self.scheduler_config = info.scheduler_config
         self.vae_scale_factor = info.vae_scale_factor
         self.scaling_factor = info.scaling_factor
@@ -144,7 +144,7 @@ class CoreMLBackend:
         self.force_zeros_for_empty_prompt = info.force_zeros_for_empty_prompt
         sample = info.unet_input(names.SAMPLE)
         self.unet_in_channels = int(sample.shape[1])  # 2·C + 1 for an inpainting UNet
-        decoder_in = info.specs(names.VAE_DECODER)[0].get(names.DECODER_IN) if names.VAE_DECODER in info.bundle.components else None
+        decoder_in = info.specs(names.VAE_DECODER)[0].get(names.DECODER_IN) if names.VAE_DECODER in info.components else None
         self.latent_channels = int(decoder_in.shape[1]) if decoder_in is not None and decoder_in.shape else self.unet_in_channels
         self.default_size = (int(sample.shape[2]) * self.vae_scale_factor, int(sample.shape[3]) * self.vae_scale_factor)
         self._loaded: dict[str, list[Predictor]] = {}
@@ -251,7 +251,7 @@ class CoreMLBackend:
     def use_controlnet(self, name: str) -> None:
         """Select the bundle's ControlNet `name` (Resources/controlnet/<name>.mlpackage); it loads with the UNet.
         Its outputs must be residual inputs of the UNet, with the same shapes."""
-        available = self.info.bundle.controlnets()
+        available = self.info.controlnets()
         if name not in available:
             raise BadInput(f"the Core ML bundle has no ControlNet {name!r}; it has: {', '.join(available) or 'none'} "
                            "(add one with `pocketsd convert --controlnet DIR`)")
