@@ -205,8 +205,10 @@ def _check_existing_image(path: Path, prompt: Prompt) -> None:
 
     try:
         with Image.open(path) as im:
-            made_for = im.text.get("prompt") if hasattr(im, "text") else None
-            im.load()  # decodes every pixel: a truncated or bit-flipped PNG fails its zlib stream or CRCs here
+            made_for = im.info.get("prompt")  # save_image's text chunks precede the pixels: read at open, no decode
+            # every chunk's CRC and the file's end, without inflating pixels (a resume of thousands of images stays
+            # cheap): a truncated or bit-flipped PNG fails here, not at scoring after everything else was generated
+            im.verify()
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
         raise BadInput(f"{path} is damaged ({type(exc).__name__}); delete it and re-run to make it again") from None
     if made_for is not None and made_for != prompt.text:
