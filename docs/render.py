@@ -68,6 +68,9 @@ WRITTEN_BY = {
 }
 
 TITLES = {
+    "default_compress": "The default compress command",
+    "default_compress_quick": "The default compress command (smoke run)",
+    "app_load": "The web demo under load",
     "compression": "Compression against Apple's methods",
     "distill_curve": "Distillation: gain against CPU-minutes",
     "apple_mbp": "Apple's own mixed-bit pre-analysis",
@@ -192,7 +195,7 @@ def label(key: str) -> str:
 
 
 # ---- provenance --------------------------------------------------------------------------------------------
-_LOAD_KEY = re.compile(r"^load(_average)?(_(before|after|end))?$")
+_LOAD_KEY = re.compile(r"^(load(_?avg)?(_average)?(_(before|after|end|start))?)$")
 _UPTIME = re.compile(r"load average:\s*([\d.]+)")
 
 
@@ -235,6 +238,8 @@ def find_disjoint(data):
         for k, v in data.items():
             if "disjoint" in k and not isinstance(v, (dict, list)):
                 return v
+            if k == "splits" and isinstance(v, dict):
+                return "; ".join(f"{a}: {b}" for a, b in v.items())
             if isinstance(v, dict):
                 found = find_disjoint(v)
                 if found is not None:
@@ -244,11 +249,11 @@ def find_disjoint(data):
 
 def provenance(stem: str, data: dict, kind: str) -> list[str]:
     command = data.get("command") if isinstance(data.get("command"), str) else WRITTEN_BY.get(stem)
-    commit = data.get("commit")
+    commit = data.get("commit") or data.get("code_version") or data.get("git_describe")
     version = (data.get("versions") or {}).get("pocketsd") if isinstance(data.get("versions"), dict) else None
-    code = ", ".join(x for x in ((f"pocketsd {version}" if version else ""), (f"git {commit[:12]}" if commit else ""))
+    code = ", ".join(x for x in ((f"pocketsd {version}" if version else ""), (f"git {commit[:12] if re.fullmatch(r'[0-9a-f]{40}', commit) else commit}" if commit else ""))
                      if x) or NOT_RECORDED
-    cpus = find_key(data, ("cpus", "cpu_count"))
+    cpus = find_key(data, ("cpus", "cpu_count", "cores"))
     threads = find_key(data, ("torch_threads", "threads", "omp_threads"))
     platform = find_key(data, ("platform",))
     machine = "; ".join(f"{name}: {NOT_RECORDED if v is None else v}" for name, v in
@@ -256,7 +261,7 @@ def provenance(stem: str, data: dict, kind: str) -> list[str]:
     ls = loads(data)
     load = (f"1-minute load average {min(ls):.1f}–{max(ls):.1f} over {len(ls)} readings" if len(ls) > 1 else
             f"1-minute load average {ls[0]:.1f}" if ls else NOT_RECORDED)
-    date = find_key(data, ("date", "created_utc", "finished_utc", "started_utc")) or NOT_RECORDED
+    date = find_key(data, ("date", "date_utc", "created_utc", "finished_utc", "started_utc")) or NOT_RECORDED
     rows = [["command", f"`{command}`" if command else NOT_RECORDED], ["code version", code],
             ["machine", machine], ["load", load], ["date", str(date)], ["run", kind]]
     if any(k in data for k in ("calibration", "teacher", "n_image_prompts")) or \
@@ -532,7 +537,69 @@ def page_eval_refmodel(data: dict, ctx: dict) -> tuple[str, list[str]]:
     return "special runs (see each row)" if rows else NOT_RECORDED, body
 
 
-SPECIAL = {"compression": page_compression, "eval_refmodel": page_eval_refmodel, "distill_curve": page_distill_curve, "sdxl_real_size": page_sdxl_real_size}
+def default_compress_rows(data: dict, d: dict) -> list[dict]:
+    """One entry per variant of a default_compress file, with its run label."""
+    out = []
+    for r in data.get("rows", []):
+        ev = r.get("eval") or {}
+        held = next((v for k, v in ev.items() if "held" in k), None) or {}
+        inset = next((v for k, v in ev.items() if "in-set" in k or "in_set" in k), None) or {}
+        unet = (r.get("components") or {}).get("unet") or {}
+        if r.get("default_command") is True and not data.get("special_run"):
+            run = "DEFAULT"
+        else:
+            flags = (r.get("command") or "").split("--out OUT")[-1].strip()
+            run = "special run" + (f": {flags}" if flags else "") + (" (smoke run)" if data.get("special_run") else "")
+        out.append({"variant": r.get("variant"), "run": run, "command": (r.get("command") or "").strip(), "unet": unet, "held": held,
+                    "inset": inset, "compress": r.get("compress") or {}})
+    return out
+
+
+def psnr_ci(e: dict) -> str:
+    if e.get("psnr_db") is None:
+        return "—"
+    text = f"{e['psnr_db']:.2f}"
+    if e.get("psnr_low") is not None and e.get("psnr_high") is not None:
+        text += f" [{e['psnr_low']:.2f}, {e['psnr_high']:.2f}]"
+    return text
+
+
+def pct(x) -> str:
+    return "—" if x is None else f"{100 * x:.1f}" if x <= 1 else f"{x:.1f}"
+
+
+def page_default_compress(data: dict, ctx: dict) -> tuple[str, list[str]]:
+    d = ctx["defaults"]
+    rows = []
+    for r in default_compress_rows(data, d):
+        c = r["compress"]
+        loads_ = [x for x in (c.get("load_before"), c.get("load_after")) if isinstance(x, list) and x]
+        rows.append([f"`{r['variant']}`", r["run"], f"`{r['command']}`" if r["command"] else "—",
+                     num(r["unet"].get("bits_per_param")), psnr_ci(r["held"]), num(r["held"].get("n")),
+                     psnr_ci(r["inset"]), pct(r["held"].get("adherence")), pct(r["held"].get("adherence_against")),
+                     num(c.get("wall_s")), num(c.get("cpu_s")), num(c.get("peak_rss_mb")),
+                     " → ".join(f"{x[0]:.1f}" for x in loads_) or NOT_RECORDED])
+    proto = data.get("protocol") or {}
+    body = []
+    if proto.get("evaluation"):
+        body += [f"Evaluation: {proto['evaluation']}.", ""]
+    for split, what in (proto.get("splits") or {}).items():
+        body += [f"- `{split}`: {what}."]
+    body += [""] if proto.get("splits") else []
+    body += table(["variant", "run", "command", "UNet bits/param", "held-out image PSNR dB", "held-out n",
+                   "in-set image PSNR dB", "held-out adherence %", "fp16 adherence %", "compress wall s",
+                   "compress CPU s", "peak RSS (MiB)", "load (1 min) before → after"], rows,
+                  ["---", "---", "---"] + ["---:"] * 10)
+    if proto.get("targets"):
+        body += ["Targets recorded in the file: " + cell(proto["targets"]) + ".", ""]
+    kinds = {r[1] for r in rows}
+    kind = "special run (smoke run)" if data.get("special_run") else (
+        "DEFAULT command and special runs beside it" if "DEFAULT" in kinds else "special runs")
+    return kind, body
+
+
+SPECIAL = {"default_compress": page_default_compress, "default_compress_quick": page_default_compress,
+           "compression": page_compression, "eval_refmodel": page_eval_refmodel, "distill_curve": page_distill_curve, "sdxl_real_size": page_sdxl_real_size}
 
 # What each file's run is, for files whose kind is a matter of what they measure rather than their settings.
 KINDS = {
@@ -557,6 +624,19 @@ KINDS = {
 
 
 # ---- generic layout ----------------------------------------------------------------------------------------
+def run_kind_recorded(data) -> str | None:
+    """A file's own statement of what run it is: `special_run`, `quick`, a `mode` of smoke/quick, `default_command`."""
+    if not isinstance(data, dict):
+        return None
+    if data.get("default_command") is True and not data.get("special_run") and not data.get("quick"):
+        return "DEFAULT"
+    if data.get("special_run") is True or data.get("quick") is True:
+        return "special run" + (" (quick)" if data.get("quick") else "")
+    if str(data.get("mode", "")).lower() in ("smoke", "quick"):
+        return f"special run ({data['mode']} mode)"
+    return None
+
+
 def is_scalar(v) -> bool:
     return v is None or isinstance(v, (str, int, float, bool))
 
@@ -633,7 +713,7 @@ def render_page(json_path: Path, data, ctx: dict) -> tuple[str, str, str]:
         if json_path.parent != RESULTS and stem == "distill_curve" and isinstance(data, dict):
             kind, body = page_distill_curve(data, ctx)
         else:
-            kind = kind or NOT_RECORDED
+            kind = kind or run_kind_recorded(data) or NOT_RECORDED
             body = generic_body(data)
     lines = [f"# {title}", "", f"Generated by `docs/render.py` from `benchmarks/results/"
              f"{json_path.relative_to(RESULTS).as_posix()}`. Do not edit by hand.", ""]
@@ -671,14 +751,29 @@ def headline(ctx: dict) -> list[str]:
                      curve_point_kind(near, curve, d, True),
                      f"{near['bits_per_param']:.3f}", "—", f"{near['image_psnr_db']:.2f}" + ci(near.get("image_psnr_ci95")),
                      num(near.get("adherence_pct"), 3), "distill_curve.json"])
-    lines = [f"Default command: {default_command_text(d)}. Reference model, "
+    lines = []
+    dc = ctx["files"].get("default_compress")
+    if dc and not dc.get("special_run"):
+        drows = []
+        for r in default_compress_rows(dc, d):
+            drows.append([f"`{r['command'] or r['variant']}`", r["run"], num(r["unet"].get("bits_per_param")),
+                          psnr_ci(r["held"]), psnr_ci(r["inset"]), pct(r["held"].get("adherence")),
+                          pct(r["held"].get("adherence_against"))])
+        lines += [f"**The default command** (`default_compress.json`, {dc.get('date', NOT_RECORDED)}, code "
+                  f"{dc.get('code_version', NOT_RECORDED)}): image PSNR against fp16 on prompts compression never saw "
+                  "(held-out) and on the rest (in-set), 95 % intervals; adherence on the held-out prompts.", ""]
+        lines += table(["command", "run", "UNet bits/param", "held-out PSNR dB", "in-set PSNR dB",
+                        "held-out adherence %", "fp16 adherence %"], drows,
+                       ["---", "---", "---:", "---:", "---:", "---:", "---:"])
+        lines += ["**Against Apple's methods** (`compression.json`):", ""]
+    lines += [f"Default command: {default_command_text(d)}. Reference model, "
              f"{comp.get('n_image_prompts', NOT_RECORDED)} evaluation prompts × {comp.get('steps', NOT_RECORDED)} steps, "
              "image PSNR against fp16 with 95 % intervals; bits/param count every stored byte over every UNet "
              "parameter; MB = 10^6 bytes.", ""]
     lines += table(["method", "run", "bits/param", "UNet MB", "image PSNR dB", "adherence %", "file"], rows,
                    ["---", "---", "---:", "---:", "---:", "---:", "---"])
     lines += [f"Calibration of these runs: {cell(comp.get('calibration'))}.", ""]
-    if not any(r[1] == "DEFAULT" for r in rows):
+    if not any(r[1] == "DEFAULT" for r in rows) and not (dc and not dc.get("special_run")):
         lines += ["**No file holds a measurement of the default command itself**; the rows above are the nearest "
                   "measured runs, labelled with how they differ.", ""]
     return lines

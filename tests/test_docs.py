@@ -89,3 +89,37 @@ def test_readme_is_a_five_minute_read():
     lines = (ROOT / "README.md").read_text().splitlines()
     assert len(lines) <= 300, len(lines)
     assert "make demo" in lines[3] and "make test" in lines[4]  # the two commands come first
+
+
+def _default_compress_doc(special_run: bool) -> dict:
+    def ev(psnr):
+        return {"psnr_db": psnr, "psnr_low": psnr - 1, "psnr_high": psnr + 1, "n": 18, "adherence": 0.9,
+                "adherence_against": 0.88}
+    rows = [{"variant": name, "command": f"pocketsd compress --out OUT {flags}".strip(),
+             "default_command": not flags and not special_run, "compress": {"wall_s": 1.0, "load_before": [2.0]},
+             "components": {"unet": {"bits_per_param": 4.5}},
+             "eval": {"reference-held-out": ev(30.0 + i), "reference-in-set": ev(31.0 + i)}}
+            for i, (name, flags) in enumerate((("default", ""), ("off", "--distill off")))]
+    return {"command": "python benchmarks/default_compress.py", "special_run": special_run, "date": "2026-01-01",
+            "code_version": "abc1234", "machine": {"cores": 2}, "rows": rows,
+            "protocol": {"splits": {"reference-held-out": "never drawn from by calibration"}}}
+
+
+@pytest.mark.parametrize("special_run", [False, True])
+def test_a_default_command_file_leads_the_headline_only_when_it_is_one(render, tmp_path, monkeypatch, special_run):
+    """The default command's own results file (benchmarks/default_compress.py) heads the headline table, labelled
+    DEFAULT, and a smoke run of it never does."""
+    for name in ("compression.json", "distill_curve.json"):
+        (tmp_path / name).write_text((ROOT / "benchmarks" / "results" / name).read_text())
+    (tmp_path / "default_compress.json").write_text(json.dumps(_default_compress_doc(special_run)))
+    monkeypatch.setattr(render, "RESULTS", tmp_path)
+    pages, _ = render.render(tmp_path)
+    headline, page = pages["headline.md"], pages["default_compress.md"]
+    assert "| date | 2026-01-01 |" in page and "git abc1234" in page
+    assert "never drawn from by calibration" in page  # the held-out split, stated where the file states it
+    if special_run:
+        assert "| DEFAULT |" not in page and "The default command" not in headline
+        assert "No file holds a measurement of the default command" in headline
+    else:
+        assert "| `pocketsd compress --out OUT` | DEFAULT | 4.5 | 30.00 [29.00, 31.00] |" in headline
+        assert "special run: --distill off" in headline and "No file holds" not in headline
