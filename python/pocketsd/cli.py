@@ -137,9 +137,18 @@ def _add_compress(sub) -> None:
                    help=f"sampling steps per calibration prompt (default {C.steps})")
     p.add_argument("--calib-timesteps", default=C.timesteps, choices=["all", "first25", "last25"],
                    help="record layer inputs over all timesteps or only the first/last quarter of sampling")
+    p.add_argument("--distill", default=R.distill, choices=["block", "whole", "off"],
+                   help=f"after quantizing, train the low-rank factors, tables and biases against the fp16 model, codes "
+                        f"frozen: block by block for the UNet and text encoders (one block in fp32 at a time), or the "
+                        f"whole UNet at once (an fp32 copy of it) (default {R.distill})")
+    p.add_argument("--distill-inputs", default=R.distill_inputs, choices=["best", "student", "fp16"],
+                   help=f"block mode: train each block on the recorded fp16 inputs, on what the compressed blocks before "
+                        f"it feed it, or both, keeping the better (default {R.distill_inputs})")
+    p.add_argument("--distill-cache-gb", type=float, default=R.distill_cache_gb,
+                   help=f"block mode: disk cap for the recorded fp16 block inputs and outputs, in GB "
+                        f"(default {R.distill_cache_gb:g})")
     p.add_argument("--distill-steps", type=int, default=R.distill_steps,
-                   help=f"after quantizing, train the UNet's low-rank factors, tables and biases against the fp16 "
-                        f"UNet for this many steps, codes frozen (default {R.distill_steps}; 0: off)")
+                   help=f"distillation steps (per block in block mode; default {R.distill_steps}; 0: off)")
     p.add_argument("--distill-epochs", type=float, default=R.distill_epochs,
                    help=f"… but at most this many passes over the recorded fp16 outputs (default {R.distill_epochs:g})")
     p.add_argument("--distill-minutes", type=float, default=R.distill_minutes,
@@ -191,6 +200,8 @@ def _run_compress(args) -> int:
 
     recipe = make_recipe(args.recipe, args.bits_budget, args.quantizer, args.group_size, args.block_size,
                          smoothing=not args.no_smoothing, refine_iters=args.refine_iters,
+                         distill=args.distill, distill_inputs=args.distill_inputs,
+                         distill_cache_gb=args.distill_cache_gb,
                          distill_steps=args.distill_steps, distill_epochs=args.distill_epochs,
                          distill_minutes=args.distill_minutes,
                          distill_tensors=args.distill_tensors, distill_lr=args.distill_lr,

@@ -1,8 +1,11 @@
 """`pocketsd compress`: a model folder → a compressed model folder, as named steps.
 
-    check_inputs → load → check_budget → calibrate → record_teacher → compress (per component) → distill → write
+    check_inputs → load → check_budget → calibrate (+ record blocks) → compress (per component) → distill → write
 
-(record_teacher and distill run for the UNet when its recipe asks for distillation: `palettize.distill`.)
+Distillation (codes frozen) is block by block by default: while calibrating, every block's fp16 inputs and outputs
+of the UNet and the text encoders are written to a capped cache on disk, and each compressed network is then
+distilled one block at a time (`palettize.blockwise`). `--distill whole` is the older pass over the whole UNet
+(record_teacher, then `palettize.distill`), which holds an fp32 copy of it.
 
 Everything that can be checked without loading weights is checked first; the folder is written atomically.
 """
@@ -25,6 +28,7 @@ from ..models.device import resolve_device
 from ..palettize.calibrate import CalibrationSettings, calibrate
 from ..palettize.compress import (ProbePlan, budget_floor_bits, budget_over_layers, check_budget, compress_network,
                                   plan_probes, progress_total)
+from ..palettize.blockwise import BlockRecorder, block_cache_folder, distill_network, find_blocks, remove_cache
 from ..palettize.distill import distill, planned_steps, record_teacher
 from ..palettize.layer import compressed_layers, compressed_state_dict
 from ..palettize.quantizers import BITS
@@ -69,6 +73,9 @@ def check_inputs(opts: CompressOptions) -> tuple[Path, str]:
         raise BadInput(f"{folder} has no UNet (unet/config.json); compress needs a diffusers pipeline with a UNet")
     opts.calibration.check()
     unknown = [c for c in opts.components if c not in COMPRESSIBLE]
+    repeated = sorted({c for c in opts.components if opts.components.count(c) > 1})
+    if repeated:
+        raise BadInput(f"--components names {repeated[0]} twice; name each component once")
     if unknown or not opts.components:
         raise BadInput(f"--components {','.join(opts.components)}: choose from {', '.join(COMPRESSIBLE)}")
     extra = [c for c in opts.component_recipes if c not in opts.components]
@@ -188,7 +195,7 @@ def inherited_budgets(opts: CompressOptions, networks: dict, note: Callable[[str
         if recipe.bits_budget >= budget_floor_bits(network, recipe):
             continue
         bits = budget_over_layers(network, recipe.bits_budget)
-        inherited = replace(recipe, bits_budget=round(bits, 3), name=f"budget{bits:.2f}", distill_steps=0)
+        inherited = replace(recipe, bits_budget=round(bits, 3), name=f"budget{bits:.2f}")
         if inherited.bits_budget < budget_floor_bits(network, inherited):
             continue  # out of reach even per weight: check_budget refuses it in one line
         recipes[name] = inherited
@@ -196,6 +203,63 @@ def inherited_budgets(opts: CompressOptions, networks: dict, note: Callable[[str
              f"get {recipe.bits_budget:g} bits per weight instead ({bits:.2f} bits per parameter of the {name}; "
              f"--{name.replace('_', '-')}-bits-budget sets it)")
     return recipes
+
+
+def prompt_split(prompts: list[str], batch_size: int) -> dict[str, list[str]]:
+    """The texts block distillation trains on and those it picks its best step on (the last calibration batch;
+    with one batch nothing is held out). Recorded in the manifest so the split can be checked on texts."""
+    batches = math.ceil(len(prompts) / batch_size)
+    if batches < 2:
+        return {"trained": list(prompts), "held_out": []}
+    cut = (batches - 1) * batch_size
+    return {"trained": list(prompts[:cut]), "held_out": list(prompts[cut:])}
+
+
+def _calibrate(opts: CompressOptions, pipe, networks: dict, layers: dict, prompts: list[str], block_networks: dict,
+               cache: Path | None, tick: Progress, timings: dict):
+    """Calibration statistics, and (block mode) the blocks' fp16 inputs and outputs recorded in `cache` meanwhile."""
+    settings = opts.calibration
+    t0 = time.perf_counter()
+    calls = math.ceil(len(prompts) / settings.batch_size) * settings.steps
+    encoders = {name: layers[name] for name in networks if name.startswith("text_encoder")}
+    recorder = None
+    if block_networks:
+        # the denoiser runs once per step, a text encoder once (or twice, with a negative prompt) per batch
+        per_batch = {name: settings.steps if name == "unet" else 2 for name in block_networks}
+        recorder = BlockRecorder(block_networks, cache, int(opts.recipe.distill_cache_gb * 1e9), per_batch,
+                                 math.ceil(len(prompts) / settings.batch_size), settings.seed)
+        recorder.__enter__()
+    try:
+        calib = calibrate(pipe, layers.get("unet", {}), prompts, settings.steps, settings.timesteps,
+                          settings.rows_per_layer, settings.batch_size, settings.guidance, settings.seed,
+                          progress=lambda n: tick("calibrating", n, calls, ""), encoder_modules=encoders,
+                          unet_calls=settings.unet_calls, unet_call_rows=settings.unet_call_rows, size=settings.size,
+                          on_batch=recorder.set_batch if recorder else None)
+    finally:
+        if recorder is not None:
+            recorder.__exit__(None, None, None)
+    timings["calibrate"] = time.perf_counter() - t0
+    return calib, recorder
+
+
+def _record_whole_teacher(opts: CompressOptions, pipe, networks: dict, prompts: list[str], mode: str, device: str,
+                          note, tick: Progress, timings: dict):
+    """`--distill whole`: the fp16 pipeline's UNet calls and outputs, recorded before anything is compressed
+    (or why it cannot run here). Returns (teacher, settings, skipped reason)."""
+    recipe = opts.recipe_for("unet")
+    if mode != "whole" or "unet" not in networks:
+        return None, None, None
+    skipped = distillation_memory_shortfall(networks["unet"], device)
+    if skipped:
+        note(f"distillation skipped: {skipped}")
+        return None, None, skipped
+    settings = opts.calibration
+    calls = math.ceil(len(prompts) / settings.batch_size) * settings.steps
+    t0 = time.perf_counter()
+    teacher = record_teacher(pipe, prompts, settings.steps, settings.guidance, settings.batch_size, settings.seed,
+                             progress=lambda n: tick("recording fp16 outputs", n, calls, ""))
+    timings["record_teacher"] = time.perf_counter() - t0
+    return teacher, recipe.distill_settings(settings.guidance), None
 
 
 def compress_model(opts: CompressOptions, on_progress: Progress | None = None,
@@ -206,7 +270,8 @@ def compress_model(opts: CompressOptions, on_progress: Progress | None = None,
     note = on_note or (lambda message: None)
     tick = on_progress or (lambda task, n, total, detail="": None)
     folder, spec = check_inputs(opts)
-    prompts = calibration_prompts(folder, opts.calibration, opts.calib_prompts)
+    # unique texts: block distillation holds out the last batch's prompts, which must never be trained on
+    prompts = list(dict.fromkeys(calibration_prompts(folder, opts.calibration, opts.calib_prompts)))
     timings = {}
 
     t0 = time.perf_counter()
@@ -232,60 +297,66 @@ def compress_model(opts: CompressOptions, on_progress: Progress | None = None,
         note(f"plan: {plan.describe()}{over}; about {plan.total * per_eval / 60:.0f} min of UNet time here "
              f"({per_eval:.2f} s per evaluation)")
 
-    t0 = time.perf_counter()
+    mode = opts.recipe.distill if opts.recipe.distills else "off"
     layers = {name: compressible_layers(network)[0] for name, network in networks.items()}
-    calls = math.ceil(len(prompts) / settings.batch_size) * settings.steps
-    encoders = {name: layers[name] for name in networks if name.startswith("text_encoder")}
-    calib = calibrate(pipe, layers.get("unet", {}), prompts, settings.steps, settings.timesteps,
-                      settings.rows_per_layer, settings.batch_size, settings.guidance, settings.seed,
-                      progress=lambda n: tick("calibrating", n, calls, ""), encoder_modules=encoders,
-                      unet_calls=settings.unet_calls, unet_call_rows=settings.unet_call_rows, size=settings.size)
-    timings["calibrate"] = time.perf_counter() - t0
-
-    # distillation's teacher: the fp16 pipeline's UNet calls and outputs, recorded before anything is compressed
-    teacher, distill_settings = None, None
-    distill_skipped = None
-    if "unet" in networks and opts.recipe_for("unet").distill_steps:
-        distill_skipped = distillation_memory_shortfall(networks["unet"], device)
-        if distill_skipped:
-            note(f"distillation skipped: {distill_skipped}")
-    if "unet" in networks and opts.recipe_for("unet").distill_steps and not distill_skipped:
-        distill_settings = opts.recipe_for("unet").distill_settings(settings.guidance)
-        t0 = time.perf_counter()
-        teacher = record_teacher(pipe, prompts, settings.steps, settings.guidance, settings.batch_size, settings.seed,
-                                 progress=lambda n: tick("recording fp16 outputs", n, calls, ""))
-        timings["record_teacher"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    payloads = {}
-    for name, network in networks.items():
-        # the VAE has no calibration: its layers are judged by weight error (no smoothing, no probe)
-        component_calib = calib if name == "unet" else calib.encoders.get(name)
-        recipe = opts.recipe_for(name)
-        total = progress_total(network, recipe)
-        report = compress_network(network, recipe, component_calib,
-                                  lambda n, detail="", task=f"compressing {name}": tick(task, n, total, detail),
-                                  probe=plan if name == "unet" else None)
-        info = {**component_calib.info, **report.allocation} if component_calib is not None else \
-            {"note": "no calibration: layer weight error, no smoothing"}
-        if name != "unet":  # distillation trains the UNet only
-            report.recipe["distill_steps"] = 0
-        elif distill_skipped:
-            report.recipe["distill_steps"] = 0
-            report.recipe["distill_skipped"] = distill_skipped
-        elif teacher is not None:
-            t1, steps = time.perf_counter(), planned_steps(teacher, distill_settings)
-            done = distill(network, teacher, distill_settings, lambda n, detail="": tick("distilling", n, steps, detail))
-            timings["distill"] = time.perf_counter() - t1
-            info["distillation"] = {**done.to_dict(), "teacher": teacher.info,
-                                    "note": "layer snr_db values were measured before distillation"}
-            teacher = None  # free the recorded calls before the next component
-        payloads[name] = ComponentPayload(
-            state_dict=compressed_state_dict(network), config=read_config(folder, name),
-            layers=[layer.record() for layer in compressed_layers(network).values()], fp16_layers=report.fp16_layers,
-            library=type(network).__module__.split(".")[0], class_name=type(network).__name__, recipe=report.recipe,
-            calibration=info)
-    timings["compress"] = time.perf_counter() - t0 - timings.get("distill", 0.0)
+    # block mode distils every network the pipeline runs while calibrating (the VAE does not run: latents out)
+    block_networks = {name: (network, find_blocks(network, list(layers[name])))
+                      for name, network in networks.items()
+                      if mode == "block" and name != "vae" and opts.recipe_for(name).distills and layers[name]}
+    cache = block_cache_folder() if block_networks else None
+    try:
+        calib, recorder = _calibrate(opts, pipe, networks, layers, prompts, block_networks, cache, tick, timings)
+        teacher, distill_settings, distill_skipped = _record_whole_teacher(opts, pipe, networks, prompts, mode, device,
+                                                                           note, tick, timings)
+        payloads = {}
+        weights = {name: sum(m.weight.numel() for m in layers[name].values()) for name in block_networks}
+        for name, network in networks.items():
+            # the VAE has no calibration: its layers are judged by weight error (no smoothing, no probe)
+            component_calib = calib if name == "unet" else calib.encoders.get(name)
+            recipe = opts.recipe_for(name)
+            t0 = time.perf_counter()
+            total = progress_total(network, recipe)
+            report = compress_network(network, recipe, component_calib,
+                                      lambda n, detail="", task=f"compressing {name}": tick(task, n, total, detail),
+                                      probe=plan if name == "unet" else None)
+            timings["compress"] = timings.get("compress", 0.0) + time.perf_counter() - t0
+            info = {**component_calib.info, **report.allocation} if component_calib is not None else \
+                {"note": "no calibration: layer weight error, no smoothing"}
+            report.recipe["distill"] = "off"
+            if name in block_networks:
+                share = None if recipe.distill_minutes is None else \
+                    recipe.distill_minutes * weights[name] / max(1, sum(weights.values()))
+                order = recorder.order[name]
+                t1 = time.perf_counter()
+                info["distillation"] = distill_network(
+                    network, recorder.calls[name], order, recipe.block_distill_settings(share), cache / f"student-{name}",
+                    lambda n, detail="", task=f"distilling {name}": tick(task, n, len(order), detail))
+                info["distillation"]["cache"] = recorder.info()[name]
+                info["distillation"]["prompts"] = prompt_split(prompts, opts.calibration.batch_size)
+                timings["distill"] = timings.get("distill", 0.0) + time.perf_counter() - t1
+                report.recipe["distill"] = "block"
+            elif name == "unet" and distill_skipped:
+                report.recipe["distill_steps"] = 0
+                report.recipe["distill_skipped"] = distill_skipped
+            elif name == "unet" and teacher is not None:
+                t1, steps = time.perf_counter(), planned_steps(teacher, distill_settings)
+                done = distill(network, teacher, distill_settings,
+                               lambda n, detail="": tick("distilling", n, steps, detail))
+                timings["distill"] = time.perf_counter() - t1
+                info["distillation"] = {**done.to_dict(), "mode": "whole", "teacher": teacher.info,
+                                        "note": "layer snr_db values were measured before distillation"}
+                report.recipe["distill"] = "whole"
+                teacher = None  # free the recorded calls before the next component
+            if report.recipe["distill"] == "off":
+                report.recipe["distill_steps"] = 0
+            payloads[name] = ComponentPayload(
+                state_dict=compressed_state_dict(network), config=read_config(folder, name),
+                layers=[layer.record() for layer in compressed_layers(network).values()],
+                fp16_layers=report.fp16_layers, library=type(network).__module__.split(".")[0],
+                class_name=type(network).__name__, recipe=report.recipe, calibration=info)
+    finally:
+        if cache is not None:
+            remove_cache(cache)
     del pipe, networks, calib
 
     t0 = time.perf_counter()

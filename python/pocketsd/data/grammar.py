@@ -71,6 +71,38 @@ def grammar_words() -> list[str]:
     return sorted(words)
 
 
+# ---- what compression may see, and what evaluation keeps for itself ------------------------------------------
+# One in three of the 54 colour × shape × background combinations is never used to compress (calibration and
+# distillation draw only from the other 36), with or without a position word. The rule is balanced: for every
+# colour and background exactly one shape is held out, so each colour appears 3 times, each shape and background 6
+# times among the 18 held-out combinations. Evaluation reports them apart from the 36 in-set ones.
+HELD_OUT_RULE = "(colour index + shape index + background index) % 3 == 0, indices in COLORS/SHAPES/BACKGROUNDS order"
+
+
+def is_held_out(scene: Scene) -> bool:
+    """True for a combination compression never sees (see HELD_OUT_RULE); positions and styles do not matter."""
+    return (list(COLORS).index(scene.color) + SHAPES.index(scene.shape)
+            + list(BACKGROUNDS).index(scene.background)) % 3 == 0
+
+
+def held_out_scenes() -> list[Scene]:
+    """The 18 adherence prompts (no position) of combinations compression never sees."""
+    return [s for s in adherence_scenes() if is_held_out(s)]
+
+
+def in_set_scenes() -> list[Scene]:
+    """The 36 adherence prompts (no position) of combinations compression draws its prompts from."""
+    return [s for s in adherence_scenes() if not is_held_out(s)]
+
+
 def calibration_prompts(n: int, seed: int = 0) -> list[str]:
+    """`n` distinct captions of in-set combinations (never a held-out one), about half with a position word, in a
+    seeded order. There are 216 such captions; past that the draw starts over (callers drop repeats)."""
     rng = random.Random(seed)
-    return [random_scene(rng).caption for _ in range(n)]
+    plain = [s for s in all_scenes() if s.position is None and not is_held_out(s)]
+    placed = [s for s in all_scenes() if s.position is not None and not is_held_out(s)]
+    rng.shuffle(plain)
+    rng.shuffle(placed)
+    # alternate plain and placed captions while both last, then the rest: half with a position, as training had
+    mixed = [s for pair in zip(plain, placed) for s in pair] + placed[len(plain):]
+    return [mixed[i % len(mixed)].caption for i in range(n)]

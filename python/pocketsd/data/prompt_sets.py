@@ -8,6 +8,8 @@ subsampling and per-prompt seeds.
 | `pocketsd` (default for every model but the reference model) | `data/prompts/pocketsd.json`, the project's own 288 prompts | `<category>-<nn>` | yes |
 | `reference` | the reference model's 54 adherence scenes (`data.grammar.adherence_scenes`), each with its `Scene` | `ref-<color>-<shape>-<background>` | background |
 | `reference-all` | every grammar caption (324 scenes, with positions) | `ref-…[-<position>]` | background |
+| `reference-held-out` | the 18 adherence scenes of combinations compression never sees (`data.grammar.HELD_OUT_RULE`) | as `reference` | background |
+| `reference-in-set` | the other 36 adherence scenes (compression draws its prompts from these combinations) | as `reference` | background |
 | MJHQ-30K `meta_data.json` | `{image_id: {"category", "prompt"}}` | the image id | yes |
 | sDCI `sDCI.yaml` (SVDQuant's DCI subset, `mit-han-lab/svdquant-datasets`) | `{name: prompt}` | the name | no |
 | COCO captions JSON (`captions_val2014.json`, …) | `annotations[].caption`, one caption per image (lowest annotation id) unless `coco_all_captions=True` | `coco-<annotation id>` | no |
@@ -41,13 +43,15 @@ from pathlib import Path
 from typing import Iterable
 
 from . import PROMPTS_DIR
-from .grammar import Scene, adherence_scenes, all_scenes
+from .grammar import Scene, adherence_scenes, all_scenes, held_out_scenes, in_set_scenes
 from ..errors import BadInput
 
 OWN_FORMAT = "pocketsd-prompts"
 OWN_FORMAT_VERSION = 1
 DEFAULT_SET = "pocketsd"  # every model but the reference model
 REFERENCE_SET = "reference"  # the reference model: its grammar, scored by adherence
+HELD_OUT_SET = "reference-held-out"  # … only the combinations compression never sees
+IN_SET_SET = "reference-in-set"  # … only those it draws its calibration and distillation prompts from
 DEFAULT_SUBSAMPLE_SEED = 0  # DeepCompressor's random.Random(0)
 
 
@@ -109,7 +113,8 @@ def subsample(prompts: list[Prompt], count: int | None, seed: int = DEFAULT_SUBS
 
 
 def builtin_sets() -> list[str]:
-    return sorted({DEFAULT_SET, REFERENCE_SET, "reference-all", *(p.stem for p in PROMPTS_DIR.glob("*.json"))})
+    return sorted({DEFAULT_SET, REFERENCE_SET, HELD_OUT_SET, IN_SET_SET, "reference-all",
+                   *(p.stem for p in PROMPTS_DIR.glob("*.json"))})
 
 
 def load_prompt_set(name_or_path: str | Path = DEFAULT_SET, count: int | None = None,
@@ -172,6 +177,10 @@ def _builtin(name: str) -> PromptSet:
         return _grammar_set(name, adherence_scenes())
     if name == "reference-all":
         return _grammar_set(name, all_scenes())
+    if name == HELD_OUT_SET:
+        return _grammar_set(name, held_out_scenes())
+    if name == IN_SET_SET:
+        return _grammar_set(name, in_set_scenes())
     path = PROMPTS_DIR / f"{name}.json"
     found = _read_file(path)
     return replace(found, name=name, source=f"builtin:{name}")

@@ -175,13 +175,15 @@ def calibrate(pipeline, modules: dict[str, nn.Module], prompts: list[str], steps
               timesteps: str = "all", rows_per_layer: int = 512, batch_size: int = 8, guidance: float = 5.0,
               seed: int = 0, progress=None, unet_calls: int = 8, unet_call_rows: int = 4,
               max_row_bytes: int = 2 << 30, encoder_modules: dict[str, dict[str, nn.Module]] | None = None,
-              encoder_calls: int = 4, size: tuple[int, int] | None = None) -> Calibration:
+              encoder_calls: int = 4, size: tuple[int, int] | None = None, on_batch=None) -> Calibration:
     """Run `pipeline` (any diffusers text-to-image pipeline with a UNet) and collect statistics of `modules`
     (the UNet's layers) and, when given, of `encoder_modules` ({"text_encoder": {name: layer}, …}).
 
     Text encoders run once per prompt batch, not per step, so their layers are recorded on every call (the
     timestep gate is the UNet's); their first `encoder_calls` batches of token ids are kept for the probes.
     progress: optional callable(advance: int) called once per sampling step of each batch.
+    on_batch: optional callable(batch index) before each prompt batch runs (block-wise distillation's recorder
+    tags its calls with it, to hold out whole prompts).
     """
     if timesteps not in TIMESTEP_RANGES:
         raise BadInput(f"--calib-timesteps must be one of {', '.join(TIMESTEP_RANGES)}, got {timesteps!r}")
@@ -241,6 +243,8 @@ def calibrate(pipeline, modules: dict[str, nn.Module], prompts: list[str], steps
         with torch.inference_mode():
             for b in range(batches):
                 chunk = prompts[b * batch_size:(b + 1) * batch_size]
+                if on_batch is not None:
+                    on_batch(b)
                 hw = {} if size is None else {"width": size[0], "height": size[1]}
                 pipeline(prompt=chunk, num_inference_steps=steps, guidance_scale=guidance, output_type="latent",
                          generator=torch.Generator().manual_seed(seed + b), callback_on_step_end=on_step, **hw)

@@ -25,6 +25,9 @@ from .quantizers import BITS, QuantSpec
 from .recipes import Recipe, compressible_layers
 
 
+PROBE_SCALES = (1.0, 0.5, 0.25, 0.125)  # latent side of the budget's end-to-end probes, against the native side
+
+
 @dataclass(frozen=True)
 class ProbePlan:
     """How the budget allocator's end-to-end probes replay the UNet, and what the whole compression costs in
@@ -56,19 +59,25 @@ def plan_probes(layers: int, calibration_evaluations: int, bits: tuple[int, ...]
                 latent_hw: tuple[int, int], down_factor: int, limit: int = 2000) -> ProbePlan:
     """The most faithful probe that keeps the whole compression within `limit` UNet evaluations.
 
-    Fidelity is given up in this order: fewer replayed samples (down to 4), half the latent side (when the
-    UNet's levels stay whole), fewer samples (down to 1), then only the 1-, 2-, 4- and 8-bit points of the
-    response curve. When even that is over the limit the cheapest plan is returned (the caller says so).
+    Fidelity is given up in this order: fewer replayed samples (down to 4), half the latent side (any sample
+    count), a quarter then an eighth of the side with at least 4 samples (while the UNet's levels stay whole: the
+    UNet takes any such size, and a layer's error is read through the same weights at 1/16 and 1/64 of the cost —
+    what makes the budget affordable at SDXL's 128² latents), fewer samples (down to 1), then only the 1-, 2-, 4- and 8-bit points of the response curve. When even that is
+    over the limit the cheapest plan is returned (the caller says so).
     """
     ladder = []
-    half_ok = all(s % (2 * down_factor) == 0 for s in latent_hw)
-    scales = (1.0, 0.5) if half_ok else (1.0,)
+    scales = [1.0]
+    while len(scales) < len(PROBE_SCALES) and all(s % (round(2 / scales[-1]) * down_factor) == 0 for s in latent_hw):
+        scales.append(scales[-1] / 2)
     few_bits = tuple(b for b in bits if b in (1, 2, 4, 8)) or bits
     counts = [n for n in (32, 16, 8, 4, 2, 1) if n <= available_samples] or [available_samples]
     for n in [c for c in counts if c >= 4] or counts[:1]:
         ladder.append((n, 1.0, bits))
-    for scale in scales[1:]:
-        ladder += [(n, scale, bits) for n in counts]
+    # half the side with any sample count first (what the reference model's default has always chosen), then the
+    # smaller sides with at least 4 samples, then fewer samples
+    ladder += [(n, scale, bits) for scale in scales[1:2] for n in counts]
+    ladder += [(n, scale, bits) for scale in scales[2:] for n in counts if n >= 4]
+    ladder += [(n, scale, bits) for scale in scales[2:] for n in counts if n < 4]
     ladder += [(n, 1.0, bits) for n in counts if n < 4]
     ladder += [(n, scales[-1], few_bits) for n in counts]
     plans = [ProbePlan(n, sc, b, layers, calibration_evaluations, limit) for n, sc, b in ladder]

@@ -14,7 +14,8 @@ Tensors in, tensors out:
   is cached: it never runs during training, so memory stays that of one student batch);
 - `distill` trains the student (a network of `CompressedLayer`s, put in "train" mode) to match those outputs,
   deterministically for a seed and a step count, stopping early on a time budget; it keeps the tensors of the
-  best held-out output SNR (prompts never trained on) and writes them back into the fp16 buffers.
+  best held-out output SNR (the last prompts' pairs, spread over the whole schedule; `pocketsd compress` makes the
+  calibration texts unique, so these texts are never trained on) and writes them back into the fp16 buffers.
 """
 
 from __future__ import annotations
@@ -266,7 +267,10 @@ def distill(model: nn.Module, teacher: TeacherSet, settings: DistillSettings, pr
     train_pairs, held_pairs = teacher.split(settings.held_out_share)
     steps = planned_steps(teacher, settings)
     report = DistillReport(steps_planned=steps)
-    held_pairs = held_pairs[: max(8, min(len(held_pairs), 64))]  # a fixed, small held-out set: cheap to score
+    # a fixed, small held-out set, cheap to score, spread evenly over the held-out pairs: pairs are recorded step by
+    # step, so the first 64 alone would only cover the start of the schedule (high noise)
+    keep = min(len(held_pairs), 64)
+    held_pairs = held_pairs[torch.linspace(0, len(held_pairs) - 1, keep).round().long()] if keep else held_pairs
     for layer in layers.values():
         layer.set_mode("train", trainable=settings.trainable)
     params = trainable_parameters(model)

@@ -48,8 +48,13 @@ class Recipe:
     smoothing: bool = True
     refine_iters: int = REFINE_ITERS
     fp16_layers_rule: str = FP16_LAYERS_RULE
-    # Distillation of the small tensors against the fp16 model after quantization (`palettize.distill`);
-    # it runs until `distill_steps` or `distill_minutes` (wall clock), whichever comes first.
+    # Distillation of the small tensors against the fp16 model after quantization, codes frozen: block by block
+    # ("block", `palettize.blockwise`: one block in fp32 at a time, every compressed network) or the whole UNet at
+    # once ("whole", `palettize.distill`: an fp32 copy of the UNet, for models where it fits); it runs until
+    # `distill_steps` (per block in block mode) or `distill_minutes` (wall clock, all of it), whichever comes first.
+    distill: str = "block"  # "block" | "whole" | "off"
+    distill_inputs: str = "best"  # block mode: "best" | "student" | "fp16" (see palettize.blockwise)
+    distill_cache_gb: float = 4.0  # block mode: disk cap for the recorded fp16 block inputs and outputs (GB, 1e9 B)
     distill_steps: int = DEFAULT_DISTILL_STEPS  # 0: off
     distill_epochs: float = 10.0  # at most this many passes over the recorded teacher pairs
     distill_minutes: float | None = DEFAULT_DISTILL_MINUTES
@@ -62,6 +67,17 @@ class Recipe:
         d = asdict(self)
         d["rank_note"] = "rank is capped at min(out, in·k)/2 per layer"
         return d
+
+    @property
+    def distills(self) -> bool:
+        return self.distill != "off" and self.distill_steps > 0
+
+    def block_distill_settings(self, minutes: float | None = None):
+        """The `palettize.blockwise.BlockDistillSettings` of this recipe (`minutes`: this network's share)."""
+        from .blockwise import BlockDistillSettings
+
+        return BlockDistillSettings(steps=self.distill_steps, max_epochs=self.distill_epochs, minutes=minutes, trainable=tuple(self.distill_tensors),
+                                    lr=self.distill_lr, inputs=self.distill_inputs, seed=self.distill_seed).check()
 
     def distill_settings(self, guidance: float = 5.0):
         """The `palettize.distill.DistillSettings` this recipe asks for (checked: bad values are BadInput)."""
@@ -92,14 +108,20 @@ def make_recipe(recipe: str | None = None, bits_budget: float | None = None, qua
         raise BadInput("--group-size and --block-size must be positive")
     if refine_iters < 0 or refine_iters > 20:
         raise BadInput(f"--refine-iters must be in 0..20, got {refine_iters}")
-    unknown = [k for k in distill if not k.startswith("distill_") or k not in {f.name for f in fields(Recipe)}]
+    unknown = [k for k in distill if not k.startswith("distill") or k not in {f.name for f in fields(Recipe)}]
     if unknown:
         raise TypeError(f"make_recipe() got unexpected arguments {unknown}")
     if isinstance(distill.get("distill_tensors"), str):
         distill["distill_tensors"] = tuple(t.strip() for t in distill["distill_tensors"].split(",") if t.strip())
     common = dict(quantizer=quantizer, group_size=group_size, block_size=block_size, smoothing=smoothing,
                   refine_iters=refine_iters, **distill)
-    Recipe(**common).distill_settings()  # bad distillation options fail here, before anything loads
+    checked = Recipe(**common)
+    checked.distill_settings()  # bad distillation options fail here, before anything loads
+    if checked.distill not in ("block", "whole", "off"):
+        raise BadInput(f"--distill must be one of block, whole, off, got {checked.distill!r}")
+    checked.block_distill_settings()
+    if not (math.isfinite(checked.distill_cache_gb) and 0 < checked.distill_cache_gb <= 10_000):
+        raise BadInput(f"--distill-cache-gb must be in (0, 10000] GB, got {checked.distill_cache_gb}")
     if recipe is not None and recipe != "budget":
         if recipe not in FIXED:
             raise BadInput(f"unknown recipe {recipe!r}: choose one of {', '.join(FIXED)} or use --bits-budget")
