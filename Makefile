@@ -77,6 +77,12 @@ app: setup
 bench: setup
 	$(CLI) bench
 
+# The web demo under load: 1, 8 and 32 clients against a server on 127.0.0.1 that the script starts and stops
+# (a few minutes; run it on a quiet machine). Writes benchmarks/results/app_load.{json,md,png}.
+.PHONY: bench-app-load
+bench-app-load: setup
+	$(PY) benchmarks/app_load.py
+
 # The whole chain on a full-size SDXL (random SDXL-base-shaped weights built in build/sdxl-real-size, ~7 GB of disk;
 # an hour or more on 2 cores). APPLE_SRC=DIR also runs Apple's torch2coreml on the same UNet.
 .PHONY: bench-real-size

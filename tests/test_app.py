@@ -323,3 +323,46 @@ def test_run_models_compares_saves_and_cancels(tmp_path):
     assert steps_seen == [1] and set(tmp_path.iterdir()) == before  # nothing written for a stopped run
     with pytest.raises(BadInput, match="--steps must be at least 1"):
         list(run_models(_opts(steps=0), pair, cache, tmp_path))
+
+
+def test_lora_upload_is_checked_and_used_in_place_of_the_picked_one(tmp_path):
+    from pocketsd.app.config import AppConfig
+    from pocketsd.app.ui import build_options, check_lora_upload
+    from pocketsd.data import REFERENCE_LORAS
+
+    good = tmp_path / "mine.safetensors"
+    good.write_bytes((REFERENCE_LORAS / "poster.safetensors").read_bytes())
+    assert check_lora_upload(good) == good
+    for name, data, words in (("junk.safetensors", b"\x00" * 64, "junk.safetensors is not a readable"),
+                              ("style.txt", b"hello", "not a .safetensors file"),
+                              ("empty.safetensors", b"", "empty.safetensors")):
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(BadInput, match=words) as exc:
+            check_lora_upload(path)
+        assert "\n" not in str(exc.value)
+    with pytest.raises(BadInput, match="gone from the server"):
+        check_lora_upload(tmp_path / "missing.safetensors")
+    loras = {"poster": REFERENCE_LORAS / "poster.safetensors"}
+    opts = build_options(source="text", prompt="a red circle", domain="none", lora="poster", lora_scale=0.5, seed=1,
+                         steps=2, guidance=5.0, scheduler=None, negative="", upload=None, strength=None, sketch=None,
+                         config=AppConfig(), sketch_dir=tmp_path, loras=loras, lora_upload=str(good))
+    assert opts.loras == [(good, 0.5)]  # the visitor's own file, at the page's scale
+
+
+def test_each_visit_gets_its_own_unguessable_folder_removed_when_it_ends(tmp_path):
+    from pocketsd.app.ui import SessionFiles
+
+    files = SessionFiles(tmp_path / "sessions")
+    a, b = files.folder("session-a"), files.folder("session-b")
+    assert a != b and a.parent == b.parent == tmp_path / "sessions" and len(a.name) == 32
+    assert files.folder("session-a") == a  # the same visit keeps its folder
+    (a / "out.png").write_bytes(b"a")
+    (b / "out.png").write_bytes(b"b")
+    upload = tmp_path / "upload" / "h" / "a.png"
+    upload.parent.mkdir(parents=True)
+    upload.write_bytes(b"a")
+    files.uploaded("session-a", upload)
+    files.forget("session-a")
+    assert not a.exists() and not upload.exists() and not upload.parent.exists()
+    assert (b / "out.png").read_bytes() == b"b" and files.sessions() == 1  # the other visit is untouched

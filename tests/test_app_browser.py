@@ -329,3 +329,31 @@ def test_stop_cancels_and_the_next_visitor_waits_in_line(page, browser, app):
     expect(page.locator("#right-image img")).to_have_count(0)  # the 4-bit model never ran
     expect(other.locator("#left-stats [data-field=total_s]")).to_be_visible(timeout=WAIT_MS)  # then it ran
     other.context.close()
+
+
+PHONE = {"width": 390, "height": 844}  # an iPhone 12–15's CSS viewport
+
+
+def test_phone_sized_page_shows_everything_without_sideways_scrolling(app, browser):
+    context = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True, device_scale_factor=2)
+    try:
+        pg = context.new_page()
+        pg.set_default_timeout(30_000)
+        pg.goto(app.pocketsd_url)
+        set_prompt(pg, PROMPT)
+        pg.locator("#go").scroll_into_view_if_needed()
+        generate(pg, "right", "psnr_db")  # compare mode: both images and both stat tables
+        for selector in ("#go", "#left-image img", "#right-image img", "#left-stats table", "#right-stats table"):
+            item = pg.locator(selector)
+            item.scroll_into_view_if_needed()
+            expect(item).to_be_visible()
+            box = item.bounding_box()
+            assert box["width"] > 20, (selector, box)  # shown at a usable size, not squeezed to nothing
+            assert box["x"] >= -0.5 and box["x"] + box["width"] <= PHONE["width"] + 0.5, (selector, box)
+        widths = pg.evaluate("[document.documentElement.scrollWidth, document.body.scrollWidth]")
+        assert max(widths) <= PHONE["width"], f"the page is {max(widths)} px wide on a {PHONE['width']} px screen"
+        pg.evaluate("window.scrollTo(500, window.scrollY)")
+        assert pg.evaluate("window.scrollX") == 0  # nothing to scroll sideways to
+        assert "Traceback" not in pg.content()
+    finally:
+        context.close()

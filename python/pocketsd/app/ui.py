@@ -8,11 +8,14 @@ arrives as a `BadInput` line in the message box; anything else is one line there
 
 from __future__ import annotations
 
+import atexit
 import inspect
 import logging
 import math
 import queue
 import random
+import secrets
+import shutil
 import tempfile
 import threading
 import time
@@ -54,6 +57,15 @@ CSS = """
 .psd-title { margin: 0; } .psd-title small { font-weight: normal; opacity: 0.7; }
 #status { min-height: 1.5em; font-variant-numeric: tabular-nums; }
 #left-image img, #right-image img { width: 100%; height: 100%; object-fit: contain; }
+/* A phone (390 px wide): the columns' min widths (340 and 420 px) would push the page sideways, so below 600 px
+   every column takes the full width, the two results stack, and nothing is wider than the screen. */
+@media (max-width: 600px) {
+  .gradio-container { min-width: 0 !important; padding-left: 6px !important; padding-right: 6px !important; }
+  #controls-col, #results-col, #left-col, #right-col { min-width: 0 !important; flex: 1 1 100% !important; }
+  #results-row { flex-wrap: wrap !important; }
+  .psd-stats { font-size: 0.8em; }
+  body { overflow-x: hidden; }
+}
 """
 
 
@@ -106,18 +118,122 @@ class Cancels:
             event.set()
 
 
+class SessionFiles:
+    """Each visitor's files, kept apart and removed when the visit ends.
+
+    A session's outputs and sketches go to `root/<random 128-bit name>/`: the work folder is served by Gradio's
+    file route (allowed_paths), so a name another visitor could guess (a run counter, a seed) would hand them the
+    files. The session's uploads (Gradio's own upload folder) are recorded too, and `forget` removes all of it when
+    the page is closed (`Blocks.unload`); `forget_all` runs at exit.
+    """
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._folders: dict[str, Path] = {}
+        self._uploads: dict[str, set[Path]] = {}
+        self._lock = threading.Lock()
+
+    def folder(self, session: str) -> Path:
+        with self._lock:
+            if session not in self._folders:
+                self._folders[session] = self.root / secrets.token_hex(16)
+            path = self._folders[session]
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def uploaded(self, session: str, path) -> None:
+        if path:
+            with self._lock:
+                self._uploads.setdefault(session, set()).add(Path(path))
+
+    def forget(self, session: str) -> None:
+        with self._lock:
+            folder = self._folders.pop(session, None)
+            uploads = self._uploads.pop(session, set())
+        files = list(uploads) + ([p for p in folder.rglob("*") if p.is_file()] if folder and folder.is_dir() else [])
+        for path in files:
+            _drop_gradio_copy(path)
+            if path in uploads:
+                path.unlink(missing_ok=True)
+                with_parent = path.parent  # Gradio keeps each upload in a folder of its own: remove it when empty
+                try:
+                    with_parent.rmdir()
+                except OSError:
+                    pass
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def forget_all(self) -> None:
+        for session in list(self._folders) + list(self._uploads):
+            self.forget(session)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def sessions(self) -> int:
+        with self._lock:
+            return len(set(self._folders) | set(self._uploads))
+
+
+def _drop_gradio_copy(path: Path) -> None:
+    """Remove the copy Gradio made of `path` in its cache when it sent the file to the page (named by a keyed
+    digest of the content, so only this process can find it; `delete_cache` catches any left by age)."""
+    try:
+        from gradio import processing_utils, utils
+
+        if path.is_file():
+            copy = Path(utils.get_upload_folder()) / processing_utils.hash_file(path) / path.name
+            if copy.resolve() != path.resolve():
+                copy.unlink(missing_ok=True)
+                try:
+                    copy.parent.rmdir()
+                except OSError:
+                    pass
+    except Exception:  # noqa: BLE001 — cleanup is best effort; the age-based cache deletion still runs
+        log.debug("could not drop gradio's copy of %s", path, exc_info=True)
+
+
+MAX_LORA_UPLOAD_MB = 256.0  # a LoRA for SDXL is tens of MB at high rank; the reference LoRAs are far smaller
+
+
+def check_lora_upload(path) -> Path:
+    """An uploaded LoRA file that is a safetensors file of LoRA factors, checked from its header and key names.
+
+    The full read (key formats, shapes against the model) is the pipeline's own `read_lora`, when the LoRA is applied
+    at generation; a file it refuses is one BadInput line then. The upload check stays light on purpose: it runs
+    outside the queue, in Gradio's request threads, and must not load tensors or diffusers there."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"the LoRA upload {path.name} is gone from the server; upload it again")
+    if path.suffix.lower() != ".safetensors":
+        raise BadInput(f"the LoRA upload {path.name} is not a .safetensors file")
+    if path.stat().st_size > MAX_LORA_UPLOAD_MB * 2**20:
+        raise BadInput(f"the LoRA upload {path.name} is over the {MAX_LORA_UPLOAD_MB:g} MB limit")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            keys = list(fh.keys())
+    except Exception as exc:  # noqa: BLE001 — a file the reader cannot parse is the visitor's input, one line
+        log.info("LoRA upload %s refused: %s", path.name, exc)
+        raise BadInput(f"the LoRA upload {path.name} is not a readable safetensors file") from None
+    if not any("lora" in k.lower() for k in keys):
+        raise BadInput(f"the LoRA upload {path.name} holds no LoRA factors ({len(keys)} tensors, none named lora)")
+    return path
+
+
 def _lora_files() -> dict[str, Path]:
     return {p.stem: p for p in sorted(Path(REFERENCE_LORAS).glob("*.safetensors"))}
 
 
 def build_options(*, source: str, prompt: str, domain: str, lora: str, lora_scale: float, seed, steps, guidance,
                   scheduler: str, negative: str, upload, strength, sketch, config: AppConfig, sketch_dir: Path,
-                  loras: dict[str, Path]) -> GenerateOptions:
+                  loras: dict[str, Path], lora_upload=None) -> GenerateOptions:
     """The page's fields as the pipeline's options (what the CLI builds from its flags)."""
     if seed is None or (isinstance(seed, float) and not math.isfinite(seed)) or int(seed) != seed:
         raise BadInput("the seed must be a whole number")  # NaN/inf from the number box would crash int()
     lora_list = []
-    if lora and lora != NO_LORA:
+    if lora_upload:  # the visitor's own LoRA file takes the place of the picked one
+        lora_list.append((check_lora_upload(lora_upload), float(lora_scale)))
+    elif lora and lora != NO_LORA:
         if lora not in loras:
             raise BadInput(f"unknown LoRA {lora!r}; pick one of {', '.join(loras) or 'none'}")
         lora_list.append((loras[lora], float(lora_scale)))
@@ -152,21 +268,26 @@ def build_app(config: AppConfig, cache: ModelCache | None = None) -> gr.Blocks:
     cache = cache or ModelCache(config.cache_models, config.cache_rss_mb)
     work_dir = Path(config.work_dir or tempfile.mkdtemp(prefix="pocketsd-app-"))
     config.work_dir = work_dir
+    files = SessionFiles(work_dir / "sessions")
+    atexit.register(files.forget_all)  # a server stopped with visitors still on the page leaves nothing behind
     presets = load_presets()
     loras = _lora_files()
     cancels = Cancels()
     start_steps = config.default_steps or DEFAULT_STEPS
 
-    with gr.Blocks(title="PocketSD — fp16 against 4-bit") as demo:
+    # delete_cache: Gradio's copies of the files it sent go after an hour even if a page never says goodbye, and
+    # all of them when the server stops
+    with gr.Blocks(title="PocketSD — fp16 against 4-bit", delete_cache=(600, 3600)) as demo:
         demo.pocketsd_cache = cache  # the tests and the server read these
         demo.pocketsd_work_dir = work_dir
+        demo.pocketsd_files = files
         gr.Markdown("## PocketSD — the same prompt and seed on fp16 and on the 4-bit + low-rank model\n"
                     "Time per stage, peak memory, model size and the 4-bit image's PSNR against fp16, "
                     f"measured on this machine ({config.device}).")
         source = gr.State("text")
         history = gr.State([])
         with gr.Row(equal_height=False):
-            with gr.Column(scale=2, min_width=340):
+            with gr.Column(scale=2, min_width=340, elem_id="controls-col"):
                 prompt = gr.Textbox(label="Prompt", value="a red circle on a white background, on the left",
                                     lines=2, elem_id="prompt")
                 with gr.Tabs(elem_id="inputs"):
@@ -188,6 +309,8 @@ def build_app(config: AppConfig, cache: ModelCache | None = None) -> gr.Blocks:
                                          elem_id="domain")
                     lora = gr.Dropdown([NO_LORA] + list(loras), value=NO_LORA, label="LoRA style", elem_id="lora")
                     lora_scale = gr.Slider(-2.0, 2.0, value=1.0, step=0.1, label="LoRA scale", elem_id="lora-scale")
+                lora_upload = gr.File(label="…or your own LoRA (.safetensors; seen by you only)", file_count="single",
+                                      file_types=[".safetensors"], type="filepath", elem_id="lora-upload", height=90)
                 expanded = gr.Textbox(label="Expanded prompt", interactive=False, elem_id="expanded",
                                       value=expanded_prompt(prompt.value, NO_PRESET))
                 preset_note = gr.Markdown("", elem_id="preset-note")
@@ -211,11 +334,11 @@ def build_app(config: AppConfig, cache: ModelCache | None = None) -> gr.Blocks:
                     stop = gr.Button("Stop", variant="stop", elem_id="stop")
                 status = gr.HTML("", elem_id="status")
                 message = gr.HTML("", elem_id="message")
-            with gr.Column(scale=3, min_width=420):
+            with gr.Column(scale=3, min_width=420, elem_id="results-col"):
                 sides = []
-                with gr.Row(equal_height=False):
+                with gr.Row(equal_height=False, elem_id="results-row"):
                     for name in ("left", "right"):
-                        with gr.Column(min_width=200):
+                        with gr.Column(min_width=200, elem_id=f"{name}-col"):
                             sides.append(Side(
                                 title=gr.HTML("", elem_id=f"{name}-title"),
                                 image=gr.Image(label="image", type="filepath", format="png", interactive=False,
@@ -248,9 +371,10 @@ def build_app(config: AppConfig, cache: ModelCache | None = None) -> gr.Blocks:
                       queue=False)
         prompt.change(expanded_prompt, [prompt, domain], expanded, queue=False)
 
-        def on_upload(path):
+        def on_upload(path, request: gr.Request):
             if path is None:
                 return None, None, ""
+            files.uploaded(request.session_hash, path)
             try:
                 checked = str(check_upload(path, config.max_upload_bytes, config.max_upload_pixels))
                 return gr.update(), checked, ""
@@ -258,6 +382,24 @@ def build_app(config: AppConfig, cache: ModelCache | None = None) -> gr.Blocks:
                 return None, None, message_html(error=str(exc))
 
         upload.upload(on_upload, upload, [upload, preview, message], queue=False)
+
+        def on_lora_upload(path, request: gr.Request):
+            if path is None:
+                return None, ""
+            files.uploaded(request.session_hash, path)
+            try:
+                check_lora_upload(path)
+                return gr.update(), ""
+            except BadInput as exc:  # dropped, as a refused image is
+                return None, message_html(error=str(exc))
+
+        lora_upload.upload(on_lora_upload, lora_upload, [lora_upload, message], queue=False)
+
+        def on_leave(request: gr.Request):
+            # the tab was closed or reloaded: this visit's uploads, outputs and sketches go now
+            files.forget(request.session_hash)
+
+        demo.unload(on_leave)
 
         def arm(request: gr.Request):
             cancels.arm(request.session_hash)
@@ -272,8 +414,9 @@ def build_app(config: AppConfig, cache: ModelCache | None = None) -> gr.Blocks:
 
         def generate(src, prompt_text, domain_name, lora_name, lora_s, seed_value, steps_value, guidance_value,
                      scheduler_name, negative_text, picked, compare_on, upload_path, strength_value, sketch_value,
-                     past, request: gr.Request):
+                     lora_path, past, request: gr.Request):
             cancel = cancels.get(request.session_hash)
+            own = files.folder(request.session_hash)
             runlog = RunLog()
             clear = {**sides[0].cleared(), **sides[1].cleared()}
             try:
@@ -281,7 +424,7 @@ def build_app(config: AppConfig, cache: ModelCache | None = None) -> gr.Blocks:
                                      lora_scale=lora_s, seed=seed_value, steps=steps_value, guidance=guidance_value,
                                      scheduler=scheduler_name, negative=negative_text, upload=upload_path,
                                      strength=strength_value, sketch=sketch_value, config=config,
-                                     sketch_dir=work_dir / "sketches", loras=loras)
+                                     sketch_dir=own / "sketches", loras=loras, lora_upload=lora_path)
                 run = compare_pair(choices, picked) if compare_on else [choices[picked]]
                 check_request(base, run)
             except BadInput as exc:
@@ -294,7 +437,7 @@ def build_app(config: AppConfig, cache: ModelCache | None = None) -> gr.Blocks:
             t0 = time.perf_counter()
             events: queue.Queue = queue.Queue()
             worker = threading.Thread(target=_work, daemon=True, name="pocketsd-app-generate",
-                                      args=(events, base, run, cache, work_dir / "outputs", cancel, runlog))
+                                      args=(events, base, run, cache, own / "outputs", cancel, runlog))
             worker.start()
             past = list(past or [])
             try:
@@ -333,7 +476,7 @@ def build_app(config: AppConfig, cache: ModelCache | None = None) -> gr.Blocks:
                 worker.join(timeout=60)
 
         inputs = [source, prompt, domain, lora, lora_scale, seed, steps, guidance, scheduler, negative, model,
-                  compare, upload, strength, sketch, history]
+                  compare, upload, strength, sketch, lora_upload, history]
         go.click(arm, None, status, queue=False).then(
             generate, inputs, outputs, concurrency_limit=1, concurrency_id="generate", show_progress="full")
         stop.click(halt, None, status, queue=False)
@@ -368,8 +511,8 @@ def launch(demo: gr.Blocks, config: AppConfig, *, prevent_thread_lock: bool = Fa
     # is checked by uploads.check_upload, so the cap sits well above it.
     cap_bytes = int(max(2 * config.max_upload_bytes, config.max_upload_bytes + 10 * 2**20))
     options = dict(server_name=config.host, server_port=config.port, prevent_thread_lock=True, quiet=quiet, css=CSS,
-                   max_file_size=cap_bytes, allowed_paths=[str(config.work_dir)], show_error=False, footer_links=[],
-                   inbrowser=False)
+                   max_file_size=cap_bytes, show_error=False, footer_links=[], inbrowser=False,
+                   allowed_paths=[str(Path(config.work_dir) / "sessions")])  # visitors' random folders, nothing else
     if "_frontend" in inspect.signature(demo.launch).parameters:
         options["_frontend"] = False  # only gates that one-shot reachability check (gradio 6.31)
     result = demo.launch(**options)
