@@ -131,8 +131,9 @@ def test_zero_initialised_controlnet_changes_nothing(tmp_path, backend):
 def test_peak_memory_is_a_high_water_mark():
     import gc
 
-    # in the full suite, garbage of earlier tests collected between the reset and the allocation lowered the
-    # resident set by more than the slack: collect first and keep the collector still while measuring
+    # it failed once in the full suite and passed alone; the likely cause (not proven) is earlier tests' garbage
+    # being collected between the reset and the allocation, lowering the resident set by more than the slack:
+    # collect first and keep the collector still while measuring
     gc.collect()
     gc.disable()
     try:
