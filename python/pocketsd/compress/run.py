@@ -28,7 +28,8 @@ from ..models.device import resolve_device
 from ..palettize.calibrate import CalibrationSettings, calibrate
 from ..palettize.compress import (ProbePlan, budget_floor_bits, budget_over_layers, check_budget, compress_network,
                                   plan_probes, progress_total)
-from ..palettize.blockwise import BlockRecorder, block_cache_folder, distill_network, find_blocks, remove_cache
+from ..palettize.blockwise import (BlockRecorder, block_cache_folder, distill_network, find_blocks, held_out_batches,
+                                   remove_cache)
 from ..palettize.distill import distill, planned_steps, record_teacher
 from ..palettize.layer import compressed_layers, compressed_state_dict
 from ..palettize.quantizers import BITS
@@ -206,13 +207,12 @@ def inherited_budgets(opts: CompressOptions, networks: dict, note: Callable[[str
 
 
 def prompt_split(prompts: list[str], batch_size: int) -> dict[str, list[str]]:
-    """The texts block distillation trains on and those it picks its best step on (the last calibration batch;
-    with one batch nothing is held out). Recorded in the manifest so the split can be checked on texts."""
-    batches = math.ceil(len(prompts) / batch_size)
-    if batches < 2:
-        return {"trained": list(prompts), "held_out": []}
-    cut = (batches - 1) * batch_size
-    return {"trained": list(prompts[:cut]), "held_out": list(prompts[cut:])}
+    """The texts block distillation trains on and those it picks its best step on (`held_out_batches`), recorded in
+    the manifest so the split can be checked on texts."""
+    batch_of = [i // batch_size for i in range(len(prompts))]
+    held = held_out_batches(batch_of)
+    return {"trained": [p for p, b in zip(prompts, batch_of) if b not in held],
+            "held_out": [p for p, b in zip(prompts, batch_of) if b in held]}
 
 
 def _calibrate(opts: CompressOptions, pipe, networks: dict, layers: dict, prompts: list[str], block_networks: dict,

@@ -25,6 +25,7 @@ own quantizer and model classes; none trains a format's small tensors with the c
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -81,10 +82,6 @@ def find_blocks(model: nn.Module, layer_names, share: float = BLOCK_SHARE) -> li
 
 
 # ---- what flows through a block: pytrees of tensors and constants ------------------------------------
-def _flatten(tree) -> tuple[list, object]:
-    return pytree.tree_flatten(tree)
-
-
 def _is_float(t) -> bool:
     return isinstance(t, torch.Tensor) and t.is_floating_point()
 
@@ -114,7 +111,7 @@ class _Call:
 
 def _save_call(path: Path, tree, rows: torch.Tensor | None, batch_rows: int | None, batch: int) -> tuple[_Call, int]:
     """Write `tree`'s tensors (float ones in fp16; batch rows `rows` of tensors whose first dim is the batch)."""
-    leaves, spec = _flatten(tree)
+    leaves, spec = pytree.tree_flatten(tree)
     tensors, constants, dtypes = {}, {}, {}
     for i, leaf in enumerate(leaves):
         if not isinstance(leaf, torch.Tensor):
@@ -175,7 +172,7 @@ class BlockRecorder:
 
     def _network_hook(self, name: str):
         def hook(_module, args, kwargs):
-            leaves = [x for x in _flatten((args, kwargs))[0] if isinstance(x, torch.Tensor) and x.dim()]
+            leaves = [x for x in pytree.tree_flatten((args, kwargs))[0] if isinstance(x, torch.Tensor) and x.dim()]
             batch_rows = leaves[0].shape[0] if leaves else 1
             keep = self.rows_per_call[name]
             rows = None
@@ -220,12 +217,17 @@ class BlockRecorder:
 CACHE_PREFIX = "pocketsd-blocks-"
 
 
+def held_out_batches(batches) -> set[int]:
+    """The calibration batches whose calls pick the best step and are never trained on: the last one, when there
+    is more than one (one rule, read by `distill_network` and by the manifest's record of the texts)."""
+    batches = set(batches)
+    return {max(batches)} if len(batches) > 1 else set()
+
+
 def block_cache_folder(parent: Path | None = None) -> Path:
     """A fresh folder for the cache, named after this process (removed by the caller when done). Caches that a
     killed run left behind (their process is gone) are removed first, so a SIGKILL never leaves gigabytes in /tmp
     for longer than the next run."""
-    import os
-
     root = Path(parent or tempfile.gettempdir())
     for stale in root.glob(f"{CACHE_PREFIX}*-*"):
         pid = stale.name[len(CACHE_PREFIX):].split("-")[0]
@@ -235,8 +237,6 @@ def block_cache_folder(parent: Path | None = None) -> Path:
 
 
 def _alive(pid: int) -> bool:
-    import os
-
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -285,7 +285,7 @@ class BlockReport:
 
 
 def _float_leaves(tree) -> list[torch.Tensor]:
-    return [x for x in _flatten(tree)[0] if _is_float(x)]
+    return [x for x in pytree.tree_flatten(tree)[0] if _is_float(x)]
 
 
 def _relative_error(out, target) -> torch.Tensor:
@@ -473,8 +473,7 @@ def distill_network(network: nn.Module, recorder_calls: dict[str, list[_Call]], 
     net_calls = recorder_calls[""]
     for layer in all_layers.values():  # fresh from compression a layer has no compute tensors yet
         layer.set_mode(final_mode, net_dtype)
-    last_batch = max((c.batch for c in net_calls), default=0)
-    held_batches = {last_batch} if len({c.batch for c in net_calls}) > 1 else set()
+    held_batches = held_out_batches(c.batch for c in net_calls)
     weights = {b: sum(l.numel for n, l in all_layers.items() if n == b or n.startswith(b + ".") or not b)
                for b in order}
     total = sum(weights.values()) or 1
