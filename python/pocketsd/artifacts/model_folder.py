@@ -128,6 +128,12 @@ def _copy_component(src: Path, dst: Path) -> None:
         shutil.copy2(path, target)
 
 
+# ControlNets a model folder may ship beside its pipeline's components (not listed in model_index.json), by the
+# conditioning each follows: the reference model's sketch one, and the depth one `generate --depth` uses when no
+# --controlnet is given.
+SHIPPED_CONTROLNETS = {"sketch": "controlnet", "depth": "controlnet_depth"}
+
+
 def copy_model(source: Path, dest: Path, skip: set[str] = frozenset()) -> list[str]:
     """Copy model_index.json and every component folder but `skip` from `source` into `dest`.
 
@@ -139,7 +145,8 @@ def copy_model(source: Path, dest: Path, skip: set[str] = frozenset()) -> list[s
         if name.startswith("_") or name in skip or not src.is_dir():
             continue
         _copy_component(src, dest / name)
-    extra = source / "controlnet"  # the reference model ships its ControlNet beside the pipeline's components
-    if "controlnet" not in skip and extra.is_dir() and "controlnet" not in read_model_index(source):
-        _copy_component(extra, dest / "controlnet")
+    for name in SHIPPED_CONTROLNETS.values():  # ControlNets shipped beside the pipeline's components
+        extra = source / name
+        if name not in skip and extra.is_dir() and name not in read_model_index(source):
+            _copy_component(extra, dest / name)
     return [str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..artifacts.model_folder import SHIPPED_CONTROLNETS
 from ..errors import BadInput
 
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors")
@@ -68,3 +69,12 @@ def load_controlnet(folder: Path, unet_config: dict, *, allow_pickle: bool = Fal
     except (OSError, ValueError, RuntimeError) as exc:  # damaged weights or shapes that do not match the config
         raise BadInput(f"--controlnet {folder} could not be loaded: {str(exc).splitlines()[0]}") from None
     return model.eval()
+
+
+def shipped_controlnet(model_folder: Path | None, conditioning: str) -> Path | None:
+    """The ControlNet for `conditioning` ("depth", …) that `model_folder` ships beside its components, if any."""
+    name = SHIPPED_CONTROLNETS.get(conditioning)
+    if model_folder is None or name is None:
+        return None
+    folder = Path(model_folder) / name
+    return folder if (folder / "config.json").is_file() else None

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..artifacts import COMPRESSED
 from ..errors import BadInput
 from ..models import family
 from ..models.family import MAX_SIDE  # noqa: F401  (the one side limit, re-exported for the CLI and the app)
@@ -30,8 +31,8 @@ MAX_LORA_SCALE = 100.0
 SEED_MAX = 2**64 - 1
 MASK_BLUR, MAX_MASK_BLUR = 4, 64  # (inputs.py reads them from here)
 MAX_CONTROLNET_SCALE = 10.0
-DEPTH_CONTROLNET_HINT = ("--depth needs a depth ControlNet (--controlnet DIR); PocketSD ships none and no depth "
-                         "estimator. For SDXL: `huggingface-cli download diffusers/controlnet-depth-sdxl-1.0 config.json "
+DEPTH_CONTROLNET_HINT = ("--depth needs a depth ControlNet (--controlnet DIR); this model ships none and "
+                         "PocketSD has no depth estimator. For SDXL: `huggingface-cli download diffusers/controlnet-depth-sdxl-1.0 config.json "
                          "diffusion_pytorch_model.fp16.safetensors --local-dir DIR`")
 
 
@@ -106,6 +107,15 @@ def _finite(flag: str, value: float | None, low: float, high: float, hint: str =
         raise BadInput(f"{flag} must be ≤ {high:g}{hint}, got {value}")
 
 
+def _shipped_depth_controlnet(model: str | None) -> Path | None:
+    """The depth ControlNet a local model folder (diffusers or compressed) ships; hub ids and bundles: none."""
+    from ..models.controlnet import shipped_controlnet
+    from ..models.resolve import resolve_model
+
+    source = resolve_model(model)
+    return shipped_controlnet(source.path, "depth") if source.kind in ("diffusers", COMPRESSED) else None
+
+
 def check_options(opts: GenerateOptions) -> None:
     if not opts.prompt or not opts.prompt.strip():
         raise BadInput("the prompt is empty; say what to draw, e.g. \"a red circle on a white background\"")
@@ -140,7 +150,11 @@ def check_options(opts: GenerateOptions) -> None:
     if opts.mask is not None and opts.image is None:
         raise BadInput("--mask needs the image it repaints: add --image FILE (inpainting repaints the mask's white area)")
     if opts.depth is not None and opts.controlnet is None:
-        raise BadInput(DEPTH_CONTROLNET_HINT)
+        # The model's own depth ControlNet (the reference model ships one) unless the user names another. Filled in
+        # here, the one place every caller's options pass, so the report and the checks below see it.
+        opts.controlnet = _shipped_depth_controlnet(opts.model)
+        if opts.controlnet is None:
+            raise BadInput(DEPTH_CONTROLNET_HINT)
     if opts.depth_invert and opts.depth is None:
         raise BadInput("--depth-invert goes with --depth FILE")
     if opts.controlnet and not opts.sketch and not opts.image and not opts.depth:

@@ -1,6 +1,14 @@
-"""Trains the reference model's sketch ControlNet on the CPU: the condition is the object's outline.
+"""Trains the reference model's sketch or depth ControlNet on the CPU (`--condition`, default sketch).
 
-    python -m pocketsd.refmodel.train_controlnet [--max-minutes M] [--steps N] [--seed S] [--out DIR]
+    python -m pocketsd.refmodel.train_controlnet [--condition sketch|depth] [--base DIR] [--max-minutes M]
+        [--steps N] [--seed S] [--out DIR]
+
+sketch: the condition is the object's outline, written to MODEL/controlnet and refmodel_controlnet.{json,png}.
+depth: the condition is the scene's depth map (`refmodel.depth`: a floor plane and each object at its own depth,
+near = bright), put through `pipeline.inputs.load_depth` as a user's `--depth` is; written to
+MODEL/controlnet_depth (where `pocketsd generate --depth` finds it) and refmodel_controlnet_depth.{json,png}. Its
+drawings follow the base model's data grammar (`p_position`/`p_pair` from the base's model_card.json; version 1 has
+none and drew single objects, half of them with a position).
 
 The ControlNet starts as a copy of the trained UNet's encoder (`ControlNetModel.from_unet`, as diffusers'
 training script does: zero convolutions on its outputs, so step 0 changes nothing); the UNet, VAE and text
@@ -14,6 +22,11 @@ Objective as the base model's (`train.py`): ε-prediction, min-SNR-5 weighting, 
 zeroed embeddings. Deterministic in its seed and step count (`--max-minutes` can only stop it earlier).
 Writes the ControlNet in fp16 safetensors to the reference model's `controlnet/` folder, atomically, and the
 training curve, held-out losses and timings to benchmarks/results/refmodel_controlnet.{json,png}.
+
+Resumable: every `--checkpoint-every` steps the whole training state (weights, optimizer, random generator, step,
+curves) goes to `<out>.train-state.pt`; a run that finds it continues from it and draws the batches the
+uninterrupted run would have. A run that reaches its planned steps deletes it; one stopped by `--max-minutes` or
+killed keeps it, so the same command run again continues.
 """
 
 from __future__ import annotations
@@ -27,7 +40,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -37,6 +52,7 @@ from ..artifacts import atomic_dir, write_json
 from ..artifacts.outputs import clear_for_replacement
 from ..data import REFERENCE_MODEL
 from ..data.grammar import BACKGROUNDS
+from ..data.model_card import reference_model_card, reference_model_record
 from .drawing import IMAGE_SIZE, make_dataset
 from .train import RESULTS_DIR, TIME_IDS, _lr_at, _progress, encode_latents, encode_text
 
@@ -155,6 +171,33 @@ def make_controlnet_dataset(n: int, seed: int):
     return scenes, images, sketch_controls(sketches)
 
 
+def make_depth_dataset(n: int, seed: int, p_position: float = 0.5, p_pair: float = 0.0):
+    """`n` procedural drawings (scenes, images) and each one's depth map as `--depth` would feed it (uint8)."""
+    from .depth import depth_controls, depth_dataset
+
+    scenes, images, depths = depth_dataset(n, seed, p_position, p_pair)
+    return scenes, images, depth_controls(depths)
+
+
+@dataclass(frozen=True)
+class Condition:
+    """What a ControlNet is trained to follow: how its training pairs are made and where it and its curve go."""
+    name: str
+    folder: str          # its folder inside the model folder
+    results_stem: str    # benchmarks/results/<stem>.{json,png}
+    make_dataset: Callable  # (n, seed, grammar: dict) → (scenes, images, uint8 control maps (n, H, W))
+
+
+CONDITIONS = {
+    "sketch": Condition("sketch", "controlnet", "refmodel_controlnet",
+                        lambda n, seed, grammar: make_controlnet_dataset(n, seed)),
+    "depth": Condition("depth", "controlnet_depth", "refmodel_controlnet_depth",
+                       lambda n, seed, grammar: make_depth_dataset(n, seed, grammar["p_position"], grammar["p_pair"])),
+}
+# Version 1's data grammar (it has no model card): single objects, half of them with a position word.
+V1_GRAMMAR = {"p_position": 0.5, "p_pair": 0.0}
+
+
 def control_batch(masks: np.ndarray) -> torch.Tensor:
     """uint8 masks → (n, 3, H, W) in [0, 1]: white strokes on black, as `controlnet.control_tensor` feeds it."""
     return torch.from_numpy(masks).float().unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
@@ -215,8 +258,10 @@ def held_out_loss(unet, controlnet, batch: dict, snr) -> dict:
 
 
 def train(unet, controlnet, data: dict, held_out: dict, snr, steps: int, batch: int, lr: float, seed: int,
-          deadline: float | None, curves: dict, sampling: str = "uniform", eval_every: int = 100) -> int:
-    """Train `controlnet` (in place) until `steps` or the wall-clock `deadline`; returns the steps done."""
+          deadline: float | None, curves: dict, sampling: str = "uniform", eval_every: int = 100,
+          state_path: Path | None = None, checkpoint_every: int = 100) -> int:
+    """Train `controlnet` (in place) until `steps` or the wall-clock `deadline`; returns the steps done in all
+    (counting those of a run it resumed from `state_path`, which it saves every `checkpoint_every` steps)."""
     unet.requires_grad_(False).eval()
     controlnet.train()
     params = list(controlnet.parameters())
@@ -225,9 +270,26 @@ def train(unet, controlnet, data: dict, held_out: dict, snr, steps: int, batch: 
     gen = torch.Generator().manual_seed(seed)
     latents, emb_all, pooled_all, masks = data["latents"], data["emb"], data["pooled"], data["masks"]
     done = 0
+    if state_path is not None and state_path.exists():
+        # weights_only: the state holds tensors, numbers and lists only (never arbitrary pickled objects).
+        state = torch.load(state_path, weights_only=True)
+        controlnet.load_state_dict(state["controlnet"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        done = int(state["step"])
+        curves["loss"][:], curves["held_out"][:] = state["curves"]["loss"], state["curves"]["held_out"]
+        print(f"resumed from {state_path} at step {done}", flush=True)
+    curves["resumed_at_step"] = done
+
+    def save_state() -> None:
+        tmp = state_path.with_name(state_path.name + ".partial")
+        torch.save({"controlnet": controlnet.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
+                    "step": done, "curves": {"loss": list(curves["loss"]), "held_out": list(curves["held_out"])}}, tmp)
+        tmp.replace(state_path)
+
     with _progress() as bar:
-        task = bar.add_task("ControlNet", total=steps, loss=0.0)
-        for step in range(steps):
+        task = bar.add_task("ControlNet", total=steps, loss=0.0, completed=done)
+        for step in range(done, steps):
             if deadline is not None and time.time() > deadline:
                 break
             for g in opt.param_groups:
@@ -253,13 +315,17 @@ def train(unet, controlnet, data: dict, held_out: dict, snr, steps: int, batch: 
                     h = curves["held_out"][-1][1]
                     print(f"controlnet step {done}/{steps} loss({eval_every}) {np.mean(curves['loss'][-eval_every:]):.4f} "
                           f"held-out {h['loss']:.4f}, x0 at high noise {h['x0_high_noise']:.4f} at {time.strftime('%H:%M:%S')}", flush=True)
+            if state_path is not None and done % checkpoint_every == 0:
+                save_state()
+    if state_path is not None and 0 < done < steps:
+        save_state()  # stopped by the deadline: the next run continues from here
     controlnet.eval()
     return done
 
 
-def prepare(pipe, n: int, seed: int) -> dict:
-    """Latents, text embeddings and control masks of `n` drawings (the frozen parts run once, up front)."""
-    scenes, images, masks = make_controlnet_dataset(n, seed)
+def prepare(pipe, n: int, seed: int, condition: Condition = CONDITIONS["sketch"], grammar: dict = V1_GRAMMAR) -> dict:
+    """Latents, text embeddings and control maps of `n` drawings (the frozen parts run once, up front)."""
+    scenes, images, masks = condition.make_dataset(n, seed, grammar)
     with torch.no_grad():
         latents = encode_latents(pipe.vae, images) * pipe.vae.config.scaling_factor
         comps = {"tokenizer": pipe.tokenizer, "tokenizer_2": pipe.tokenizer_2,
@@ -320,8 +386,12 @@ def _uptime() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, default=REFERENCE_MODEL, help="the diffusers SDXL folder whose UNet it conditions")
-    ap.add_argument("--out", type=Path, default=None, help="default: MODEL/controlnet")
+    ap.add_argument("--model", "--base", type=Path, default=REFERENCE_MODEL,
+                    help="the diffusers SDXL folder whose UNet it conditions")
+    ap.add_argument("--condition", choices=list(CONDITIONS), default="sketch",
+                    help="what the ControlNet follows: the object's outline or the scene's depth map")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="default: MODEL/controlnet (sketch) or MODEL/controlnet_depth (depth)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--batch", type=int, default=16)
@@ -335,23 +405,34 @@ def main(argv: list[str] | None = None) -> None:
     # uptime); and a fixed count keeps the weights bit-for-bit reproducible from one machine to the next.
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--results", type=Path, default=RESULTS_DIR)
+    ap.add_argument("--checkpoint-every", type=int, default=100,
+                    help="steps between saves of the training state to OUT.train-state.pt (a rerun resumes from it)")
     args = ap.parse_args(argv)
+    if args.steps < 1 or args.checkpoint_every < 1 or args.images < 1 or args.held_out < 1:
+        ap.error("--steps, --checkpoint-every, --images and --held-out must be at least 1")
+    if not (args.model / "unet").is_dir():
+        ap.error(f"--model/--base {args.model} is not a diffusers SDXL folder (it has no unet/)")
+    condition = CONDITIONS[args.condition]
+    card = reference_model_card(args.model)
+    grammar = {k: card.get("grammar", {}).get(k, V1_GRAMMAR[k]) for k in V1_GRAMMAR}
 
     from diffusers import StableDiffusionXLPipeline
 
     t0, cpu0 = time.time(), time.process_time()
     load_before = _uptime()
     torch.set_num_threads(args.threads)
-    out = args.out or args.model / "controlnet"
+    out = args.out or args.model / condition.folder
+    state_path = out.with_name(out.name + ".train-state.pt")
+    out.parent.mkdir(parents=True, exist_ok=True)
     pipe = StableDiffusionXLPipeline.from_pretrained(args.model, torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
-    data = prepare(pipe, args.images, args.seed + 200)
-    held = prepare(pipe, args.held_out, args.seed + 300)
+    data = prepare(pipe, args.images, args.seed + 200, condition, grammar)
+    held = prepare(pipe, args.held_out, args.seed + 300, condition, grammar)
     alphas = pipe.scheduler.alphas_cumprod.float()
     snr = alphas / (1 - alphas)
     held_batch = fixed_batch(held, snr, args.seed + 301)
     t_data, cpu_data = time.time() - t0, time.process_time() - cpu0
-    print(f"data: {args.images} drawings and sketches in {t_data / 60:.1f} min", flush=True)
+    print(f"data: {args.images} drawings and {condition.name} maps in {t_data / 60:.1f} min", flush=True)
 
     controlnet = build_controlnet(pipe.unet, args.seed)
     curves = {"loss": [], "held_out": [], "held_out_unet_alone": held_out_loss(pipe.unet, None, held_batch, snr)}
@@ -361,16 +442,19 @@ def main(argv: list[str] | None = None) -> None:
     deadline = None if args.max_minutes is None else t0 + 60 * args.max_minutes - 20  # 20 s left for saving
     t1, cpu1 = time.time(), time.process_time()
     done = train(pipe.unet, controlnet, data, held_batch, snr, args.steps, args.batch, args.lr, args.seed, deadline, curves,
-                 sampling=args.t_sampling)
+                 sampling=args.t_sampling, state_path=state_path, checkpoint_every=args.checkpoint_every)
     t_train, cpu_train = time.time() - t1, time.process_time() - cpu1
     save_controlnet(controlnet, out)
+    if done >= args.steps:
+        state_path.unlink(missing_ok=True)  # finished: nothing to resume
     wall, cpu = time.time() - t0, time.process_time() - cpu0
 
     args.results.mkdir(parents=True, exist_ok=True)
     unet_alone, with_cn = curves["held_out_unet_alone"], curves["held_out"][-1][1]
     summary = {
         "command": "python -m pocketsd.refmodel.train_controlnet " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "model": str(args.model), "out": str(out), "seed": args.seed, "steps_planned": args.steps, "steps_done": done,
+        "condition": condition.name, "model": str(args.model),
+        "base_model": reference_model_record(args.model), "data_grammar": grammar, "out": str(out), "seed": args.seed, "steps_planned": args.steps, "steps_done": done,
         "batch": args.batch, "lr": args.lr, "images": args.images, "held_out_images": args.held_out,
         "conditioning_embedding_out_channels": list(COND_CHANNELS), "caption_dropout": CAPTION_DROPOUT,
         "parameters": sum(p.numel() for p in controlnet.parameters()),
@@ -380,13 +464,14 @@ def main(argv: list[str] | None = None) -> None:
         "t_sampling": args.t_sampling,
         "wall_minutes": {"data": t_data / 60, "train": t_train / 60, "total": wall / 60},
         "cpu_minutes": {"data": cpu_data / 60, "train": cpu_train / 60, "total": cpu / 60},
-        "seconds_per_step": t_train / max(done, 1), "torch_threads": torch.get_num_threads(),
+        "resumed_at_step": curves["resumed_at_step"],
+        "seconds_per_step": t_train / max(done - curves["resumed_at_step"], 1), "torch_threads": torch.get_num_threads(),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "uptime_before": load_before, "uptime_after": _uptime(),
         "curves": curves,
     }
-    write_json(args.results / "refmodel_controlnet.json", summary)
-    plot(curves, args.results / "refmodel_controlnet.png")
+    write_json(args.results / f"{condition.results_stem}.json", summary)
+    plot(curves, args.results / f"{condition.results_stem}.png")
     print(f"ControlNet: {done} steps in {t_train / 60:.1f} min (wall {wall / 60:.1f} min, CPU {cpu / 60:.1f} min); "
           f"held-out x0 error at high noise {with_cn['x0_high_noise']:.4f} against {unet_alone['x0_high_noise']:.4f} "
           f"for the UNet alone → {out}")
