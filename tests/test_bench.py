@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from pocketsd.cli import _bench_harness
+from pocketsd.commands.bench import harness as _bench_harness
 from pocketsd.errors import BadInput
 
 _harness = _bench_harness()  # benchmarks/generate.py, the harness behind `pocketsd bench`

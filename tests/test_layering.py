@@ -17,7 +17,7 @@ FLOORS = {
     "palettize": 1,
     "models": 2,
     "compress": 3, "convert": 3, "pipeline": 3, "eval": 3, "train": 3,
-    "cli": 4, "entry": 4, "bench": 4, "__main__": 4, "app": 4, "refmodel": 4, "demo": 4, "info": 4, "ui": 4, "evaluate": 4,
+    "cli": 4, "commands": 4, "entry": 4, "bench": 4, "__main__": 4, "app": 4, "refmodel": 4, "demo": 4, "info": 4, "ui": 4, "evaluate": 4,
 }
 STAGES = {"compress", "convert", "pipeline", "eval", "train"}
 # Modules that stand on another floor than their room: the model-family descriptors are pure data (they import
