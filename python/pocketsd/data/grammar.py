@@ -21,6 +21,9 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
     "gray": (128, 128, 128),
 }
 POSITIONS = ("in the center", "on the left", "on the right", "at the top", "at the bottom")
+# Two-object scenes (reference model version 2): the first object takes one side, the second the opposite one.
+OPPOSITE = {"on the left": "on the right", "on the right": "on the left", "at the top": "at the bottom",
+            "at the bottom": "at the top"}
 # Styles exist only for the two domain LoRAs; the base model never sees them.
 STYLES = ("plain", "poster", "blueprint")
 STYLE_SUFFIX = {"plain": "", "poster": ", poster style", "blueprint": ", blueprint style",
@@ -36,12 +39,25 @@ class Scene:
     background: str
     position: str | None = None
     style: str = "plain"
+    # An optional second object (colour, shape), always at OPPOSITE[position]. The caption joins it with a comma
+    # rather than "and": every grammar word is one token of the shipped tokenizer, and a new word would renumber it.
+    second: tuple[str, str] | None = None
+
+    def __post_init__(self):
+        if self.second is not None and self.position not in OPPOSITE:
+            raise ValueError(f"a second object needs the first on a side ({', '.join(OPPOSITE)}), not {self.position!r}")
+
+    @property
+    def second_position(self) -> str | None:
+        return OPPOSITE[self.position] if self.second else None
 
     @property
     def caption(self) -> str:
         text = f"a {self.color} {self.shape} on a {self.background} background"
         if self.position:
             text += f", {self.position}"
+        if self.second:
+            text += f", a {self.second[0]} {self.second[1]} {self.second_position}"
         return text + STYLE_SUFFIX[self.style]
 
 
@@ -57,7 +73,14 @@ def all_scenes(style: str = "plain") -> list[Scene]:
     ]
 
 
-def random_scene(rng: random.Random, style: str = "plain", p_position: float = 0.5) -> Scene:
+def random_scene(rng: random.Random, style: str = "plain", p_position: float = 0.5, p_pair: float = 0.0) -> Scene:
+    """One random scene. With `p_pair` = 0 the draws are exactly version 1's (its training data stays reproducible);
+    otherwise that share of scenes has a second object of another colour on the opposite side."""
+    if p_pair and rng.random() < p_pair:
+        position = rng.choice(list(OPPOSITE))
+        color = rng.choice(list(COLORS))
+        second = (rng.choice([c for c in COLORS if c != color]), rng.choice(SHAPES))
+        return Scene(color, rng.choice(SHAPES), rng.choice(list(BACKGROUNDS)), position, style, second)
     position = rng.choice(POSITIONS) if rng.random() < p_position else None
     return Scene(rng.choice(list(COLORS)), rng.choice(SHAPES), rng.choice(list(BACKGROUNDS)), position, style)
 

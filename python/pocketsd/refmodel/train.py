@@ -13,6 +13,7 @@ import argparse
 import copy
 import json
 import math
+import os
 import sys
 import tempfile
 import time
@@ -144,8 +145,13 @@ def encode_text(components: dict, captions: list[str]) -> tuple[torch.Tensor, to
 
 def train_denoiser(components: dict, latents: torch.Tensor, captions: list[str], steps: int, batch: int,
                    seed: int, curve: list, lr: float = 4e-4, max_minutes: float | None = None,
-                   checkpoint=None, checkpoint_every: int = 1000) -> tuple[dict, int]:
-    """UNet and both text encoders, ε-prediction with min-SNR-5 weighting; returns EMA weights."""
+                   checkpoint=None, checkpoint_every: int = 1000, warmup: int = 200,
+                   state_path: Path | None = None) -> tuple[dict, int]:
+    """UNet and both text encoders, ε-prediction with min-SNR-5 weighting; returns EMA weights.
+
+    With `state_path`, every checkpoint also saves the whole training state there (weights, EMA, optimizer, step,
+    random generator, loss curve), and a run that finds one resumes from it: a killed run loses at most
+    `checkpoint_every` steps, and the resumed run draws the same batches the uninterrupted one would have."""
     unet, te1, te2 = components["unet"], components["text_encoder"], components["text_encoder_2"]
     modules = {"unet": unet, "text_encoder": te1, "text_encoder_2": te2}
     params = [p for m in modules.values() for p in m.parameters()]
@@ -160,13 +166,32 @@ def train_denoiser(components: dict, latents: torch.Tensor, captions: list[str],
     time_ids = torch.tensor([TIME_IDS], dtype=torch.float32).repeat(batch, 1)
     start = time.time()
     done = 0
+    if state_path is not None and state_path.exists():
+        # weights_only: the state holds tensors, numbers and lists only (never arbitrary pickled objects).
+        state = torch.load(state_path, weights_only=True)
+        for k, m in modules.items():
+            m.load_state_dict(state["modules"][k])
+            ema[k].load_state_dict(state["ema"][k])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        done = int(state["step"])
+        curve[:] = state["curve"]
+        print(f"resumed from {state_path} at step {done}", flush=True)
+
+    def save_state() -> None:
+        tmp = state_path.with_name(state_path.name + ".partial")
+        torch.save({"modules": {k: m.state_dict() for k, m in modules.items()},
+                    "ema": {k: m.state_dict() for k, m in ema.items()}, "optimizer": opt.state_dict(),
+                    "generator": gen.get_state(), "step": done, "curve": list(curve)}, tmp)
+        tmp.replace(state_path)
+
     with _progress() as bar:
-        task = bar.add_task("UNet + text encoders", total=steps, loss=0.0)
-        for step in range(steps):
+        task = bar.add_task("UNet + text encoders", total=steps, loss=0.0, completed=done)
+        for step in range(done, steps):
             if max_minutes is not None and time.time() - start > 60 * max_minutes:
                 break
             for g in opt.param_groups:
-                g["lr"] = _lr_at(step, steps, lr, 200)
+                g["lr"] = _lr_at(step, steps, lr, warmup)
             idx = torch.randint(0, len(latents), (batch,), generator=gen)
             x0 = latents[idx]
             noise = torch.randn(x0.shape, generator=gen)
@@ -193,8 +218,13 @@ def train_denoiser(components: dict, latents: torch.Tensor, captions: list[str],
             done = step + 1
             bar.update(task, advance=1, loss=curve[-1])
             _log_line("unet", step, steps, curve)
-            if checkpoint is not None and done % checkpoint_every == 0:
-                checkpoint(ema)
+            if done % checkpoint_every == 0:
+                if state_path is not None:
+                    save_state()
+                if checkpoint is not None:
+                    checkpoint(ema)
+    if state_path is not None and done > 0:
+        save_state()
     return ema, done
 
 
@@ -242,6 +272,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--colour-polish", type=Path, default=None, metavar="DIR",
                     help="only continue training DIR's VAE decoder with the colour loss (latents unchanged) and save it in place")
     ap.add_argument("--colour-polish-steps", type=int, default=1200)
+    ap.add_argument("--finetune", type=Path, default=None, metavar="DIR",
+                    help="continue training DIR's UNet and text encoders (VAE frozen) on the data mix below; "
+                         "writes --out and a model card, resumable from --out's training state")
+    ap.add_argument("--p-position", type=float, default=0.5, help="share of one-object captions with a position")
+    ap.add_argument("--p-pair", type=float, default=0.0, help="share of two-object scenes (version 2's grammar)")
+    ap.add_argument("--lr", type=float, default=4e-4)
+    ap.add_argument("--version", type=int, default=1, help="the model version the card records")
     args = ap.parse_args(argv)
 
     torch.manual_seed(args.seed)
@@ -249,6 +286,8 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     if args.colour_polish is not None:
         return _colour_polish(args)
+    if args.finetune is not None:
+        return _finetune(args)
     t0 = time.time()
     tok_dir = Path(tempfile.mkdtemp()) / "tokenizer"
     write_tokenizer(tok_dir)
@@ -293,6 +332,64 @@ def main(argv: list[str] | None = None) -> None:
     (args.results / "refmodel_training.json").write_text(json.dumps(summary, indent=1))
     plot_curves(curves, args.results / "refmodel_training.png")
     print(f"trained in {total / 60:.1f} min; weights {summary['weights_bytes'] / 1e6:.1f} MB → {args.out}")
+
+
+def load_components(folder: Path) -> dict:
+    """A saved reference pipeline's components in fp32, for further training."""
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(folder, torch_dtype=torch.float32)
+    return {k: v for k, v in pipe.components.items() if k in
+            ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "unet", "vae", "scheduler")}
+
+
+MODEL_CARD = "model_card.json"
+
+
+def _finetune(args) -> None:
+    """Version 2 and later: the saved model's UNet and text encoders trained further on a new data mix.
+
+    The VAE (and so its latent scale) stays: the decoder, the ControlNets' latents and the LoRAs' VAE data keep
+    meaning what they meant. A killed run resumes from `<out>.train-state.pt`."""
+    t0 = time.time()
+    components = load_components(args.finetune)
+    for m in ("unet", "text_encoder", "text_encoder_2"):
+        components[m].float()
+    components["vae"].float().eval().requires_grad_(False)
+    scenes, images = make_dataset(args.unet_images, args.seed + 200, p_position=args.p_position, p_pair=args.p_pair)
+    with torch.no_grad():
+        latents = encode_latents(components["vae"], images) * float(components["vae"].config.scaling_factor)
+    captions = [s.caption for s in scenes]
+    t_data = time.time() - t0
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    state_path = args.out.with_name(args.out.name + ".train-state.pt")
+    curve: list[float] = []
+
+    def checkpoint(ema):
+        save_pipeline(dict(components, **ema), args.out)
+
+    minutes = None if args.max_minutes is None else args.max_minutes - t_data / 60 - 0.5
+    ema, done = train_denoiser(components, latents, captions, args.unet_steps, args.batch, args.seed + 200, curve,
+                               lr=args.lr, max_minutes=minutes, checkpoint=checkpoint, checkpoint_every=250,
+                               warmup=100, state_path=state_path)
+    components.update(ema)
+    save_pipeline(components, args.out)
+    total = time.time() - t0
+    base_card = args.finetune / MODEL_CARD
+    base = json.loads(base_card.read_text()) if base_card.exists() else {"version": 1, "unet_steps": 3500}
+    card = {
+        "version": args.version, "base": {"version": base["version"], "folder": str(args.finetune)},
+        "grammar": {"p_position": args.p_position, "p_pair": args.p_pair, "images": args.unet_images,
+                    "caption_example": next((c for c in captions if ", a " in c), captions[0])},
+        "unet_steps": {"this_run": done, "planned": args.unet_steps, "before": base.get("unet_steps", {})},
+        "lr": args.lr, "batch": args.batch, "seed": args.seed, "minutes": total / 60,
+        "torch_threads": torch.get_num_threads(), "load_average_at_end": list(os.getloadavg()),
+    }
+    (args.out / MODEL_CARD).write_text(json.dumps(card, indent=1))
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / f"refmodel_training_v{args.version}.json").write_text(json.dumps(dict(card, curves={"unet_loss": curve}), indent=1))
+    plot_curves({"unet_loss": curve}, args.results / f"refmodel_training_v{args.version}.png")
+    print(f"fine-tuned {done} steps in {total / 60:.1f} min → {args.out}")
 
 
 def _colour_polish(args) -> None:
