@@ -24,6 +24,8 @@ layers are `pocketsd.palettize.layer` modules: for each such layer N (its module
     N.smooth        fp16 (in,)                    s (absent when α = 0, s ≡ 1)
     N.bias          fp16 (out,)                   the layer's bias (absent if none)
 
+A text encoder's token embedding (vocab, dim) may be such a layer too (kind "embedding": codes and scales or lut
+with each token's row as an output channel; no factors, smoothing or bias).
 Every other parameter and buffer is stored under its own key in fp16 ("fp16 leftovers"). The maths those
 tensors mean (exactly, bit for bit with Core ML's constexpr ops) is the layer's: `palettize/layer.py`.
 
@@ -69,7 +71,7 @@ class LayerRecord:
     """One compressed layer's row in the manifest: everything needed to rebuild it besides its tensors."""
 
     name: str
-    kind: str  # "linear" | "conv"
+    kind: str  # "linear" | "conv" | "embedding" (a token table: shape (vocab, dim), rows are "output channels")
     shape: tuple[int, ...]  # weight shape
     quantizer: str  # "palette" | "int4"
     bits: int
@@ -133,9 +135,52 @@ class ComponentRecord:
 
 # ---- size accounting -----------------------------------------------------------------------------
 def header_bytes_estimate(n_tensors: int) -> int:
-    """The safetensors header before the file exists: ~90 bytes of JSON per tensor, plus 8 for its length.
-    (After writing, the real header is measured instead.)"""
+    """A rough safetensors header when the tensors' names are unknown: ~90 bytes of JSON per tensor, plus 8 for its
+    length. The planner uses `header_bytes` (names known); the written file's real header is measured instead."""
     return 8 + 90 * n_tensors
+
+
+def file_metadata(component: str) -> dict[str, str]:
+    """The `__metadata__` of a compressed component's safetensors file."""
+    return {"format": f"pocketsd-compressed-{component}", "format_version": str(FORMAT_VERSIONS[COMPRESSED])}
+
+
+def offset_digits(max_file_bytes: int) -> int:
+    """Digits of the largest data offset a file of at most `max_file_bytes` can hold."""
+    return len(str(max(int(max_file_bytes), 1)))
+
+
+def header_entry_bytes(key: str, shape, dtype: str = "F16", digits: int = 11) -> int:
+    """Bytes one tensor adds to a safetensors header: its compact JSON entry and a comma. safetensors writes
+    `"key":{"dtype":..,"shape":[..],"data_offsets":[begin,end]}` with every offset in full, so names ~70 characters
+    long (a UNet's) cost ~115 bytes each, not 90: the rough estimate undercounted a 4.5-bit budget by 0.025 bits."""
+    entry = {key: {"dtype": dtype, "shape": [int(d) for d in shape], "data_offsets": [10 ** (digits - 1)] * 2}}
+    return len(json.dumps(entry, separators=(",", ":"))) - 1
+
+
+def header_bytes(entries, metadata: dict | None = None, digits: int = 11) -> int:
+    """The whole header of a file holding `entries` ((key, shape, dtype) triples): its 8-byte length, the JSON
+    object with `__metadata__`, and up to 7 bytes of padding (safetensors aligns the data to 8 bytes)."""
+    meta = len(json.dumps({"__metadata__": metadata}, separators=(",", ":"))) - 1 if metadata else 0
+    return 8 + 2 + meta + sum(header_entry_bytes(k, s, d, digits) for k, s, d in entries) + 7
+
+
+def compressed_layer_entries(name: str, shape, bits: int, quantizer: str, group_size: int, block_size: int,
+                             rank: int, smoothed: bool, has_bias: bool) -> list[tuple[str, tuple, str]]:
+    """(key, shape, dtype) of every tensor one compressed layer stores (palettize/layer.py's buffers)."""
+    out, cin, numel = shape[0], shape[1], math.prod(shape)
+    entries = [(f"{name}.codes", (math.ceil(numel * bits / 8),), "U8")]
+    if quantizer == PALETTE:
+        entries.append((f"{name}.lut", (out // group_size, 1 << bits), "F16"))
+    else:
+        entries.append((f"{name}.scales", (out, cin // block_size, *shape[2:]), "F16"))
+    if rank:
+        entries += [(f"{name}.lowrank_up", (out, rank), "F16"), (f"{name}.lowrank_down", (rank, numel // out), "F16")]
+    if smoothed:
+        entries.append((f"{name}.smooth", (cin,), "F16"))
+    if has_bias:
+        entries.append((f"{name}.bias", (out,), "F16"))
+    return entries
 
 
 def layer_of_key(key: str, layer_names: set[str]) -> tuple[str, str] | None:
@@ -321,8 +366,7 @@ def _write_component(tmp: Path, name: str, payload: ComponentPayload) -> dict:
     if missing:
         raise ValueError(f"{name}: compressed layers without codes in the state dict, e.g. {missing[0]}")
     path = tmp / weights_path(name)
-    save_file(tensors, str(path), metadata={"format": f"pocketsd-compressed-{name}",
-                                             "format_version": str(FORMAT_VERSIONS[COMPRESSED])})
+    save_file(tensors, str(path), metadata=file_metadata(name))
     path.chmod(0o644)
     estimate = accounting(tensors, payload.layers)
     acc = accounting(tensors, payload.layers, container_bytes=path.stat().st_size - estimate["payload_bytes"])

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..artifacts.compressed import PALETTE, header_bytes_estimate
+from ..artifacts.compressed import PALETTE, compressed_layer_entries, header_entry_bytes
 from .lowrank import lowrank_decompose, smoothed_matrix, svd_factors
 from .quantizers import BITS, QuantSpec
 from .recipes import RANKS, Recipe
@@ -48,15 +48,15 @@ def layer_bytes(shape: tuple[int, ...], spec: QuantSpec, rank: int, smoothed: bo
     return b + (cin * 2 if smoothed else 0) + (out * 2 if has_bias else 0)
 
 
-def stored_tensors(rank: int, smoothed: bool, has_bias: bool) -> int:
-    """How many tensors a compressed layer stores (codes, table or scales, factors, smoothing, bias)."""
-    return 2 + (2 if rank else 0) + int(smoothed) + int(has_bias)
-
-
-def candidate_bytes(shape: tuple[int, ...], spec: QuantSpec, rank: int, smoothed: bool, has_bias: bool) -> int:
-    """What a candidate costs in the file: its tensors plus their share of the safetensors header."""
+def candidate_bytes(shape: tuple[int, ...], spec: QuantSpec, rank: int, smoothed: bool, has_bias: bool,
+                    name: str, digits: int) -> int:
+    """What a candidate costs in the file: its tensors plus their entries in the safetensors header (named as the
+    layer `name` will store them; `digits`: see artifacts.compressed.offset_digits)."""
+    fitted = spec.fitted(shape)
+    entries = compressed_layer_entries(name, shape, fitted.bits, fitted.quantizer, fitted.group_size,
+                                       fitted.block_size, rank, smoothed, has_bias)
     return (layer_bytes(shape, spec, rank, smoothed, has_bias)
-            + header_bytes_estimate(stored_tensors(rank, smoothed, has_bias)) - header_bytes_estimate(0))
+            + sum(header_entry_bytes(key, dims, dtype, digits) for key, dims, dtype in entries))
 
 
 def rank_cap(shape: tuple[int, ...]) -> int:
@@ -64,7 +64,8 @@ def rank_cap(shape: tuple[int, ...]) -> int:
 
 
 def measure_candidates(W: torch.Tensor, has_bias: bool, recipe: Recipe, rows=None, act_max=None,
-                       alpha_grid=(0.0,)) -> tuple[list[Candidate], float, dict[int, tuple[float, torch.Tensor]]]:
+                       alpha_grid=(0.0,), name: str = "", digits: int = 11,
+                       ) -> tuple[list[Candidate], float, dict[int, tuple[float, torch.Tensor]]]:
     """Output error of every (rank, bits) candidate of one layer, the smoothing α they share, and per bit
     width the rank-0 candidate's (relative error, effective dense weight) for the end-to-end probe.
 
@@ -82,7 +83,7 @@ def measure_candidates(W: torch.Tensor, has_bias: bool, recipe: Recipe, rows=Non
         spec = QuantSpec(recipe.quantizer, bits, recipe.group_size, recipe.block_size)
         for rank in ranks:
             d = lowrank_decompose(W, rank, spec, rows, act_max, alpha, iters=0, probe=True, init_factors=factors)
-            nbytes = candidate_bytes(shape, spec, rank, d.smooth is not None, has_bias)
+            nbytes = candidate_bytes(shape, spec, rank, d.smooth is not None, has_bias, name, digits)
             out.append(Candidate(rank, bits, nbytes, d.error / max(d.signal, 1e-30)))
             if rank == 0:
                 rank0[bits] = (out[-1].rel_error, d.effective_weight())

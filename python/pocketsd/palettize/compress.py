@@ -10,19 +10,21 @@ so a model never holds a float and a compressed copy of more than one layer at o
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from ..artifacts.compressed import header_bytes_estimate
+from ..artifacts.compressed import INT, PALETTE, LayerRecord, file_metadata, header_bytes, offset_digits
 from ..errors import BadInput
 from .allocate import Candidate, EndToEndProbe, ResponseCurve, allocate, candidate_bytes, measure_candidates
 from .calibrate import Calibration
-from .layer import set_submodule
+from .layer import CompressedLayer, set_submodule
 from .lowrank import ALPHA_GRID, compress_layer, lowrank_decompose
-from .quantizers import BITS, QuantSpec
-from .recipes import Recipe, compressible_layers
+from .quantizers import BITS, QuantSpec, quantize
+from .recipes import TOKEN_EMBEDDING_BITS, TOKEN_EMBEDDING_QUANTIZER, Recipe, compressible_layers
+from .workers import map_layers
 
 
 PROBE_SCALES = (1.0, 0.5, 0.25, 0.125)  # latent side of the budget's end-to-end probes, against the native side
@@ -98,11 +100,18 @@ def _leftover_tensors(model: nn.Module, modules: dict[str, nn.Module]) -> dict[s
     return {k: v for k, v in model.state_dict().items() if k not in owned}
 
 
+def header_digits(model: nn.Module) -> int:
+    """Digits of the compressed file's data offsets: it is never larger than the network in fp16."""
+    return offset_digits(2 * sum(p.numel() for p in model.parameters()))
+
+
 def fixed_bytes(model: nn.Module, modules: dict[str, nn.Module]) -> int:
-    """Bytes that do not depend on the allocation: fp16 leftovers and their share of the safetensors header."""
+    """Bytes that do not depend on the allocation: fp16 leftovers, their entries in the safetensors header and the
+    header's own frame (its length, braces, metadata — sized for the longest component name, an upper bound)."""
     leftover = _leftover_tensors(model, modules)
+    entries = [(k, tuple(t.shape), "F16" if t.is_floating_point() else "U8") for k, t in leftover.items()]
     return sum(2 * t.numel() if t.is_floating_point() else t.numel() * t.element_size() for t in leftover.values()) \
-        + header_bytes_estimate(len(leftover))
+        + header_bytes(entries, file_metadata("text_encoder_2"), header_digits(model))
 
 
 def budget_floor_bits(model: nn.Module, recipe: Recipe) -> float:
@@ -110,7 +119,9 @@ def budget_floor_bits(model: nn.Module, recipe: Recipe) -> float:
     smallest bit width, rank 0, no smoothing) — a budget below it cannot be met."""
     modules, _ = compressible_layers(model)
     spec = QuantSpec(recipe.quantizer, min(BITS[recipe.quantizer]), recipe.group_size, recipe.block_size)
-    floor = sum(candidate_bytes(tuple(m.weight.shape), spec, 0, False, m.bias is not None) for m in modules.values())
+    digits = header_digits(model)
+    floor = sum(candidate_bytes(tuple(m.weight.shape), spec, 0, False, m.bias is not None, name, digits)
+                for name, m in modules.items())
     floor += fixed_bytes(model, modules)
     return 8 * floor / sum(p.numel() for p in model.parameters())
 
@@ -138,13 +149,15 @@ def check_budget(model: nn.Module, recipe: Recipe, what: str = "the UNet") -> No
 
 
 def compress_network(model: nn.Module, recipe: Recipe, calibration: Calibration | None = None,
-                     progress=None, probe: ProbePlan | None = None) -> CompressionReport:
+                     progress=None, probe: ProbePlan | None = None, workers: int | None = None) -> CompressionReport:
     """Replace every eligible Linear/Conv2d of `model` (fp32 or fp16 weights) by a `CompressedLayer` (packed).
 
     calibration: statistics from `calibrate` (None: no smoothing, weight-space errors — e.g. random SDXL weights).
     progress: optional callable(advance: int, description: str).
     probe: how the budget's end-to-end probes replay the network (default: every recorded sample, native size,
     every bit width).
+    workers: processes decomposing layers at once (`workers.map_layers`; None: every usable CPU). The bytes
+    written do not depend on it; the budget's end-to-end probes stay in this process, on the network.
     """
     tick = progress or (lambda n, d="": None)
     check_budget(model, recipe)
@@ -155,9 +168,9 @@ def compress_network(model: nn.Module, recipe: Recipe, calibration: Calibration 
     info = recipe.to_dict()
     if recipe.bits is not None:
         spec = QuantSpec(recipe.quantizer, recipe.bits, recipe.group_size, recipe.block_size)
-        for name, m in modules.items():
-            d = compress_layer(m.weight.detach().cpu(), recipe.rank, spec, rows(name), amax(name), grid,
-                               recipe.refine_iters)
+        tasks = ((m.weight.detach().cpu(), recipe.rank, spec, rows(name), amax(name), grid, recipe.refine_iters)
+                 for name, m in modules.items())
+        for (name, m), d in zip(modules.items(), map_layers(compress_layer, tasks, workers, len(modules))):
             set_submodule(model, name, d.to_layer(name, m).to(m.weight.device))
             tick(1, name)
         return CompressionReport(kept, info)
@@ -168,9 +181,11 @@ def compress_network(model: nn.Module, recipe: Recipe, calibration: Calibration 
     if calibration and calibration.unet_inputs:
         probe = EndToEndProbe(model, calibration.unet_inputs, plan.samples if plan else None,
                               plan.scale if plan else 1.0)
-    for name, m in modules.items():
-        cands[name], alphas[name], rank0 = measure_candidates(m.weight.detach().cpu(), m.bias is not None, recipe,
-                                                              rows(name), amax(name), grid)
+    digits = header_digits(model)
+    tasks = ((m.weight.detach().cpu(), m.bias is not None, recipe, rows(name), amax(name), grid, name, digits)
+             for name, m in modules.items())
+    for (name, m), measured in zip(modules.items(), map_layers(measure_candidates, tasks, workers, len(modules))):
+        cands[name], alphas[name], rank0 = measured
         if probe is not None:  # read this layer's errors through how they reach the network's output
             points = [(err, w) for bits, (err, w) in rank0.items() if plan is None or bits in plan.bits]
             curve = ResponseCurve([(err, probe.response(m, w)) for err, w in points])
@@ -178,11 +193,11 @@ def compress_network(model: nn.Module, recipe: Recipe, calibration: Calibration 
         tick(1, f"measuring {name}")
     params = sum(p.numel() for p in model.parameters())
     choice = allocate(recipe.bits_budget, cands, fixed_bytes(model, modules), params)
-    for name, m in modules.items():
-        c = choice[name]
-        spec = QuantSpec(recipe.quantizer, c.bits, recipe.group_size, recipe.block_size)
-        d = lowrank_decompose(m.weight.detach().cpu(), c.rank, spec, rows(name), amax(name), alphas[name],
-                              recipe.refine_iters)
+    specs = {name: QuantSpec(recipe.quantizer, c.bits, recipe.group_size, recipe.block_size)
+             for name, c in choice.items()}
+    tasks = ((m.weight.detach().cpu(), choice[name].rank, specs[name], rows(name), amax(name), alphas[name],
+              recipe.refine_iters) for name, m in modules.items())
+    for (name, m), d in zip(modules.items(), map_layers(lowrank_decompose, tasks, workers, len(modules))):
         set_submodule(model, name, d.to_layer(name, m).to(m.weight.device))
         tick(1, name)
     info["sensitivity"] = "end_to_end" if probe is not None else "layer_output"
@@ -199,4 +214,29 @@ def progress_total(model: nn.Module, recipe: Recipe) -> int:
     return n if recipe.bits is not None else 2 * n
 
 
+def compress_token_embeddings(model: nn.Module, quantizer: str = TOKEN_EMBEDDING_QUANTIZER,
+                              bits: int = TOKEN_EMBEDDING_BITS) -> dict | None:
+    """Replace a text encoder's token embedding table (`get_input_embeddings()`, transformers' own accessor) by a
+    `CompressedEmbedding` of `bits`-bit codes: int with one scale per token row, or a palette per 16 rows. Returns
+    what the manifest records (None when the model has no plain nn.Embedding input table).
 
+    Done after the encoder's blocks are compressed and distilled: the table precedes every block, and a lookup's
+    error is the stored row's error, so it is measured in weight space (its snr_db)."""
+    getter = getattr(model, "get_input_embeddings", None)
+    table = getter() if callable(getter) else None
+    if type(table) is not nn.Embedding:  # noqa: E721 (a subclass may change what the lookup means)
+        return None
+    name = next(n for n, m in model.named_modules() if m is table)
+    weight = table.weight.detach().float().cpu()
+    spec = QuantSpec(quantizer, bits, group_size=16, block_size=weight.shape[1]).fitted(tuple(weight.shape))
+    q = quantize(weight, spec)
+    error = float((weight - q.dequantized.float()).pow(2).sum())
+    snr_db = 10 * math.log10(float(weight.pow(2).sum()) / max(error, 1e-30))
+    record = LayerRecord(name, "embedding", tuple(weight.shape), spec.quantizer, spec.bits,
+                         spec.group_size if spec.quantizer == PALETTE else None,
+                         spec.block_size if spec.quantizer == INT else None, snr_db=snr_db)
+    layer = CompressedLayer.from_parts(record, table, q.codes, lut=q.lut, scales=q.scales)
+    set_submodule(model, name, layer.to(table.weight.device))
+    return {"layer": name, "quantizer": spec.quantizer, "bits": spec.bits,
+            "tiling": f"one table per {spec.group_size} rows" if spec.quantizer == PALETTE else "one scale per token row",
+            "snr_db": round(snr_db, 3)}
