@@ -1,7 +1,7 @@
 """Depth → image (`--depth FILE --controlnet DIR`): depth maps of any bit depth are read near = bright (or inverted),
-a depth ControlNet conditions the UNet (a random-weight one built here: PocketSD ships no depth weights), and every
-bad input — no ControlNet, a map that is not an image, a ControlNet for another UNet — is one line, exit 2, nothing
-written."""
+a depth ControlNet conditions the UNet (a random-weight one built here; the reference model's own trained one is
+tested in test_depth_controlnet.py), and every bad input — no ControlNet, a map that is not an image, a ControlNet
+for another UNet — is one line, exit 2, nothing written."""
 
 from __future__ import annotations
 
@@ -140,9 +140,14 @@ def _bad(argv, tmp_path, capsys, monkeypatch, match):
     return err
 
 
-def test_depth_without_controlnet_says_what_to_download(tmp_path, depth_png, capsys, monkeypatch):
-    err = _bad(["--depth", str(depth_png)], tmp_path, capsys, monkeypatch, "diffusers/controlnet-depth-sdxl-1.0")
-    assert "--controlnet DIR" in err and "no depth estimator" in err
+def test_depth_without_controlnet_says_what_to_download(tmp_path, depth_png, capsys, monkeypatch, ref_model_path):
+    import shutil
+
+    model = tmp_path / "model"  # a model that ships no depth ControlNet (the reference model has its own)
+    shutil.copytree(ref_model_path, model, ignore=shutil.ignore_patterns("controlnet*"))
+    err = _bad(["--depth", str(depth_png), "--model", str(model)], tmp_path, capsys, monkeypatch,
+               "diffusers/controlnet-depth-sdxl-1.0")
+    assert "--controlnet DIR" in err and "no depth estimator" in err and "ships none" in err
 
 
 def test_depth_that_is_not_an_image(tmp_path, depth_controlnet, capsys, monkeypatch):
