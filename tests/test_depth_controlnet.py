@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy import ndimage
 
 from pocketsd.data.grammar import BACKGROUNDS, Scene
 
@@ -51,10 +52,8 @@ def test_depth_maps_agree_with_the_drawn_images():
         # object pixels ↔ nearer than the floor (a blended edge pixel may go either way)
         agree = (drawn == near).mean()
         assert agree > 0.98, (scene, agree)
-        assert depth[drawn].mean() > depth[~drawn].mean() + 0.3  # near = bright
-        from scipy import ndimage
-
-        assert ndimage.label(near)[1] == (2 if scene.second else 1)  # each object its own cut-out
+        assert depth[drawn].mean() > depth[~drawn].mean() + 0.2  # near = bright
+        assert ndimage.label(near, structure=np.ones((3, 3)))[1] == (2 if scene.second else 1)  # one cut-out each
 
 
 def test_depth_maps_are_fed_as_a_user_map_is():
@@ -66,7 +65,9 @@ def test_depth_maps_are_fed_as_a_user_map_is():
     for scene, image, control in zip(scenes, images, controls):
         drawn = _object_pixels(image, scene.background)
         assert control.max() == 255 and control.min() == 0  # stretched to its own range, as load_depth does
-        assert control[drawn].min() > control[~drawn].max() - 40  # the object brightest, the floor darker
+        inside = ndimage.binary_erosion(drawn, iterations=2)  # away from the anti-aliased edges
+        outside = ~ndimage.binary_dilation(drawn, iterations=2)
+        assert control[inside].min() > control[outside].max()  # every object pixel nearer than all of the floor
 
 
 def test_depth_draws_are_seeded():
@@ -190,9 +191,9 @@ def test_benchmark_reads_drawn_objects_where_the_depth_map_has_them(shape, posit
     verdict = bench.judge(read, target)
     assert verdict["place_right"] and verdict["size_right"], verdict
     assert verdict["offset_px"] < 2 and abs(verdict["size_error"]) < 0.1, verdict
-    # and a map of the object elsewhere is told apart
-    moved = draw_depth(Scene("green", shape, "gray", "on the right" if position != "on the right" else "on the left"),
-                       random.Random(4), random.Random(5))
+    # and a map of the object on the other side is told apart
+    other_side = "on the right" if read[0] < 64 else "on the left"
+    moved = draw_depth(Scene("green", shape, "gray", other_side), random.Random(4), random.Random(5))
     assert not bench.judge(read, bench.map_object(moved))["place_right"]
 
 
@@ -220,7 +221,8 @@ def test_depth_controlnet_converts_with_bit_exact_readback(ref_model_path, tmp_p
         cn = build_controlnet(UNet2DConditionModel.from_pretrained(ref_model_path / "unet"), 0)
         g = torch.Generator().manual_seed(0)
         with torch.no_grad():
-            for p in [*cn.controlnet_down_blocks.parameters(), *cn.controlnet_mid_block.parameters()]:
+            for p in [*cn.controlnet_down_blocks.parameters(), *cn.controlnet_mid_block.parameters(),
+                      *cn.controlnet_cond_embedding.conv_out.parameters()]:  # zero-initialised, as untrained
                 p.normal_(0, 0.05, generator=g)
         folder = tmp_path / "controlnet_depth"
         save_controlnet(cn, folder)
