@@ -81,12 +81,15 @@ class CompressedLayer(nn.Module):
     # ---- construction ----------------------------------------------------------------------------
     @classmethod
     def shell(cls, record: LayerRecord, like: nn.Module, device="meta") -> "CompressedLayer":
-        """An empty layer of the record's shapes replacing `like` (a Linear/Conv2d), to be filled by
+        """An empty layer of the record's shapes replacing `like` (a Linear/Conv2d/Embedding), to be filled by
         `load_state_dict(..., assign=True)`."""
-        target = CompressedConv2d if isinstance(like, nn.Conv2d) else CompressedLinear
+        target = CompressedConv2d if isinstance(like, nn.Conv2d) else \
+            CompressedEmbedding if isinstance(like, nn.Embedding) else CompressedLinear
         layer = target(record, device=device)
         if isinstance(layer, CompressedConv2d):
             layer.take_conv_args(like)
+        elif isinstance(layer, CompressedEmbedding):
+            layer.take_embedding_args(like)
         return layer
 
     @classmethod
@@ -423,6 +426,40 @@ class CompressedConv2d(CompressedLayer):
         return y
 
 
+class CompressedEmbedding(CompressedLayer):
+    """A token embedding table (vocab, dim) stored as codes: its rows are what a gather reads, so R is the table.
+
+    The stored tensors and R are the base class's with "output channel" = token row: int codes with one scale per
+    row (`constexpr_blockwise_shift_scale`), or a palette per group of rows (`constexpr_lut_to_dense`). In Core ML
+    the constexpr op's output feeds the gather directly (export mode hands torch.export R as the embedding's
+    weight, which `convert/mil_weights` swaps for the op). No low-rank branch, smoothing or bias: a lookup has no
+    input to smooth, and its error does not compound through a matmul."""
+
+    kind = "embedding"
+
+    def __init__(self, record: LayerRecord, device=None):
+        if record.rank or record.smoothed or record.has_bias:
+            raise ValueError(f"{record.name}: an embedding has no low-rank branch, smoothing or bias")
+        super().__init__(record, device)
+        self.padding_idx = None
+
+    def take_embedding_args(self, embedding: nn.Embedding) -> None:
+        if embedding.max_norm is not None or embedding.sparse:
+            raise ValueError(f"{self.name}: only plain embeddings (no max_norm, not sparse) can be compressed")
+        self.padding_idx = embedding.padding_idx
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.mode == "dense":
+            table = self.dense_weight
+        elif self.mode == "export":
+            table = self.export_residual
+        elif self.mode == "train":
+            table = self._train_weight()
+        else:
+            table = self.residual().to(self.compute_dtype)
+        return F.embedding(ids, table, self.padding_idx)
+
+
 # ---- whole models ----------------------------------------------------------------------------------
 def compressed_layers(model: nn.Module) -> dict[str, CompressedLayer]:
     return {name: m for name, m in model.named_modules() if isinstance(m, CompressedLayer)}
@@ -444,8 +481,8 @@ def load_compressed(skeleton: nn.Module, records: list[LayerRecord], state_dict:
     modules = dict(skeleton.named_modules())
     for record in records:
         like = modules.get(record.name)
-        if not isinstance(like, (nn.Linear, nn.Conv2d)):
-            raise ValueError(f"compressed layer {record.name} is not a Linear/Conv2d of this model's config")
+        if not isinstance(like, (nn.Linear, nn.Conv2d, nn.Embedding)):
+            raise ValueError(f"compressed layer {record.name} is not a Linear/Conv2d/Embedding of this model's config")
         if tuple(like.weight.shape) != record.shape:
             raise ValueError(f"compressed layer {record.name} has shape {record.shape}, the model expects "
                              f"{tuple(like.weight.shape)}")

@@ -32,6 +32,19 @@ DEFAULT_BUDGET = 4.5
 MAX_BUDGET = 16.0  # fp16 itself: a budget above it buys nothing
 FIXED = {"w4r32": (4, 32), "w4r0": (4, 0), "w4r16": (4, 16), "w4r64": (4, 64), "w6r0": (6, 0), "w8r0": (8, 0)}
 QUANTIZER_ALIASES = {"int": INT, "int4": INT, "palette": PALETTE}
+# The VAE's default: one fixed palette for every layer (no calibration runs through the VAE while calibrating, so
+# there is nothing to allocate a budget by), tried in this order; the first that passes the fidelity gate below is
+# kept, and if none does the VAE stays uncompressed. 8 bits, not 6: on the reference model 6 bits passes on the
+# model's own samples (46 dB worst of 8) but not on latents outside them (31 dB on an encode→decode of N(0, 1)
+# latents' images, where 8 bits keeps 44 dB; docs/compression.md), and 6 bits would save only ~21 MB of SDXL's VAE.
+VAE_RECIPES = ("w8r0",)
+# The gate: image PSNR of the compressed VAE against the source VAE (both computed in fp32), on the decode of
+# calibration latents and on the encode→decode round trip of those decoded images, worst image of either path.
+VAE_MIN_PSNR_DB = 40.0
+VAE_GATE_IMAGES = 2  # calibration latents the gate decodes (each costs ~3 decodes and 2 encodes per recipe tried)
+# Text encoders' token embeddings: int8 codes with one fp16 scale per token row (the table is read by a gather, so
+# its error reaches the first block directly; 8 bits keep it near fp16's while halving its bytes).
+TOKEN_EMBEDDING_QUANTIZER, TOKEN_EMBEDDING_BITS = INT, 8
 DEFAULT_DISTILL_STEPS = 600
 DEFAULT_DISTILL_MINUTES = 10.0
 
