@@ -16,8 +16,10 @@ left half should read as empty white.
 
 Each image is read back by `pocketsd.eval.classify` one half at a time (`read_halves`): success is the left half
 read as a red circle and the right half as a blue square, both on white. Also measured: how far the pixels outside
-the mask moved (max and mean |Δ| over the left half, 0–255), and the time per image (load average beside it).
-Writes inpaint.{json,md,png}.
+the mask moved (max and mean |Δ| over the left half, 0–255), the seam (the background inside the mask against the
+background outside: the mean colour of each side's background pixels, objects left out, must agree within
+SEAM_TOLERANCE = 8/255 in every channel; `seam`), and the time per image (load average beside it). Records the
+reference model's version (`reference_model`). Writes inpaint.{json,md,png}.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ WANT_LEFT, WANT_RIGHT = ("red", "circle", "white"), ("blue", "square", "white")
 METHODS = {"paste-back": ("circle", True), "blend only": ("circle", False),
            "control: blank picture": ("blank", True), "control: text only": (None, None)}
 PROOF = ("paste-back", "blend only")
+FEATHER = 8  # px either side of the mask's edge that the mask blur (4) and its smoothing may blend: left out of both sides
+SEAM_TOLERANCE = 8.0  # issue 26: inside and outside backgrounds agree within 8/255 per channel, on average
 
 
 def draw_input(size: int = SIZE) -> Image.Image:
@@ -64,10 +68,24 @@ def draw_mask(size: int = SIZE) -> Image.Image:
 
 def read_halves(image: Image.Image):
     """(left reading, right reading): `classify` on each half of the image, one object per half."""
-    from pocketsd.eval.classify import classify
+    from pocketsd.eval.classify import read_halves as halves
 
-    w, h = image.size
-    return classify(image.crop((0, 0, w // 2, h))), classify(image.crop((w // 2, 0, w, h)))
+    return halves(image, "horizontal")
+
+
+def seam(image: Image.Image) -> dict:
+    """The background inside the mask (the right half) against the background outside it (the left half), FEATHER px
+    from the mask's edge on either side: each side's mean RGB over its background pixels (`background_mean`: the
+    pixels near that side's border colour, so the objects are left out), and whether every channel agrees within
+    SEAM_TOLERANCE."""
+    from pocketsd.eval.classify import background_mean
+
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    w = pixels.shape[1]
+    outside, inside = background_mean(pixels[:, : w // 2 - FEATHER]), background_mean(pixels[:, w // 2 + FEATHER:])
+    gap = np.abs(inside - outside)
+    return {"inside_rgb": [round(float(v), 1) for v in inside], "outside_rgb": [round(float(v), 1) for v in outside],
+            "max_channel_gap": round(float(gap.max()), 2), "ok": bool(gap.max() <= SEAM_TOLERANCE)}
 
 
 def _as_tuple(reading) -> tuple:
@@ -78,6 +96,7 @@ def run(model: str | None, seeds: int, steps: int, out: Path, threads: int = 1) 
     import torch
 
     from pocketsd.artifacts import atomic_file, write_json
+    from pocketsd.data.model_card import reference_model_record
 
     from pocketsd.pipeline.options import GenerateOptions, check_options
     from pocketsd.pipeline.session import GenerationSession
@@ -109,17 +128,18 @@ def run(model: str | None, seeds: int, steps: int, out: Path, threads: int = 1) 
             output = session.generate(opts, seed, warn=lambda m: None)
             seconds = time.perf_counter() - t0
             left, right = read_halves(output.image)
-            moved = np.abs(np.asarray(output.image, dtype=np.int16) - original)[:, : SIZE // 2 - 8]
+            moved = np.abs(np.asarray(output.image, dtype=np.int16) - original)[:, : SIZE // 2 - FEATHER]
             rows.append(_judge({"method": method, "seed": seed, "left": _as_tuple(left), "right": _as_tuple(right),
                                 "kept_max_abs": int(moved.max()), "kept_mean_abs": round(float(moved.mean()), 3),
-                                "seconds": round(seconds, 3)}))
+                                "seam": seam(output.image), "seconds": round(seconds, 3)}))
             images[(method, seed)] = output.image
             print(f"{method:22s} seed {seed}: left {left.color} {left.shape}, right {right.color} {right.shape} "
                   f"({seconds:.1f} s)", flush=True)
     summary = summarise(rows)
-    doc = {"prompt": PROMPT, "model": model or "reference", "steps": steps, "seeds": seeds, "size": SIZE,
+    doc = {"prompt": PROMPT, "model": model or "reference", "reference_model": reference_model_record(model),
+           "steps": steps, "seeds": seeds, "size": SIZE,
            "mask": "right half, --mask-blur 4 (default)", "target": "both objects read right in ≥ 8 of 9 seeds",
-           "target_met": summary["paste-back"]["both_right"] >= round(8 * seeds / 9),
+           "target_met": summary["paste-back"]["both_right"] >= round(8 * seeds / 9), "seam_target": SEAM_TARGET,
            "input": {"left": list(WANT_LEFT)},
            "controls": {"control: blank picture": "the same mask and prompt on a plain white picture; success: the "
                                                   "right half reads as a blue square",
@@ -137,6 +157,21 @@ def run(model: str | None, seeds: int, steps: int, out: Path, threads: int = 1) 
     return doc
 
 
+SEAM_TARGET = (f"background inside the mask within {SEAM_TOLERANCE:g}/255 of the background outside, in every channel "
+               f"(mean over background pixels, {FEATHER} px from the mask's edge left out)")
+
+
+def seams_from_grid(doc: dict, grid: Image.Image) -> None:
+    """The seam of every row of a file made before the seam check, measured on its saved images (`inpaint.png`
+    holds each output unchanged: one row per method, seeds from the third column on)."""
+    grid = grid.convert("RGB")
+    for row in doc["rows"]:
+        r, c = list(METHODS).index(row["method"]), row["seed"] + 2
+        row["seam"] = seam(grid.crop((c * SIZE, r * SIZE, (c + 1) * SIZE, (r + 1) * SIZE)))
+    doc["seam_target"] = SEAM_TARGET
+    doc["seam_measured_from"] = "inpaint.png (the run's saved images, measured afterwards with --rescore)"
+
+
 def _judge(row: dict) -> dict:
     """Success fields of one image. The proof needs both halves right; a control (no circle) only the right half:
     its left half may hold the edge of a square drawn across the middle, which the classifier then reads."""
@@ -150,8 +185,12 @@ def summarise(rows: list[dict]) -> dict:
     for method in METHODS:
         mine = [r for r in rows if r["method"] == method]
         left = [r["left_right"] for r in mine if r["left_right"] is not None]
+        seams = [r["seam"] for r in mine if r.get("seam")]  # rows of files made before the seam check have none
         summary[method] = {"both_right": sum(r["both"] for r in mine), "left_right": sum(left) if left else None,
                            "right_right": sum(r["right_right"] for r in mine), "seeds": len(mine),
+                           "seam_ok": sum(x["ok"] for x in seams) if seams else None,
+                           "seam_ok_share": round(sum(x["ok"] for x in seams) / len(seams), 3) if seams else None,
+                           "seam_max_channel_gap": max(x["max_channel_gap"] for x in seams) if seams else None,
                            "kept_max_abs": max(r["kept_max_abs"] for r in mine),
                            "kept_mean_abs": round(float(np.mean([r["kept_mean_abs"] for r in mine])), 3),
                            "seconds_per_image": round(float(np.median([r["seconds"] for r in mine])), 3)}
@@ -164,17 +203,24 @@ def markdown(doc: dict) -> str:
              "same prompt and seeds: the same mask on a plain white picture, and the prompt alone (text → image); "
              "for them only the right half counts.", "",
              "| method | success | left: red circle | right: blue square | "
-             "left half moved (max / mean, 0–255) | s / image |", "|---|---:|---:|---:|---:|---:|"]
+             f"left half moved (max / mean, 0–255) | seam within {SEAM_TOLERANCE:g}/255 (largest channel gap) | s / image |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for method, s in doc["summary"].items():
         n = s["seeds"]
         moved = "—" if method == "control: text only" else f"{s['kept_max_abs']} / {s['kept_mean_abs']}"
         left = "—" if s["left_right"] is None else f"{s['left_right']}/{n}"
+        seam_cell = "not measured" if s.get("seam_ok") is None else f"{s['seam_ok']}/{n} ({s['seam_max_channel_gap']})"
         lines.append(f"| {method} | **{s['both_right']}/{n}** | {left} | {s['right_right']}/{n} | "
-                     f"{moved} | {s['seconds_per_image']} |")
+                     f"{moved} | {seam_cell} | {s['seconds_per_image']} |")
     load = ", ".join(f"{x:.1f}" for x in doc["load_average"])
     if "load_average_before" in doc:
         load = ", ".join(f"{x:.1f}" for x in doc["load_average_before"]) + " at the start, " + load + " at the end"
-    lines += ["", f"Target: {doc['target']}: {'met' if doc.get('target_met') else 'missed'}. Left half measured up to 8 px from the mask (the feather). "
+    version = (doc.get("reference_model") or {}).get("version", "not recorded")
+    seam_line = ("Seam: not measured (this file predates the seam check)." if doc.get("seam_target") is None else
+                 f"Seam: {doc['seam_target']}" + (f", measured on {doc['seam_measured_from']}."
+                                                   if doc.get("seam_measured_from") else "."))
+    lines += ["", f"Reference model version {version}. Target: {doc['target']}: "
+              f"{'met' if doc.get('target_met') else 'missed'}. {seam_line} Left half measured up to {FEATHER} px from the mask (the feather). "
               f"Load average during the run: {load} ({doc['torch_threads']} torch threads; a shared machine, so the "
               "times are noise). Images in `inpaint.png`: one row per method (input, mask, then seeds 0–8).", ""]
     return "\n".join(lines)
@@ -207,6 +253,8 @@ def main(argv=None) -> None:
         from pocketsd.artifacts import atomic_file, read_json, write_json
 
         doc = read_json(args.out / "inpaint.json")
+        if any("seam" not in r for r in doc["rows"]) and (args.out / "inpaint.png").is_file():
+            seams_from_grid(doc, Image.open(args.out / "inpaint.png"))
         doc["rows"] = [_judge(r) for r in doc["rows"]]
         doc["summary"] = summarise(doc["rows"])
         doc["target_met"] = doc["summary"]["paste-back"]["both_right"] >= round(8 * doc["seeds"] / 9)
