@@ -443,7 +443,10 @@ def main(argv: list[str] | None = None) -> int:
     if peak is None:
         peak = max((lv["server_vmhwm_mb"] or 0 for lv in results), default=None)
     command = " ".join(["python benchmarks/app_load.py", *(sys.argv[1:] if argv is None else argv)])
+    from pocketsd.data.model_card import reference_model_record
+
     result = {
+        "reference_model": reference_model_record(),  # the web demo serves the embedded model (its 4-bit form)
         "mode": "smoke" if args.smoke else "full", "command": command, "wall_s": round(time.perf_counter() - t_all, 1),
         "machine": {"cores": os.cpu_count(), "loadavg_start": [round(x, 2) for x in load_start],
                     "loadavg_end": [round(x, 2) for x in os.getloadavg()], "platform": platform.platform(),

@@ -252,7 +252,10 @@ def main(argv: list[str] | None = None) -> int:
     apple_recipes = [{"key": k, "end_to_end_psnr_db": results["baselines"].get(k),
                       "label_bits": label_bits(r, sizes), "honest_bits": honest_accounting(unet, r)["bits_per_param"]}
                      for k, r in results.get("recipes", {}).items()]
-    doc = {"apple_src": str(args.apple_src), "apple_module": MODULE, "adaptations": notes,
+    from pocketsd.data.model_card import reference_model_record_if_any
+
+    doc = {"reference_model": reference_model_record_if_any(args.model),
+           "apple_src": str(args.apple_src), "apple_module": MODULE, "adaptations": notes,
            "palettize_min_size": min_size, "candidates": len(candidates),
            "candidate_params_share": sum(counts) / sum(p.numel() for p in unet.parameters()),
            "pre_analysis_seconds": pre_s, "pre_analysis_cpu_seconds": pre_cpu,

@@ -166,7 +166,9 @@ def main(argv=None) -> dict:
         multifunction = {"recipe": base_label, "loras": [p.name for p in loras], "functions": u["functions"],
                          "one_function_bytes": u["single_function_bytes"], "three_functions_bytes": u["bytes"],
                          "ratio": u["bytes"] / u["single_function_bytes"]}
-    result = {"model": str(model), "bundles": rows, "multifunction_unet": multifunction,
+    from pocketsd.data.model_card import reference_model_record_if_any
+
+    result = {"model": str(model), "reference_model": reference_model_record_if_any(model), "bundles": rows, "multifunction_unet": multifunction,
               "sdxl_estimate": sdxl_estimates(), "seconds": round(time.time() - t0, 1)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT / "python"))
 from pocketsd.artifacts import write_json  # noqa: E402
 from pocketsd.eval.metrics import latent_psnr  # noqa: E402
 from pocketsd.data import REFERENCE_MODEL  # noqa: E402
+from pocketsd.data.model_card import reference_model_record  # noqa: E402
 from pocketsd.data.grammar import calibration_prompts  # noqa: E402
 from pocketsd.data.prompt_sets import REFERENCE_SET, load_prompt_set  # noqa: E402
 
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
     contact(sheets, args.out / f"compression_samples{'_' + args.part if args.part else ''}.png")
     unet_file = next((args.model / "unet").glob("*.safetensors"))
     result = {
-        "model": str(args.model),
+        "model": str(args.model), "reference_model": reference_model_record(args.model),
         "model_unet_mtime_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unet_file.stat().st_mtime)), "quick": args.quick, "steps": steps, "guidance": GUIDANCE,
         "scheduler": type(pipe.scheduler).__name__, "n_image_prompts": len(prompts),
         "image_protocol": "pocketsd eval (eval.protocol.run_eval): seed per prompt = prompt_seed(id, 0); PSNR/SSIM "
@@ -221,6 +222,11 @@ def merge_parts(out: Path, parts: list[str]) -> dict:
         for key in ("model", "steps", "n_image_prompts", "calibration"):
             if res[key] != merged[key]:
                 raise SystemExit(f"part files differ in {key}: {res[key]} vs {merged[key]}")
+        # parts may come from different commits, never from different weights
+        version = (res.get("reference_model") or {}).get("version")
+        if version != (merged.get("reference_model") or {}).get("version"):
+            raise SystemExit(f"part files measured different reference model versions: {version} vs "
+                             f"{(merged.get('reference_model') or {}).get('version')}")
         for r in res["rows"]:
             if r["method"] not in seen:
                 seen.add(r["method"])
@@ -271,7 +277,8 @@ def part_from_distill_curve(curve: Path, out: Path, part: str, model: Path) -> d
                                           "fp16_adherence_pct", "eval_seconds") if k in p},
                      "from": f"{curve.name} (benchmarks/distill.py)"})
     # No fp16 row of its own: merge_parts takes it from the parts that evaluated it.
-    result = {"model": s["model"], "quick": False, "steps": s["steps"], "guidance": GUIDANCE,
+    result = {"model": s["model"], "reference_model": doc.get("reference_model") or reference_model_record(s["model"]),
+              "quick": False, "steps": s["steps"], "guidance": GUIDANCE,
               "n_image_prompts": s["n_image_prompts"], "calibration": s["calibration"], "rows": rows,
               "distill_curve": str(curve)}
     write_json(out / f"compression_part_{part}.json", result)

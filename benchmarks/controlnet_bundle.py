@@ -65,7 +65,10 @@ def main(argv=None) -> None:
     unet_inputs = [i["name"] for k in unet_keys for i in comps[k]["inputs"]]
     residuals = [o["name"] for o in cn["outputs"]]
     acc = cn["controlnet"]["accounting"]
+    from pocketsd.data.model_card import reference_model_record_if_any
+
     doc = {
+        "reference_model": reference_model_record_if_any(args.model),
         "command": f"pocketsd convert --model {args.model} --out {args.work} --controlnet Sketch={controlnet} "
                    f"--controlnet-recipe {args.recipe}; pocketsd info {args.work}",
         "recipe": args.recipe, "controlnet_package": cn_key,

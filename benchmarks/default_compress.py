@@ -117,6 +117,7 @@ def main() -> int:
     ap.add_argument("--reuse", action="store_true", help="reuse a variant's compressed folder left by an interrupted "
                     "run (its CPU time and peak RSS are then not measured)")
     args = ap.parse_args()
+    from pocketsd.data.model_card import reference_model_record  # the model every variant compresses and is judged against
     work = Path(args.work)
     (work / "runs").mkdir(parents=True, exist_ok=True)
     rows = []
@@ -150,7 +151,7 @@ def main() -> int:
     doc = {"benchmark": "default_compress", "command": "python benchmarks/default_compress.py"
            + (" --quick" if args.quick else "") + (f" --variants {args.variants}" if args.variants != "default,whole,off" else ""),
            "special_run": args.quick, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "code_version": git_describe(), "machine": {"cores": os.cpu_count()},
+           "code_version": git_describe(), "reference_model": reference_model_record(), "machine": {"cores": os.cpu_count()},
            "protocol": {"evaluation": "pocketsd eval --against reference, 20 steps, guidance 5 (eval defaults)",
                         "splits": {s: "combinations calibration and distillation never draw from" if "held" in s
                                    else "combinations calibration draws its prompts from" for s in SPLITS},

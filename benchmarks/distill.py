@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from pocketsd.artifacts import write_json  # noqa: E402
 from pocketsd.artifacts.compressed import accounting  # noqa: E402
 from pocketsd.data import REFERENCE_MODEL  # noqa: E402
+from pocketsd.data.model_card import reference_model_record  # noqa: E402
 from pocketsd.data.grammar import calibration_prompts  # noqa: E402
 from pocketsd.data.prompt_sets import REFERENCE_SET, load_prompt_set  # noqa: E402
 
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
     doc = json.loads(path.read_text()) if path.is_file() else {}
     if doc.get("settings") != settings:
         doc = {"settings": settings, "points": []}
+    doc["reference_model"] = reference_model_record(args.model)
     done = {(p["budget"], p["minutes"]) for p in doc["points"]}
 
     pipe = StableDiffusionXLPipeline.from_pretrained(args.model, torch_dtype=torch.float32)
@@ -174,6 +176,9 @@ def merge(files: list[Path], out: Path) -> dict:
     docs = [json.loads(f.read_text()) for f in files]
     if any(d["settings"] != docs[0]["settings"] for d in docs):
         raise SystemExit("distill.py --merge: the curve files were made with different settings")
+    versions = {(d.get("reference_model") or {}).get("version") for d in docs}
+    if len(versions) > 1:
+        raise SystemExit(f"distill.py --merge: the curve files measured different reference model versions {versions}")
     points, seen = [], set()
     for d in docs:
         for p in d["points"]:
@@ -183,7 +188,8 @@ def merge(files: list[Path], out: Path) -> dict:
     adherence = [d["fp16_adherence_pct"] for d in docs if d.get("fp16_adherence_pct") is not None]
     # A run stopped early has no fp16_adherence_pct of its own; every point carries the fp16 side's adherence.
     adherence = adherence[0] if adherence else points[0]["fp16_adherence_pct"]
-    doc = {"settings": docs[0]["settings"], "points": points, "merged_from": [str(f) for f in files],
+    doc = {"settings": docs[0]["settings"], "reference_model": docs[0].get("reference_model"), "points": points,
+           "merged_from": [str(f) for f in files],
            "teacher": next((d["teacher"] for d in docs if "teacher" in d), None), "fp16_adherence_pct": adherence}
     doc["targets"] = verdict(points, adherence)
     out.mkdir(parents=True, exist_ok=True)

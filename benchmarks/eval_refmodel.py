@@ -149,6 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--note", help="why this run differs from the full one (e.g. a subset of variants); written at the "
                     "top of the results")
     args = ap.parse_args(argv)
+    from pocketsd.data.model_card import reference_model_record  # every variant is compressed from it and judged against it
     wanted = set(args.variants.split(",")) if args.variants else None
     if wanted and wanted - {n for n, _ in VARIANTS}:
         raise SystemExit(f"--variants: unknown {', '.join(sorted(wanted - {n for n, _ in VARIANTS}))}")
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
         "variants_planned": [n for n, _ in VARIANTS],
         "variants_not_run": [n for n, _ in VARIANTS if wanted and n not in wanted],
         "fp16_adherence": summary(first_doc).get("adherence_against"),
-        "commit": _commit(), "versions": first_doc["versions"], "seconds": round(time.perf_counter() - t_all, 1),
+        "commit": _commit(), "reference_model": reference_model_record(), "versions": first_doc["versions"], "seconds": round(time.perf_counter() - t_all, 1),
         "load_average_end": [round(x, 2) for x in os.getloadavg()],
     }
     stem = "eval_refmodel_quick" if args.quick else "eval_refmodel"

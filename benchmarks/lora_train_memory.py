@@ -99,8 +99,11 @@ def main() -> None:
         row["ratio_step_cpu"] = round(row["step_cpu_seconds"] / fp16["step_cpu_seconds"], 3)
     manifest = json.loads((compressed / "pocketsd.json").read_text())
     acc = manifest["components"]["unet"]["accounting"]
+    from pocketsd.data.model_card import reference_model_record
+
     result = {
         "what": "peak RSS of one `pocketsd lora train` run (whole process, getrusage), fresh process per run",
+        "reference_model": reference_model_record(),  # compressed from the embedded model and trained on it
         "settings": {"steps": args.steps, "rank": args.rank, "batch": args.batch, "images": args.images,
                      "resolution": 128, "torch_threads": args.threads, "repeats": args.repeats},
         "compressed_model": {"path": str(compressed), "unet_bits_per_param": acc.get("bits_per_param"),

@@ -37,6 +37,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
+    from pocketsd.data.model_card import reference_model_record, reference_model_record_if_any
 
     runs: dict[str, list[dict]] = {"normal": [], "low_memory": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -62,6 +63,7 @@ def main() -> None:
     result = {
         "what": "peak RSS of one `pocketsd generate` run (whole run, kernel high-water mark), fresh process per run",
         "model": runs["normal"][0]["model"], "steps": args.steps, "repeats": args.repeats,
+        "reference_model": reference_model_record() if args.model is None else reference_model_record_if_any(args.model),
         "normal": normal, "low_memory": low,
         "ratio_peak_low_over_normal": round(low["peak_rss_mb"] / normal["peak_rss_mb"], 3),
         "ratio_model_part_low_over_normal": round(low["peak_above_startup_mb"] / normal["peak_above_startup_mb"], 3)

@@ -155,8 +155,11 @@ def main() -> None:
     for med in summary.values():
         med["step_time_vs_fp16"] = med["step_s"] / base["step_s"]
         med["weights_vs_fp16"] = med["weights_held_mb"] / base["weights_held_mb"]
+    from pocketsd.data.model_card import reference_model_record_if_any
+
     result = {
-        "model": model, "steps": args.steps, "repeats": args.repeats, "threads": os.environ.get("OMP_NUM_THREADS"),
+        "model": model, "reference_model": reference_model_record_if_any(model), "steps": args.steps,
+        "repeats": args.repeats, "threads": os.environ.get("OMP_NUM_THREADS"),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
         "compress_s": timings,
         "compressed": {n: {"recipe": m["recipe"]["name"], "quantizer": m["recipe"]["quantizer"],

@@ -107,6 +107,7 @@ def main() -> None:
     from pocketsd.artifacts import atomic_file, write_json
     from pocketsd.data import REFERENCE_MODEL
     from pocketsd.data.grammar import COLORS
+    from pocketsd.data.model_card import reference_model_record
     from pocketsd.eval.classify import classify, object_mask
     from pocketsd.pipeline.controlnet import control_tensor, controlnet_hook, load_controlnet, residuals_hook
     from pocketsd.pipeline.generate import GenerationRequest, generate
@@ -174,7 +175,8 @@ def main() -> None:
         entry["time_ratio"] = entry["seconds_per_image"] / base_seconds
         table.append(entry)
 
-    doc = {"benchmark": "sketch", "model": args.model or "reference", "controlnet": str(cn_folder), "steps": args.steps,
+    doc = {"benchmark": "sketch", "model": args.model or "reference",
+           "reference_model": reference_model_record(args.model), "controlnet": str(cn_folder), "steps": args.steps,
            "seeds": args.seeds, "torch_threads": args.threads, "guidance": GenerationRequest("").guidance, "default_strength": SKETCH_STRENGTH,
            "place_tolerance_px": PLACE_TOLERANCE,
            "cases": [{"name": c[0], "shape": c[1], "box": c[2], "pen": c[3], "ink": c[4], "paper": c[5], "prompt": c[6]} for c in CASES],

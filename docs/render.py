@@ -4,7 +4,8 @@
     python docs/render.py --check      # renders into a temp folder and exits 1 on any difference
 
 Every JSON file under `benchmarks/results/` gets a page: where it came from (the command, the code version,
-the machine and its load, the date) and whether it is the default command or a special run, then its tables.
+the machine and its load, the date, the version of the reference model it measured) and whether it is the default
+command or a special run, then its tables.
 A file this script has no special layout for still gets a page, from its structure: scalar settings, then
 every list of records as a table. What a file does not record is written "not recorded", never guessed.
 
@@ -78,6 +79,7 @@ TITLES = {
     "sdxl_real_size": "The whole chain on a full-size SDXL",
     "sdxl_sizes": "Real SDXL sizes",
     "sdxl_throughput": "Palettization speed on SDXL's shapes",
+    "sdxl_throughput_workers": "Compressing on every core: old and new path per SDXL layer shape",
     "sdxl_whole_unet": "Compressing a whole SDXL-size UNet",
     "bundle_sizes": "Core ML bundle sizes",
     "runtime_modes": "Runtime modes (dense, packed)",
@@ -247,6 +249,30 @@ def find_disjoint(data):
     return None
 
 
+def reference_model_text(data: dict) -> str:
+    """The reference model a file measured, from its `reference_model` record (`pocketsd.data.model_card`): the
+    version, the commit that made a file older than the record, and the card's grammar and steps; `null` means the
+    run did not use the reference model."""
+    if "reference_model" not in data:
+        return NOT_RECORDED
+    ref = data["reference_model"]
+    if ref is None:
+        return "none (this run did not use the reference model)"
+    if not isinstance(ref, dict):
+        return cell(ref)
+    parts = [f"version {ref.get('version', NOT_RECORDED)}"]
+    if ref.get("commit"):
+        parts.append(f"results made at git {ref['commit']}")
+    grammar = ref.get("grammar")
+    if isinstance(grammar, dict):
+        parts.append("trained on " + ", ".join(f"{k} {cell(v)}" for k, v in grammar.items()
+                                                if k in ("p_position", "p_pair", "images")))
+    steps = ref.get("unet_steps")
+    if isinstance(steps, dict) and steps.get("this_run") is not None:
+        parts.append(f"{steps['this_run']:,} UNet steps on version {(ref.get('base') or {}).get('version', '?')}")
+    return "; ".join(parts)
+
+
 def provenance(stem: str, data: dict, kind: str) -> list[str]:
     command = data.get("command") if isinstance(data.get("command"), str) else WRITTEN_BY.get(stem)
     commit = data.get("commit") or data.get("code_version") or data.get("git_describe")
@@ -263,6 +289,7 @@ def provenance(stem: str, data: dict, kind: str) -> list[str]:
             f"1-minute load average {ls[0]:.1f}" if ls else NOT_RECORDED)
     date = find_key(data, ("date", "date_utc", "created_utc", "finished_utc", "started_utc")) or NOT_RECORDED
     rows = [["command", f"`{command}`" if command else NOT_RECORDED], ["code version", code],
+            ["reference model", reference_model_text(data)],
             ["machine", machine], ["load", load], ["date", str(date)], ["run", kind]]
     if any(k in data for k in ("calibration", "teacher", "n_image_prompts")) or \
             any(k in (data.get("settings") or {}) for k in ("calibration", "n_image_prompts")):
@@ -618,6 +645,8 @@ KINDS = {
     "lora_copyspace": "training run of a shipped LoRA (`make tiny-model`) on a budget-4.5 compressed UNet",
     "sdxl_sizes": "size accounting of fixed recipes (no model run)",
     "sdxl_throughput": "special run: fixed recipes on random SDXL-shaped weights, no calibration",
+    "sdxl_throughput_workers": "special run: w4r32 and budget 4.5 on random SDXL-shaped weights (scaled down), "
+                               "synthetic calibration rows",
     "sdxl_whole_unet": "special run: fixed recipe w4r32 on random SDXL-shaped weights, no calibration",
     "bundle_sizes": "fixed recipes and budget 4.5, converted with `pocketsd convert` defaults",
 }
@@ -760,13 +789,13 @@ def headline(ctx: dict) -> list[str]:
                           psnr_ci(r["held"]), psnr_ci(r["inset"]), pct(r["held"].get("adherence")),
                           pct(r["held"].get("adherence_against"))])
         lines += [f"**The default command** (`default_compress.json`, {dc.get('date', NOT_RECORDED)}, code "
-                  f"{dc.get('code_version', NOT_RECORDED)}): image PSNR against fp16 on prompts compression never saw "
+                  f"{dc.get('code_version', NOT_RECORDED)}, reference model {reference_model_text(dc)}): image PSNR against fp16 on prompts compression never saw "
                   "(held-out) and on the rest (in-set), 95 % intervals; adherence on the held-out prompts.", ""]
         lines += table(["command", "run", "UNet bits/param", "held-out PSNR dB", "in-set PSNR dB",
                         "held-out adherence %", "fp16 adherence %"], drows,
                        ["---", "---", "---:", "---:", "---:", "---:", "---:"])
         lines += ["**Against Apple's methods** (`compression.json`):", ""]
-    lines += [f"Default command: {default_command_text(d)}. Reference model, "
+    lines += [f"Default command: {default_command_text(d)}. Reference model ({reference_model_text(comp)}), "
              f"{comp.get('n_image_prompts', NOT_RECORDED)} evaluation prompts × {comp.get('steps', NOT_RECORDED)} steps, "
              "image PSNR against fp16 with 95 % intervals; bits/param count every stored byte over every UNet "
              "parameter; MB = 10^6 bytes.", ""]

@@ -44,7 +44,8 @@ def test_every_results_file_has_a_page_with_its_provenance(rendered):
         rel = f.relative_to(ROOT / "benchmarks" / "results").as_posix()
         page = next((t for t in pages.values() if f"`benchmarks/results/{rel}`" in t), None)
         assert page is not None, rel
-        for field in ("| command |", "| code version |", "| machine |", "| load |", "| date |", "| run |"):
+        for field in ("| command |", "| code version |", "| reference model |", "| machine |", "| load |", "| date |",
+                      "| run |"):
             assert field in page, (rel, field)
 
 
@@ -128,3 +129,26 @@ def test_a_default_command_file_leads_the_headline_only_when_it_is_one(render, t
     else:
         assert "| `pocketsd compress --out OUT` | DEFAULT | 4.5 | 30.00 [29.00, 31.00] |" in headline
         assert "special run: --distill off" in headline and "No file holds" not in headline
+
+
+def test_every_page_says_which_reference_model_made_it(render, rendered):
+    """Results made on version 1 stay traceable after version 2 lands: every file records its reference model (or
+    that the run used none) and its page shows it."""
+    pages, _ = rendered
+    for f in sorted((ROOT / "benchmarks" / "results").rglob("*.json")):
+        data = json.loads(f.read_text())
+        assert "reference_model" in data, f"{f.name}: no reference_model record"
+        rel = f.relative_to(ROOT / "benchmarks" / "results").as_posix()
+        page = next(t for t in pages.values() if f"`benchmarks/results/{rel}`" in t)
+        row = next(line for line in page.splitlines() if line.startswith("| reference model |"))
+        ref = data["reference_model"]
+        assert (f"version {ref['version']}" in row) if ref else ("did not use the reference model" in row), (rel, row)
+
+
+def test_a_version_2_file_shows_its_card_facts(render):
+    data = {"reference_model": {"version": 2, "folder": "/x", "card": "model_card.json", "base": {"version": 1},
+                                "grammar": {"p_position": 0.8, "p_pair": 0.2, "images": 12000},
+                                "unet_steps": {"this_run": 2600, "planned": 2600}}}
+    text = render.reference_model_text(data)
+    assert text.startswith("version 2") and "p_pair 0.2" in text and "2,600 UNet steps on version 1" in text
+    assert render.reference_model_text({}) == render.NOT_RECORDED

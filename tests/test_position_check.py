@@ -5,7 +5,6 @@ Every expected side comes from the scene the renderer drew (its `position`), nev
 
 from __future__ import annotations
 
-import json
 import random
 from collections import Counter
 
@@ -13,8 +12,6 @@ import pytest
 from PIL import Image
 
 from pocketsd.data.grammar import BACKGROUNDS, COLORS, OPPOSITE, POSITIONS, SHAPES, Scene
-from pocketsd.data.model_card import MODEL_CARD_FILE, reference_model_card, reference_model_record
-from pocketsd.errors import BadInput
 from pocketsd.eval.adherence import read_pair, score_pairs, score_positions
 from pocketsd.eval.classify import classify, read_halves
 from pocketsd.refmodel.check import TARGETS, pair_scenes, position_scenes
@@ -128,27 +125,3 @@ def test_read_pair_returns_the_first_objects_half_first():
     scene = Scene("yellow", "triangle", "gray", "on the right", second=("purple", "square"))
     first, second = read_pair(draw_scene(scene, random.Random(9)), scene)
     assert (first.color, second.color) == ("yellow", "purple")
-
-
-# ---- the model card -------------------------------------------------------------------------------------------
-def test_a_folder_without_a_card_is_version_1(tmp_path):
-    assert reference_model_card(tmp_path) == {"version": 1}
-    record = reference_model_record(tmp_path)
-    assert record["version"] == 1 and record["card"] is None
-
-
-def test_a_card_gives_version_grammar_and_steps(tmp_path):
-    card = {"version": 2, "base": {"version": 1}, "grammar": {"p_position": 0.8, "p_pair": 0.25},
-            "unet_steps": {"this_run": 1500}, "minutes": 41.0}
-    (tmp_path / MODEL_CARD_FILE).write_text(json.dumps(card))
-    record = reference_model_record(tmp_path)
-    assert record["version"] == 2 and record["grammar"]["p_pair"] == 0.25 and record["unet_steps"]["this_run"] == 1500
-    assert "minutes" not in record  # run facts stay in the card
-
-
-@pytest.mark.parametrize("text", ["{not json", json.dumps({"version": "two"}), json.dumps([2])])
-def test_a_damaged_card_is_one_actionable_line(tmp_path, text):
-    (tmp_path / MODEL_CARD_FILE).write_text(text)
-    with pytest.raises(BadInput, match="restore it") as err:
-        reference_model_card(tmp_path)
-    assert "\n" not in str(err.value)

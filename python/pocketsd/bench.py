@@ -267,7 +267,9 @@ def run_bench(model: str | None = None, compressed: str | None = None, out_dir: 
     ratios(results)
     import platform
 
-    doc = {"benchmark": "generate", "settings": {"steps": steps, "prompts": list(prompts), "seeds": list(seeds),
+    from .data.model_card import reference_model_record_if_any
+
+    doc = {"benchmark": "generate", "reference_model": reference_model_record_if_any(source.path), "settings": {"steps": steps, "prompts": list(prompts), "seeds": list(seeds),
                                                   "threads": threads, "size": results[0]["size"] if results else None,
                                                   "model": source.spec, "compressed": compressed if not tmp else "(temporary)"},
            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},

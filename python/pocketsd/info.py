@@ -10,6 +10,7 @@ from .artifacts import COMPRESSED, COREML
 from .artifacts.bundle import read_bundle_manifest
 from .artifacts.compressed import read_compressed_model
 from .artifacts.model_folder import detect_family, read_model_index, safetensors_stats
+from .data.model_card import MODEL_CARD_FILE, is_reference_model_folder, reference_model_card
 from .errors import BadInput
 from .models import model_folder, resolve_model
 from .models.family import downscale, family_named
@@ -61,7 +62,39 @@ def describe_model_folder(folder: Path, kind: str) -> str:
     if sample:
         lines.append(f"  native size {sample * factor}x{sample * factor} px (latents {sample}x{sample}, VAE {factor}×), "
                      f"force_zeros_for_empty_prompt={index.get('force_zeros_for_empty_prompt', False)}")
-    return "\n".join(lines)
+    return "\n".join(lines + model_card_lines(folder))
+
+
+def model_card_lines(folder: Path) -> list[str]:
+    """The reference model's version and card facts (training steps, data grammar), from `model_card.json`; the
+    embedded model without a card is version 1. Other folders without a card get no lines."""
+    folder = Path(folder)
+    if not is_reference_model_folder(folder):
+        return []
+    has_card = (folder / MODEL_CARD_FILE).is_file()
+    card = reference_model_card(folder)
+    if not has_card:
+        return [f"  reference model version {card['version']} (no {MODEL_CARD_FILE}: the first release shipped without one)"]
+    lines = [f"  reference model version {card['version']} ({MODEL_CARD_FILE})"]
+    base = card.get("base")
+    steps = card.get("unet_steps")
+    if isinstance(steps, dict):
+        done = steps.get("this_run")
+        text = f"{done:,} UNet steps" if isinstance(done, int) else f"UNet steps {steps}"
+        if steps.get("planned") not in (None, done):
+            text += f" of {steps['planned']:,} planned"
+        if isinstance(base, dict) and base.get("version") is not None:
+            text += f", fine-tuned from version {base['version']}"
+            before = steps.get("before")
+            if isinstance(before, int):
+                text += f" ({before:,} steps before)"
+        lines.append(f"  training: {text}")
+    elif steps is not None:
+        lines.append(f"  training: {steps} UNet steps")
+    grammar = card.get("grammar")
+    if isinstance(grammar, dict):
+        lines.append("  data grammar: " + ", ".join(f"{k} {v}" for k, v in grammar.items()))
+    return lines
 
 
 def describe_compressed(folder: Path, verify: bool = True) -> str:

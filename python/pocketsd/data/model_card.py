@@ -39,6 +39,12 @@ def reference_model_version(folder: Path | str = REFERENCE_MODEL) -> int:
     return reference_model_card(folder)["version"]
 
 
+def is_reference_model_folder(folder: Path | str) -> bool:
+    """The embedded reference model, or a folder with a model card (a version of it trained elsewhere)."""
+    folder = Path(folder)
+    return (folder / MODEL_CARD_FILE).is_file() or folder.resolve() == REFERENCE_MODEL.resolve()
+
+
 def reference_model_record(folder: Path | str | None = None) -> dict:
     """What a results file records about the reference model it evaluated: `version`, the folder, and the card's
     grammar and training steps when it has a card. `None` means the embedded reference model."""
@@ -47,3 +53,9 @@ def reference_model_record(folder: Path | str | None = None) -> dict:
     record = {"version": card["version"], "folder": str(folder), "card": MODEL_CARD_FILE if len(card) > 1 else None}
     record.update({k: card[k] for k in RECORDED_FACTS if k in card})
     return record
+
+
+def reference_model_record_if_any(folder: Path | str | None) -> dict | None:
+    """`reference_model_record` for a reference model folder, None for any other model and for no folder (a hub
+    model): a results file then says the run did not measure the reference model."""
+    return reference_model_record(folder) if folder is not None and is_reference_model_folder(folder) else None

@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from ..data import REFERENCE_LORAS, REFERENCE_MODEL
+from ..data.model_card import reference_model_record
 from ..data.grammar import BACKGROUNDS, COLORS, Scene, random_scene
 from ..eval.classify import _OBJECT_DISTANCE, classify, object_mask, shape_from_mask
 from .drawing import IMAGE_SIZE, draw_scene, to_tensor_array
@@ -293,6 +294,7 @@ def main(argv: list[str] | None = None) -> None:
         "train_settings": {"rank": args.rank, "lr": args.lr, "batch": args.batch, "seed": args.seed,
                            "unet_mode": args.unet_mode, "images": args.images},
         "load_average_before": load_before, "load_average_after": load_after, "cpu_count": os.cpu_count(),
+        "reference_model": reference_model_record(),  # the LoRA is trained on and judged against the embedded model
         "check": {"max_centroid_x": MAX_CENTROID, "free_from_x": FREE_FROM, "max_object_in_free_area": MAX_IN_FREE},
         "with_lora": w, "without_lora": score(without, EVAL_SCENES),
         "fp16_without_lora": score(fp16_without, EVAL_SCENES), "drawn_reference": score(drawn_eval, EVAL_SCENES),

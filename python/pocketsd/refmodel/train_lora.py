@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..data import REFERENCE_LORAS, REFERENCE_MODEL
+from ..data.model_card import reference_model_record_if_any
 from .drawing import make_dataset
 from ..data.grammar import Scene
 from .train import RESULTS_DIR, TIME_IDS, _progress, encode_latents, encode_text
@@ -191,7 +192,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"LoRA {args.style}: {done} steps in {seconds / 60:.1f} min (wall {(time.time() - t0) / 60:.1f} min), {out.stat().st_size / 1e3:.0f} kB → {out}")
 
     args.results.mkdir(parents=True, exist_ok=True)
-    summary = {"style": args.style, "model": str(model), "seed": seed, "rank": args.rank, "lr": args.lr,
+    summary = {"style": args.style, "model": str(model), "reference_model": reference_model_record_if_any(model),
+               "seed": seed, "rank": args.rank, "lr": args.lr,
                "batch": args.batch, "images": args.images, "steps_planned": args.steps, "steps_done": done,
                "train_minutes": seconds / 60, "wall_minutes": wall / 60, "torch_threads": torch.get_num_threads(), "bytes": out.stat().st_size,
                "target_modules": TARGET_MODULES, "loss_first50": float(np.mean(curve[:50])),
