@@ -146,12 +146,15 @@ def encode_text(components: dict, captions: list[str]) -> tuple[torch.Tensor, to
 def train_denoiser(components: dict, latents: torch.Tensor, captions: list[str], steps: int, batch: int,
                    seed: int, curve: list, lr: float = 4e-4, max_minutes: float | None = None,
                    checkpoint=None, checkpoint_every: int = 1000, warmup: int = 200,
-                   state_path: Path | None = None) -> tuple[dict, int]:
+                   state_path: Path | None = None, high_noise_share: float = 0.0) -> tuple[dict, int]:
     """UNet and both text encoders, ε-prediction with min-SNR-5 weighting; returns EMA weights.
 
     With `state_path`, every checkpoint also saves the whole training state there (weights, EMA, optimizer, step,
     random generator, loss curve), and a run that finds one resumes from it: a killed run loses at most
-    `checkpoint_every` steps, and the resumed run draws the same batches the uninterrupted one would have."""
+    `checkpoint_every` steps, and the resumed run draws the same batches the uninterrupted one would have.
+
+    `high_noise_share`: that share of each batch draws its timestep from the noisier half of the schedule, where
+    the picture's layout (which side an object is on) is decided; 0 draws uniformly, as version 1 did."""
     unet, te1, te2 = components["unet"], components["text_encoder"], components["text_encoder_2"]
     modules = {"unet": unet, "text_encoder": te1, "text_encoder_2": te2}
     params = [p for m in modules.values() for p in m.parameters()]
@@ -196,6 +199,9 @@ def train_denoiser(components: dict, latents: torch.Tensor, captions: list[str],
             x0 = latents[idx]
             noise = torch.randn(x0.shape, generator=gen)
             t = torch.randint(0, len(alphas), (batch,), generator=gen)
+            if high_noise_share:
+                n_high = int(round(high_noise_share * batch))
+                t[:n_high] = torch.randint(len(alphas) // 2, len(alphas), (n_high,), generator=gen)
             a = alphas[t].view(-1, 1, 1, 1)
             xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
             emb, pooled = encode_text(components, [captions[i] for i in idx.tolist()])
@@ -278,6 +284,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--p-position", type=float, default=0.5, help="share of one-object captions with a position")
     ap.add_argument("--p-pair", type=float, default=0.0, help="share of two-object scenes (version 2's grammar)")
     ap.add_argument("--lr", type=float, default=4e-4)
+    ap.add_argument("--high-noise-share", type=float, default=0.0,
+                    help="share of each batch trained at the noisier half of the schedule (layout); 0 = uniform")
     ap.add_argument("--version", type=int, default=1, help="the model version the card records")
     args = ap.parse_args(argv)
 
@@ -371,7 +379,7 @@ def _finetune(args) -> None:
     minutes = None if args.max_minutes is None else args.max_minutes - t_data / 60 - 0.5
     ema, done = train_denoiser(components, latents, captions, args.unet_steps, args.batch, args.seed + 200, curve,
                                lr=args.lr, max_minutes=minutes, checkpoint=checkpoint, checkpoint_every=250,
-                               warmup=100, state_path=state_path)
+                               warmup=100, state_path=state_path, high_noise_share=args.high_noise_share)
     components.update(ema)
     save_pipeline(components, args.out)
     total = time.time() - t0
@@ -383,6 +391,7 @@ def _finetune(args) -> None:
                     "caption_example": next((c for c in captions if ", a " in c), captions[0])},
         "unet_steps": {"this_run": done, "planned": args.unet_steps, "before": base.get("unet_steps", {})},
         "lr": args.lr, "batch": args.batch, "seed": args.seed, "minutes": total / 60,
+        "high_noise_share": args.high_noise_share,
         "torch_threads": torch.get_num_threads(), "load_average_at_end": list(os.getloadavg()),
     }
     (args.out / MODEL_CARD).write_text(json.dumps(card, indent=1))
