@@ -2,12 +2,12 @@
 
 Why a process pool across layers, and not more vectorisation: the k-means already runs over every group of a
 layer at once (`quantizers.kmeans_1d`: one batched histogram, one batched Lloyd iteration, one batched
-assignment), so no per-group loop is left to vectorise. What leaves the second core idle is the rest of a
-layer's work: the Lloyd iterations and the k-means++ seeding work on small (groups × starts, bins) numpy arrays,
-where the cost is per-call overhead on one thread (Python threads would queue on the GIL for it), and the
-randomized SVD's QR and the output-error products are only partly parallel in torch. Layers are independent
+assignment), so no per-group loop is left to vectorise. Its whole-weight steps are torch ops that torch already
+spreads over threads; what stays on one core is the rest: the Lloyd iterations and the k-means++ seeding work on
+small (groups × starts, bins) numpy arrays and Python loops, where per-call overhead is the cost (Python threads
+would queue on the GIL for it), and the randomized SVD's QR is only partly parallel. Layers are independent
 (each one's decomposition reads only its own weight and calibration rows), so whole layers on separate
-processes keep every core busy for all of that work at once.
+processes keep every core busy for all of a layer's work.
 
 Why one torch thread per layer, also when a single worker runs in this process: `torch.svd_lowrank`'s factors
 depend on the intra-op thread count (measured here: different bytes at 1 and at 2 torch threads), so with
