@@ -74,9 +74,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-unet-evals", type=int, default=C.max_unet_evaluations,
                    help=f"UNet evaluations at native size that calibration and the budget's probes may take "
                         f"(default {C.max_unet_evaluations}; probes use fewer samples or half the latent size to fit)")
-    p.add_argument("--components", default="unet,text_encoder,text_encoder_2",
-                   help="what to compress: any of unet, text_encoder, text_encoder_2, vae (default: the UNet and "
-                        "both text encoders)")
+    from ..compress.run import DEFAULT_COMPONENTS
+
+    p.add_argument("--components", default=",".join(DEFAULT_COMPONENTS),
+                   help="what to compress: any of unet, text_encoder, text_encoder_2, vae (default: all; the VAE is "
+                        "kept only if it passes its image-PSNR gate)")
     for component in ("text_encoder", "text_encoder_2", "vae"):
         flag = component.replace("_", "-")
         p.add_argument(f"--{flag}-bits-budget", type=float, default=None, dest=f"{component}_bits_budget",

@@ -20,29 +20,31 @@ from typing import Callable
 
 from ..artifacts import COMPRESSED
 from ..artifacts.compressed import ComponentPayload, write_compressed_model
-from ..artifacts.model_folder import check_weight_files, read_config
+from ..artifacts.model_folder import check_weight_files, family_of_folder, read_config
 from ..artifacts.outputs import check_out
 from ..errors import BadInput
 from ..models import model_folder, resolve_model
 from ..models.device import resolve_device
 from ..palettize.calibrate import CalibrationSettings, calibrate
 from ..palettize.compress import (ProbePlan, budget_floor_bits, budget_over_layers, check_budget, compress_network,
-                                  plan_probes, progress_total)
+                                  compress_token_embeddings, plan_probes, progress_total)
 from ..palettize.blockwise import (BlockRecorder, block_cache_folder, distill_network, find_blocks, held_out_batches,
                                    remove_cache)
 from ..palettize.distill import distill, planned_steps, record_teacher
 from ..palettize.layer import compressed_layers, compressed_state_dict
 from ..palettize.quantizers import BITS
-from ..palettize.recipes import Recipe, compressible_layers
+from ..palettize.recipes import VAE_RECIPES, Recipe, compressible_layers, make_recipe
 from .prompts import calibration_prompts
+from .vae import compress_vae
 
 # on_progress(task, advance, total, detail): one call per unit of work; `total` sizes the task on first use.
 Progress = Callable[[str, int, int, str], None]
 
 
-# What `--components` may name, and the default: the UNet and both text encoders (the VAE on request).
+# What `--components` may name, and the default: all of them. The VAE is palettized by a fixed recipe and kept only
+# if it passes its fidelity gate (`compress.vae`); the text encoders' token tables become int8 codes as well.
 COMPRESSIBLE = ("unet", "text_encoder", "text_encoder_2", "vae")
-DEFAULT_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+DEFAULT_COMPONENTS = COMPRESSIBLE
 
 
 @dataclass
@@ -59,7 +61,15 @@ class CompressOptions:
     force: bool = False  # replace an --out that is not a compressed folder PocketSD wrote
 
     def recipe_for(self, component: str) -> Recipe:
-        return self.component_recipes.get(component, self.recipe)
+        return self.vae_recipes()[0] if component == "vae" else self.component_recipes.get(component, self.recipe)
+
+    def vae_recipes(self) -> list[Recipe]:
+        """What the VAE is tried at, in order (`compress.vae`): the user's --vae-bits-budget alone, else the fixed
+        palettes of VAE_RECIPES (nothing calibrates the VAE — the pipeline samples latents — so by default no budget
+        is allocated for it)."""
+        if "vae" in self.component_recipes:
+            return [self.component_recipes["vae"]]
+        return [make_recipe(name) for name in VAE_RECIPES]
 
 
 def check_inputs(opts: CompressOptions) -> tuple[Path, str]:
@@ -308,10 +318,19 @@ def compress_model(opts: CompressOptions, on_progress: Progress | None = None,
         calib, recorder = _calibrate(opts, pipe, networks, layers, prompts, block_networks, cache, tick, timings)
         teacher, distill_settings, distill_skipped = _record_whole_teacher(opts, pipe, networks, prompts, mode, device,
                                                                            note, tick, timings)
-        payloads = {}
+        payloads, vae_gate = {}, None
         weights = {name: sum(m.weight.numel() for m in layers[name].values()) for name in block_networks}
         for name, network in networks.items():
-            # the VAE has no calibration: its layers are judged by weight error (no smoothing, no probe)
+            if name == "vae":  # from the source's own fp32 weights, gated by image PSNR (see compress.vae)
+                t0 = time.perf_counter()
+                payload, vae_gate = compress_vae(folder, family_of_folder(folder), opts.vae_recipes(), calib.latents,
+                                                 progress=tick)
+                timings["compress_vae"] = time.perf_counter() - t0
+                if payload is not None:
+                    payloads[name] = payload
+                else:
+                    note(f"vae: kept uncompressed — {vae_gate['reason']}")
+                continue
             component_calib = calib if name == "unet" else calib.encoders.get(name)
             recipe = opts.recipe_for(name)
             t0 = time.perf_counter()
@@ -349,6 +368,10 @@ def compress_model(opts: CompressOptions, on_progress: Progress | None = None,
                 teacher = None  # free the recorded calls before the next component
             if report.recipe["distill"] == "off":
                 report.recipe["distill_steps"] = 0
+            if name.startswith("text_encoder"):  # after distillation: the table precedes every block
+                embedding = compress_token_embeddings(network)
+                if embedding is not None:
+                    report.recipe["token_embedding"] = embedding
             payloads[name] = ComponentPayload(
                 state_dict=compressed_state_dict(network), config=read_config(folder, name),
                 layers=[layer.record() for layer in compressed_layers(network).values()],
@@ -362,7 +385,8 @@ def compress_model(opts: CompressOptions, on_progress: Progress | None = None,
     t0 = time.perf_counter()
     manifest = write_compressed_model(opts.out, folder, payloads, source={"spec": spec, "path": str(folder)},
                                       extra={"timings_s": {k: round(v, 2) for k, v in timings.items()}, "device": device,
-                                             "precision": precision})
+                                             "precision": precision,
+                                             **({"vae_gate": vae_gate} if vae_gate is not None else {})})
     manifest["timings_s"]["write"] = round(time.perf_counter() - t0, 2)
     return manifest
 

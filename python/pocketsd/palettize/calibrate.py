@@ -21,6 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import BadInput
+from ..models.family import FAMILIES, ModelFamily, family_of_denoiser
+from .allocate import UNBATCHED
+from .recipes import VAE_GATE_IMAGES
 
 TIMESTEP_RANGES = ("all", "first25", "last25")
 
@@ -42,6 +45,9 @@ class Calibration:
     unet_inputs: list[dict] = field(default_factory=list)
     # The text encoders' own statistics, by pipeline component name ("text_encoder", "text_encoder_2").
     encoders: dict[str, "Calibration"] = field(default_factory=dict)
+    # The first batch's final latents (the denoiser's scale, fp32, CPU): what the compressed VAE's fidelity gate
+    # decodes, so the gate sees the model's own pictures without a second sampling run.
+    latents: torch.Tensor | None = None
 
     def rows(self, name: str) -> torch.Tensor | None:
         st = self.stats.get(name)
@@ -157,6 +163,28 @@ class _Recorder:
         return out
 
 
+def pipeline_denoiser(pipeline) -> tuple[nn.Module, ModelFamily]:
+    """The pipeline's denoiser (a UNet, or FLUX.1's / SD3's transformer) and the family its config belongs to."""
+    for name in dict.fromkeys(f.denoiser for f in FAMILIES.values()):
+        module = getattr(pipeline, name, None)
+        if module is not None:
+            return module, family_of_denoiser({**module.config, "_class_name": type(module).__name__})
+    raise BadInput(f"{type(pipeline).__name__} has no denoiser PocketSD knows (UNet or transformer)")
+
+
+def _transformer_call(kwargs, rows: int, gen: torch.Generator, family: ModelFamily) -> dict:
+    """The tensors of one transformer call (keyword arguments, as diffusers' FLUX.1 and SD3 pipelines pass them),
+    keeping `rows` random batch rows; the inputs without a batch axis (FLUX.1's position ids) whole."""
+    sample = kwargs["hidden_states"]
+    pick = torch.randperm(sample.shape[0], generator=gen)[:rows]
+    call = {"hidden_states": sample[pick].clone()}  # first: the probe counts its samples on the first tensor
+    for key, value in kwargs.items():
+        if isinstance(value, torch.Tensor) and key not in call:
+            call[key] = value.clone() if key in family.unbatched_inputs else value[pick].clone()
+    call[UNBATCHED] = tuple(k for k in family.unbatched_inputs if k in call)
+    return call
+
+
 def _unet_call(args, kwargs, rows: int, gen: torch.Generator) -> dict:
     """The tensors of one UNet call, keeping `rows` random batch rows (same rows across all inputs)."""
     sample = args[0]
@@ -175,7 +203,8 @@ def calibrate(pipeline, modules: dict[str, nn.Module], prompts: list[str], steps
               timesteps: str = "all", rows_per_layer: int = 512, batch_size: int = 8, guidance: float = 5.0,
               seed: int = 0, progress=None, unet_calls: int = 8, unet_call_rows: int = 4,
               max_row_bytes: int = 2 << 30, encoder_modules: dict[str, dict[str, nn.Module]] | None = None,
-              encoder_calls: int = 4, size: tuple[int, int] | None = None, on_batch=None) -> Calibration:
+              encoder_calls: int = 4, size: tuple[int, int] | None = None, on_batch=None,
+              keep_latents: int = VAE_GATE_IMAGES) -> Calibration:
     """Run `pipeline` (any diffusers text-to-image pipeline with a UNet) and collect statistics of `modules`
     (the UNet's layers) and, when given, of `encoder_modules` ({"text_encoder": {name: layer}, …}).
 
@@ -184,6 +213,7 @@ def calibrate(pipeline, modules: dict[str, nn.Module], prompts: list[str], steps
     progress: optional callable(advance: int) called once per sampling step of each batch.
     on_batch: optional callable(batch index) before each prompt batch runs (block-wise distillation's recorder
     tags its calls with it, to hold out whole prompts).
+    keep_latents: how many of the first batch's final latents to keep (`Calibration.latents`).
     """
     if timesteps not in TIMESTEP_RANGES:
         raise BadInput(f"--calib-timesteps must be one of {', '.join(TIMESTEP_RANGES)}, got {timesteps!r}")
@@ -205,18 +235,23 @@ def calibrate(pipeline, modules: dict[str, nn.Module], prompts: list[str], steps
 
     def gate(_module, args, kwargs):
         t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
-        rec.active = t is None or _in_range(float(torch.as_tensor(t).float().reshape(-1)[0]), num_train, timesteps)
+        if t is not None:  # FLUX.1's transformer is given t / 1000: back to the scheduler's scale
+            t = float(torch.as_tensor(t).float().reshape(-1)[0]) * family.timestep_divisor
+        rec.active = t is None or _in_range(t, num_train, timesteps)
         # keep the recorded calls of the first batch: they span the (selected part of the) schedule
         if first_batch[0]:
             step = first_batch[1]
             first_batch[1] += 1
             if rec.active and step % every == 0 and len(calls) < unet_calls and "encoder_hidden_states" in kwargs:
-                calls.append(_unet_call(args, kwargs, unet_call_rows, call_gen))
+                calls.append(_unet_call(args, kwargs, unet_call_rows, call_gen) if family.denoiser_signature == "unet"
+                             else _transformer_call(kwargs, unet_call_rows, call_gen, family))
 
     first_batch = [True, 0]  # (still in the first batch, UNet calls seen in it)
+    final_latents = None
     every = max(1, math.ceil(steps / max(unet_calls, 1)))
 
-    handles = [pipeline.unet.register_forward_pre_hook(gate, with_kwargs=True)]
+    denoiser, family = pipeline_denoiser(pipeline)
+    handles = [denoiser.register_forward_pre_hook(gate, with_kwargs=True)]
     handles += [m.register_forward_pre_hook(rec.hook(n)) for n, m in modules.items()]
     encoder_recs, encoder_ids = {}, {}
     for component, layers in (encoder_modules or {}).items():
@@ -246,8 +281,11 @@ def calibrate(pipeline, modules: dict[str, nn.Module], prompts: list[str], steps
                 if on_batch is not None:
                     on_batch(b)
                 hw = {} if size is None else {"width": size[0], "height": size[1]}
-                pipeline(prompt=chunk, num_inference_steps=steps, guidance_scale=guidance, output_type="latent",
-                         generator=torch.Generator().manual_seed(seed + b), callback_on_step_end=on_step, **hw)
+                result = pipeline(prompt=chunk, num_inference_steps=steps, guidance_scale=guidance,
+                                  output_type="latent", generator=torch.Generator().manual_seed(seed + b),
+                                  callback_on_step_end=on_step, **hw)
+                if first_batch[0] and keep_latents:
+                    final_latents = result.images[:keep_latents].detach().float().cpu().clone()
                 first_batch[0] = False
     finally:
         for h in handles:
@@ -260,4 +298,4 @@ def calibrate(pipeline, modules: dict[str, nn.Module], prompts: list[str], steps
     encoders = {c: Calibration(r.result(), {"prompts": len(prompts), "rows_per_layer": rows_per_layer, "seed": seed,
                                             "calls_kept": len(encoder_ids[c])}, [{"input_ids": i} for i in encoder_ids[c]])
                 for c, r in encoder_recs.items()}
-    return Calibration(stats, info, calls, encoders)
+    return Calibration(stats, info, calls, encoders, final_latents)
