@@ -170,6 +170,8 @@ def test_depth_uses_the_models_own_depth_controlnet(tmp_path, ref_model_path):
     check_options(opts)
     assert opts.controlnet == model / "controlnet_depth"
     given = tmp_path / "mine"
+    given.mkdir()
+    (given / "config.json").write_text("{}")
     opts = GenerateOptions(prompt="a red circle", model=str(model), depth=depth, controlnet=given)
     check_options(opts)
     assert opts.controlnet == given  # a ControlNet the user names wins
