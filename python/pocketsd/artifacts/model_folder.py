@@ -14,11 +14,11 @@ import shutil
 from pathlib import Path
 
 from ..errors import BadInput
-from ..models.family import ModelFamily, family_of_index  # ground-floor data (see tests/test_layering.py)
+from ..models.family import FAMILIES, ModelFamily, family_of_index  # ground-floor data (see tests/test_layering.py)
 
 MODEL_INDEX = "model_index.json"
 # Component folders holding networks with weights (what `compress --components` can name).
-NETWORKS = ("unet", "text_encoder", "text_encoder_2", "vae")
+NETWORKS = ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3", "vae")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".msgpack", ".onnx", ".ckpt", ".pt", ".pth", ".xml")
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
                 "F8_E4M3": 1, "F8_E5M2": 1}
@@ -40,7 +40,13 @@ def read_model_index(folder: Path) -> dict:
 def family_of_folder(folder: Path) -> ModelFamily:
     """The family (`pocketsd.models.family`) of a diffusers model folder, from model_index.json; one the loop
     cannot run, or a pipeline missing a component folder, is a BadInput."""
-    family = family_of_index(read_model_index(folder), folder)
+    index = read_model_index(folder)
+    # families sharing a pipeline class (FLUX.1 schnell, dev) differ in their denoiser's config: read it if present
+    denoisers = {f.denoiser for f in FAMILIES.values() if index.get("_class_name") in f.pipelines}
+    config_file = next((Path(folder) / d / "config.json" for d in sorted(denoisers)
+                        if (Path(folder) / d / "config.json").is_file()), None)
+    denoiser_config = read_config(folder, config_file.parent.name) if config_file is not None else None
+    family = family_of_index(index, folder, denoiser_config)
     missing = [c for c in family.components if not (Path(folder) / c).is_dir()]
     if missing:
         raise BadInput(f"{folder} is an incomplete {family.title} pipeline: missing {', '.join(missing)}/")

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 from ..artifacts import COMPRESSED, COREML
 from ..artifacts import bundle as names
 from ..artifacts.compressed import read_compressed_model
-from ..artifacts.model_folder import check_weight_files, family_of_folder, read_config
+from ..artifacts.model_folder import MODEL_INDEX, check_weight_files, family_of_folder, read_config
 from ..artifacts.outputs import check_out
 from ..errors import BadInput
 from ..models import model_folder, resolve_model
@@ -157,6 +157,10 @@ def make_plan(opts: ConvertOptions) -> ConvertPlan:
                        "(diffusers' StableDiffusionXLPipeline.from_single_file(...).save_pretrained(DIR))")
     path = model_folder(source)
     kind = COMPRESSED if source.kind == COMPRESSED else "diffusers"
+    if (path / MODEL_INDEX).is_file() and not family_of_folder(path).convertible:
+        title = family_of_folder(path).title
+        raise BadInput(f"{opts.model} is a {title} model: Core ML conversion of its transformer is not supported yet "
+                       f"(generate runs it with --backend torch)")
     if kind == "diffusers" and not (path / "unet" / "config.json").is_file():
         raise BadInput(f"{opts.model} has no UNet (no unet/config.json); give a full SD/SDXL pipeline folder")
     family = family_of_folder(path)

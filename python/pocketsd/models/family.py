@@ -34,6 +34,12 @@ class TextEncoder:
     tokenizer: str
     package: str
     pooled: bool = False  # supplies the pooled text embedding the denoiser is conditioned on
+    # Tokens it reads (CLIP: 77; T5: what the family's pipeline passes as `max_sequence_length`).
+    max_length: int = 77
+    # Whether its token states reach the denoiser (FLUX.1's CLIP-L gives only its pooled embedding).
+    tokens: bool = True
+    # Its last hidden state (T5, normed) even where the family reads CLIP's penultimate layer (SD3).
+    last_hidden: bool = False
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,37 @@ class ModelFamily:
     # diffusers' scheduler config, for bundles that recorded none (Apple's converter, pocketsd 0.1.0)
     scheduler_config: Mapping = field(default_factory=lambda: MappingProxyType({}))
     pipeline_kwargs: Mapping = field(default_factory=lambda: MappingProxyType({}))  # assembling the pipeline
+    # ---- transformer (MMDiT) families: FLUX.1, SD3 (issue 24). The defaults are SD/SDXL's UNet loop. ----
+    # Denoiser config values that tell apart families sharing one pipeline class (FLUX.1 schnell and dev: dev has
+    # the guidance embedding).
+    denoiser_config_match: Mapping = field(default_factory=lambda: MappingProxyType({}))
+    # How the text encoders' token states become the denoiser's tokens: "features" (SD/SDXL, and FLUX.1's T5
+    # alone: those of every encoder with `tokens` concatenated on the feature axis), "clip_then_t5" (SD3: the CLIP
+    # tokens concatenated on features and zero-padded to T5's width, then T5's tokens after them on the sequence
+    # axis). Every pooled output is concatenated in encoder order (SD3: CLIP-L then CLIP-G).
+    text_layout: str = "features"
+    # How the denoiser is called: "unet" (sample, timestep, encoder_hidden_states, added_cond_kwargs) or "mmdit"
+    # (hidden_states, timestep, encoder_hidden_states and the conditioning as keywords: pooled_projections, FLUX's
+    # guidance and position ids).
+    denoiser_signature: str = "unet"
+    # Flow matching (FlowMatchEulerDiscreteScheduler: the denoiser predicts a velocity, no input scaling) instead of
+    # a noise-prediction UNet schedule.
+    flow_matching: bool = False
+    # Classifier-free guidance batches [negative, positive]; FLUX.1 is guidance-distilled (dev embeds the scale,
+    # schnell ignores it) and runs the positive prompt only.
+    classifier_free_guidance: bool = True
+    latent_patch: int = 1               # FLUX.1 packs 2×2 latent patches into one token (with position ids)
+    timestep_divisor: float = 1.0       # FLUX.1's transformer takes t / 1000
+    explicit_sigmas: bool = False       # FLUX.1 passes linspace(1, 1/steps) sigmas to the scheduler
+    # Denoiser inputs without a batch axis (FLUX.1's position ids), for the recorded calls the budget replays.
+    unbatched_inputs: tuple[str, ...] = ()
+    default_steps: int | None = None    # None: generate's own default
+    default_guidance: float | None = None
+    # Scheduler names generate takes → diffusers class (None: every one generate knows).
+    schedulers: Mapping | None = None
+    # What generate can start from besides text (the UNet loop's image, sketch, mask, depth and ControlNet inputs).
+    inputs: frozenset = frozenset({"image", "sketch", "mask", "depth", "controlnet", "lora"})
+    convertible: bool = True            # `pocketsd convert` has a Core ML graph for its denoiser
 
     @property
     def tokenizers(self) -> tuple[str, ...]:
@@ -120,12 +157,53 @@ SDXL = ModelFamily(
     pipeline_kwargs=MappingProxyType({"add_watermarker": False}),
 )
 
-FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (SDXL, SD)}
+# ---- FLUX.1 and SD3: MMDiT transformers on flow matching, a 16-channel VAE, CLIP and T5 text encoders ----------
+_FLOW_EULER = MappingProxyType({"euler": "FlowMatchEulerDiscreteScheduler"})
+_T5_FLUX = TextEncoder("text_encoder_2", "tokenizer_2", "TextEncoderT5", max_length=512, last_hidden=True)
+_FLUX_COMMON = dict(
+    pipelines=("FluxPipeline",), pipeline_class="FluxPipeline", single_file_types=(),
+    # CLIP-L (CLIPTextModel) gives only its pooled output; T5-XXL gives the tokens
+    text_encoders=(TextEncoder("text_encoder", "tokenizer", "TextEncoder", pooled=True, tokens=False), _T5_FLUX),
+    penultimate_hidden=False, denoiser="transformer", denoiser_class="FluxTransformer2DModel", latent_channels=16,
+    native_side=1024, vae_scaling=0.3611, vae_shift=0.1159, denoiser_signature="mmdit", flow_matching=True,
+    classifier_free_guidance=False, latent_patch=2, timestep_divisor=1000.0, explicit_sigmas=True,
+    unbatched_inputs=("txt_ids", "img_ids"), schedulers=_FLOW_EULER, inputs=frozenset(), convertible=False,
+)
+FLUX_SCHNELL = ModelFamily(
+    name="flux-schnell", title="FLUX.1 [schnell]", denoiser_config_match=MappingProxyType({"guidance_embeds": False}),
+    default_steps=4, default_guidance=0.0, **_FLUX_COMMON,
+    scheduler_config=MappingProxyType({"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000,
+                                       "shift": 1.0, "use_dynamic_shifting": False}),
+)
+FLUX_DEV = ModelFamily(
+    name="flux-dev", title="FLUX.1 [dev]", denoiser_config_match=MappingProxyType({"guidance_embeds": True}),
+    default_steps=28, default_guidance=3.5, **_FLUX_COMMON,
+    scheduler_config=MappingProxyType({"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000,
+                                       "shift": 3.0, "use_dynamic_shifting": True, "base_shift": 0.5,
+                                       "max_shift": 1.15, "base_image_seq_len": 256, "max_image_seq_len": 4096}),
+)
+SD3 = ModelFamily(
+    name="sd3", title="Stable Diffusion 3", pipelines=("StableDiffusion3Pipeline",),
+    pipeline_class="StableDiffusion3Pipeline", single_file_types=(),
+    # CLIP-L and CLIP-G (both with projection: pooled outputs concatenated), then T5-XXL
+    text_encoders=(TextEncoder("text_encoder", "tokenizer", "TextEncoder", pooled=True),
+                   TextEncoder("text_encoder_2", "tokenizer_2", "TextEncoder2", pooled=True),
+                   TextEncoder("text_encoder_3", "tokenizer_3", "TextEncoderT5", max_length=256, last_hidden=True)),
+    penultimate_hidden=True, denoiser="transformer", denoiser_class="SD3Transformer2DModel", latent_channels=16,
+    native_side=1024, vae_scaling=1.5305, vae_shift=0.0609, text_layout="clip_then_t5", denoiser_signature="mmdit",
+    flow_matching=True,
+    default_steps=28, default_guidance=7.0, schedulers=_FLOW_EULER, inputs=frozenset(), convertible=False,
+    scheduler_config=MappingProxyType({"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000,
+                                       "shift": 3.0}),
+)
+
+FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (SDXL, SD, FLUX_SCHNELL, FLUX_DEV, SD3)}
 # What a bundle or manifest that records no family was made from: pocketsd 0.1.0 converted SDXL only.
 LEGACY = SDXL
 # The denoiser conditionings some family has (a UNet with another `addition_embed_type` is not supported).
 DENOISER_EMBED_TYPES = frozenset(f.addition_embed_type for f in FAMILIES.values())
-SUPPORTED_TEXT = "supported: Stable Diffusion XL (base) and Stable Diffusion 1.x/2.x pipelines"
+SUPPORTED_TEXT = ("supported: Stable Diffusion XL (base), Stable Diffusion 1.x/2.x, FLUX.1 (schnell, dev) and "
+                  "Stable Diffusion 3 pipelines")
 
 
 def family_named(name: str | None) -> ModelFamily:
@@ -138,10 +216,20 @@ def family_named(name: str | None) -> ModelFamily:
         raise BadInput(f"unknown model family {name!r} ({SUPPORTED_TEXT})") from None
 
 
-def family_of_index(index: Mapping, where: object = "the model") -> ModelFamily:
-    """The family of a model_index.json's contents; anything the loop cannot run is a BadInput."""
+def matches_denoiser(family: ModelFamily, config: Mapping | None) -> bool:
+    """Whether a denoiser config has the values that mark `family` among those sharing its pipeline class (a
+    config that does not say is taken at diffusers' default: no guidance embedding)."""
+    if not family.denoiser_config_match:
+        return True
+    config = config or {}
+    return all(bool(config.get(key, False)) == bool(value) for key, value in family.denoiser_config_match.items())
+
+
+def family_of_index(index: Mapping, where: object = "the model", denoiser_config: Mapping | None = None) -> ModelFamily:
+    """The family of a model_index.json's contents (and, where families share a pipeline class, of the denoiser's
+    config: FLUX.1 schnell or dev); anything the loop cannot run is a BadInput."""
     name = index.get("_class_name", "?")
-    family = next((f for f in FAMILIES.values() if name in f.pipelines), None)
+    family = next((f for f in FAMILIES.values() if name in f.pipelines and matches_denoiser(f, denoiser_config)), None)
     def named(component: str) -> bool:
         entry = index.get(component)
         return isinstance(entry, list) and len(entry) == 2 and bool(entry[1])
@@ -156,9 +244,16 @@ def family_of_index(index: Mapping, where: object = "the model") -> ModelFamily:
 def family_of_denoiser(config) -> ModelFamily:
     """The family whose conditioning a UNet (or ControlNet) config takes, from its `addition_embed_type` (a dict,
     a diffusers config or any object with the attribute)."""
-    kind = config.get("addition_embed_type") if isinstance(config, Mapping) else getattr(config, "addition_embed_type", None)
+    if not isinstance(config, Mapping):
+        config = {key: getattr(config, key, None) for key in ("_class_name", "addition_embed_type",
+                                                              *(k for f in FAMILIES.values() for k in f.denoiser_config_match))}
+    transformer = next((f for f in FAMILIES.values() if f.denoiser_class == config.get("_class_name")
+                        and f.denoiser_class != SD.denoiser_class and matches_denoiser(f, config)), None)
+    if transformer is not None:
+        return transformer
+    kind = config.get("addition_embed_type")
     for family in FAMILIES.values():
-        if family.addition_embed_type == kind:
+        if family.denoiser_class == SD.denoiser_class and family.addition_embed_type == kind:
             return family
     raise BadInput(f"a UNet with addition_embed_type {kind!r} is not supported ({SUPPORTED_TEXT})")
 
@@ -171,10 +266,11 @@ def takes_time_ids(config) -> bool:
 def family_of_package_names(packages) -> ModelFamily:
     """The family of a bundle known only by its Core ML package names (made by another converter)."""
     present = set(packages)
-    complete = [f for f in FAMILIES.values() if all(t.package in present for t in f.text_encoders)]
+    convertible = [f for f in FAMILIES.values() if f.convertible]
+    complete = [f for f in convertible if all(t.package in present for t in f.text_encoders)]
     if complete:  # the family with the most encoders whose packages are all there
         return max(complete, key=lambda f: len(f.text_encoders))
-    return min(FAMILIES.values(), key=lambda f: len(f.text_encoders))
+    return min(convertible, key=lambda f: len(f.text_encoders))
 
 
 def family_of_single_file(model_type: str) -> ModelFamily | None:
@@ -214,6 +310,27 @@ def size_multiple(vae_config: Mapping, unet_config: Mapping) -> int:
     return downscale(vae_config) * downscale(unet_config)
 
 
+def default_size(family: ModelFamily, denoiser_config: Mapping, vae_config: Mapping) -> tuple[int, int]:
+    """(height, width) a model generates at when none is asked: its denoiser's sample size in pixels (UNets, SD3),
+    else its VAE's sample size (FLUX.1's transformer records none), else the family's native side."""
+    factor = downscale(vae_config)
+    sample = denoiser_config.get("sample_size")
+    if sample:
+        sample = sample if isinstance(sample, (list, tuple)) else (sample, sample)
+        return int(sample[0]) * factor, int(sample[1]) * factor
+    side = vae_config.get("sample_size") or family.native_side
+    side = side if isinstance(side, (list, tuple)) else (side, side)
+    return int(side[0]), int(side[1])
+
+
+def latent_side_multiple(family: ModelFamily, denoiser_config: Mapping) -> int:
+    """Latent pixels a side must be a multiple of for the denoiser: a UNet's levels (2 per level after the first),
+    a transformer's patch (SD3: 2) or FLUX.1's 2×2 packing."""
+    if family.denoiser_signature == "unet":
+        return downscale(denoiser_config)
+    return max(int(denoiser_config.get("patch_size") or 1), family.latent_patch)
+
+
 def check_side(width: int, height: int, flag: str = "--size", note: str = "") -> None:
     """The one limit on any side: positive and at most MAX_SIDE."""
     if width <= 0 or height <= 0:
@@ -232,7 +349,8 @@ def parse_size(text: str, flag: str = "--size", note: str = "") -> tuple[int, in
     return w, h
 
 
-__all__ = ["MAX_SIDE", "CLIP_PAD_TOKEN", "CLIP_MAX_LENGTH", "TextEncoder", "ModelFamily", "SD", "SDXL", "FAMILIES",
+__all__ = ["MAX_SIDE", "CLIP_PAD_TOKEN", "CLIP_MAX_LENGTH", "TextEncoder", "ModelFamily", "SD", "SDXL", "FLUX_SCHNELL", "FLUX_DEV", "SD3",
+           "FAMILIES", "matches_denoiser",
            "LEGACY", "SUPPORTED_TEXT", "family_named", "family_of", "family_of_index", "family_of_denoiser",
-           "family_of_package_names", "family_of_single_file", "takes_time_ids", "DENOISER_EMBED_TYPES", "downscale", "size_multiple", "check_side", "tokenizer_settings",
+           "family_of_package_names", "family_of_single_file", "default_size", "latent_side_multiple", "takes_time_ids", "DENOISER_EMBED_TYPES", "downscale", "size_multiple", "check_side", "tokenizer_settings",
            "parse_size"]

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import BadInput
+from ..models.family import ModelFamily
 from .backend import Backend
 from .options import SCHEDULER_CLASSES as SCHEDULERS
 from .report import RunTimer
@@ -59,9 +60,14 @@ class GenerationResult:
     timesteps: list[float] = field(default_factory=list)
 
 
-def make_scheduler(name: str, config) -> Any:
+def make_scheduler(name: str, config, family: ModelFamily | None = None) -> Any:
     import diffusers
 
+    if family is not None and family.schedulers is not None:  # flow matching: the family's own sampler(s) only
+        if name not in family.schedulers:
+            raise BadInput(f"--scheduler {name}: {family.title} samples by flow matching; choose "
+                           f"{' or '.join(family.schedulers)}")
+        return getattr(diffusers, family.schedulers[name]).from_config(dict(config))
     if name not in SCHEDULERS:
         raise BadInput(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
     config = dict(config)
@@ -87,20 +93,30 @@ def truncation_warning(tokenizer, prompt: str) -> str | None:
     return f"prompt is longer than {max_len} tokens; these words are dropped: \"{dropped}\""
 
 
-def _tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
-    return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                     return_tensors="pt").input_ids
+def _tokenize(tokenizer, texts: list[str], max_length: int | None = None) -> torch.Tensor:
+    length = min(tokenizer.model_max_length, max_length or tokenizer.model_max_length)
+    return tokenizer(texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids
 
 
 def _encode(backend: Backend, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Hidden states of every text encoder concatenated on the feature axis, and the pooled output (SDXL)."""
-    hidden, pooled = [], None
+    """The denoiser's text tokens as the family lays them out (SD/SDXL, FLUX.1: the token states of its encoders
+    concatenated on the feature axis; SD3: CLIP's, zero-padded to T5's width, then T5's on the sequence axis) and
+    every pooled output concatenated (SDXL: CLIP-G's; SD3: CLIP-L's then CLIP-G's; FLUX.1: CLIP-L's)."""
+    family = backend.family
+    clip, t5, pooled = [], [], []
     for i, tok in enumerate(backend.tokenizers):
-        h, p = backend.encode_text(i, _tokenize(tok, texts))
-        hidden.append(_as_tensor(h))
-        if p is not None and pooled is None:
-            pooled = _as_tensor(p)
-    return torch.cat(hidden, dim=-1), pooled
+        spec = family.text_encoders[i]
+        h, p = backend.encode_text(i, _tokenize(tok, texts, spec.max_length))
+        if spec.tokens:
+            (t5 if spec.last_hidden and family.text_layout == "clip_then_t5" else clip).append(_as_tensor(h))
+        if p is not None:
+            pooled.append(_as_tensor(p))
+    hidden = torch.cat(clip, dim=-1)
+    if t5:  # SD3 (diffusers' StableDiffusion3Pipeline.encode_prompt): pad (or cut) CLIP's features to T5's width
+        t5_states = torch.cat(t5, dim=-1)
+        hidden = torch.nn.functional.pad(hidden, (0, t5_states.shape[-1] - hidden.shape[-1]))
+        hidden = torch.cat([hidden, t5_states], dim=-2)
+    return hidden, (torch.cat(pooled, dim=-1) if pooled else None)
 
 
 def encode_prompts(backend: Backend, request: GenerationRequest, do_cfg: bool, warn: Callable[[str], None]):
@@ -251,6 +267,57 @@ def paste_back(decoded: torch.Tensor, init_image: torch.Tensor, mask: torch.Tens
     return init_image.to(decoded.dtype) * (1 - mask) + decoded * mask
 
 
+# ---- flow matching (FLUX.1, SD3) ------------------------------------------------------------------
+def pack_latents(latents: torch.Tensor, patch: int) -> torch.Tensor:
+    """(B, C, H, W) → (B, H/p·W/p, C·p²): FLUX.1's 2×2 patches as tokens (diffusers' FluxPipeline._pack_latents)."""
+    if patch == 1:
+        return latents
+    b, c, h, w = latents.shape
+    x = latents.view(b, c, h // patch, patch, w // patch, patch).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, (h // patch) * (w // patch), c * patch * patch)
+
+
+def unpack_latents(latents: torch.Tensor, patch: int, height: int, width: int) -> torch.Tensor:
+    """The inverse of `pack_latents` for latents `height` × `width`."""
+    if patch == 1:
+        return latents
+    b, _, channels = latents.shape
+    x = latents.view(b, height // patch, width // patch, channels // patch ** 2, patch, patch)
+    return x.permute(0, 3, 1, 4, 2, 5).reshape(b, channels // patch ** 2, height, width)
+
+
+def latent_position_ids(height: int, width: int) -> torch.Tensor:
+    """FLUX.1's image-token positions (tokens, 3): (0, row, column) per packed patch, row-major."""
+    ids = torch.zeros(height, width, 3)
+    ids[..., 1] += torch.arange(height)[:, None]
+    ids[..., 2] += torch.arange(width)[None, :]
+    return ids.reshape(height * width, 3)
+
+
+def set_flow_timesteps(scheduler, family: ModelFamily, steps: int, image_tokens: int) -> None:
+    """The schedule diffusers' FLUX.1 / SD3 pipelines set: FLUX.1 passes sigmas linspace(1, 1/steps); the shift
+    `mu` grows with the image's token count where the scheduler shifts by resolution (FLUX.1 dev)."""
+    config = scheduler.config
+    kwargs: dict[str, Any] = {}
+    if family.explicit_sigmas and not config.get("use_flow_sigmas", False):
+        kwargs["sigmas"] = np.linspace(1.0, 1 / steps, steps)
+    if config.get("use_dynamic_shifting", False):  # diffusers' calculate_shift, with its defaults
+        base_len, max_len = config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096)
+        base_shift, max_shift = config.get("base_shift", 0.5), config.get("max_shift", 1.15)
+        slope = (max_shift - base_shift) / (max_len - base_len)
+        kwargs["mu"] = image_tokens * slope + base_shift - slope * base_len
+    scheduler.set_timesteps(None if "sigmas" in kwargs else steps, device="cpu", **kwargs)
+
+
+def check_family_request(family: ModelFamily, request: GenerationRequest) -> None:
+    """A start the family's loop does not have (FLUX.1 and SD3 run text → image only) is refused in one line."""
+    if request.init_image is not None and "image" not in family.inputs:
+        raise BadInput(f"{family.title} runs text → image only here: image → image, sketch and inpainting are not "
+                       "supported for it yet (drop --image/--sketch/--mask)")
+    if request.unet_extra is not None and "controlnet" not in family.inputs:
+        raise BadInput(f"{family.title} takes no ControlNet or depth conditioning here (drop --controlnet/--depth)")
+
+
 # ---- the loop -------------------------------------------------------------------------------------
 def check_finite(tensor: torch.Tensor, stage: str) -> torch.Tensor:
     """NaN or ±inf would be written as an all-black PNG: stop instead, naming the stage that produced them."""
@@ -280,19 +347,29 @@ def generate(backend: Backend, request: GenerationRequest, *, timer: RunTimer | 
             warn(msg)
 
     height, width = request.height or backend.default_size[0], request.width or backend.default_size[1]
-    do_cfg = request.guidance > 1.0
+    family = backend.family
+    check_family_request(family, request)
+    # FLUX.1 is guidance-distilled: one batch row, the scale goes to its guidance embedding (dev) or nowhere (schnell)
+    do_cfg = request.guidance > 1.0 and family.classifier_free_guidance
     inpaint_unet = _check_unet_channels(backend, request)
     stages = _Stages(backend, timer, low_memory)
     generator = torch.Generator(device="cpu").manual_seed(int(request.seed))
 
-    scheduler = make_scheduler(request.scheduler, backend.scheduler_config)
+    scheduler = make_scheduler(request.scheduler, backend.scheduler_config, family)
     check_steps(request.steps, scheduler)
     embeds, pooled = stages.run("text_encoder", "text_encode", lambda: encode_prompts(backend, request, do_cfg, _warn))
     check_finite(embeds, "text encoding")
 
-    scheduler.set_timesteps(request.steps, device="cpu")
+    patch = family.latent_patch  # FLUX.1: latent sides a multiple of 2 (diffusers' prepare_latents)
+    latent_hw = (patch * (height // (backend.vae_scale_factor * patch)),
+                 patch * (width // (backend.vae_scale_factor * patch)))
+    shape = (1, backend.latent_channels, *latent_hw)
+    if family.flow_matching:
+        token_side = max(patch, int(getattr(backend, "denoiser_config", {}).get("patch_size") or 1))
+        set_flow_timesteps(scheduler, family, request.steps, (latent_hw[0] // token_side) * (latent_hw[1] // token_side))
+    else:
+        scheduler.set_timesteps(request.steps, device="cpu")
     timesteps = scheduler.timesteps
-    shape = (1, backend.latent_channels, height // backend.vae_scale_factor, width // backend.vae_scale_factor)
 
     inpaint = None
     if request.mask is not None:
@@ -301,7 +378,8 @@ def generate(backend: Backend, request: GenerationRequest, *, timer: RunTimer | 
     elif request.init_image is None:
         if hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(0)
-        latents = torch.randn(shape, generator=generator, dtype=torch.float32) * scheduler.init_noise_sigma
+        latents = torch.randn(shape, generator=generator, dtype=torch.float32)
+        latents = pack_latents(latents * getattr(scheduler, "init_noise_sigma", 1.0), patch)
     else:
         timesteps = _strength_timesteps(scheduler, request)
         init_latents = _encode_init_image(backend, stages, request.init_image, generator)
@@ -309,7 +387,14 @@ def generate(backend: Backend, request: GenerationRequest, *, timer: RunTimer | 
         latents = scheduler.add_noise(init_latents, noise, timesteps[:1])
 
     added_cond = None
-    if backend.family.time_ids:
+    if family.denoiser_signature == "mmdit":  # pooled text, FLUX.1 dev's guidance scale, FLUX.1's position ids
+        added_cond = {"pooled_projections": pooled}
+        if getattr(backend, "denoiser_config", {}).get("guidance_embeds"):
+            added_cond["guidance"] = torch.full([embeds.shape[0]], float(request.guidance))
+        if patch > 1:
+            added_cond["txt_ids"] = torch.zeros(embeds.shape[1], 3)
+            added_cond["img_ids"] = latent_position_ids(latent_hw[0] // patch, latent_hw[1] // patch)
+    elif backend.family.time_ids:
         # micro-conditioning: original size, crop top-left, target size (diffusers' defaults for a plain run)
         time_ids = torch.tensor([backend.family.time_ids_for(height, width)], dtype=torch.float32)
         added_cond = {"text_embeds": pooled, "time_ids": time_ids.repeat(embeds.shape[0], 1)}
@@ -321,8 +406,11 @@ def generate(backend: Backend, request: GenerationRequest, *, timer: RunTimer | 
         for i, t in enumerate(timesteps):
             t0 = time.perf_counter()
             model_in = torch.cat([latents] * 2) if do_cfg else latents
-            model_in = scheduler.scale_model_input(model_in, t)
+            if hasattr(scheduler, "scale_model_input"):  # flow matching scales nothing
+                model_in = scheduler.scale_model_input(model_in, t)
             t_batch = t.to(torch.float32).expand(model_in.shape[0]).contiguous()
+            if family.timestep_divisor != 1:
+                t_batch = t_batch / family.timestep_divisor
             extra = {}
             if request.unet_extra and control_active(i, len(timesteps), request.control_guidance_start,
                                                      request.control_guidance_end):
@@ -349,6 +437,7 @@ def generate(backend: Backend, request: GenerationRequest, *, timer: RunTimer | 
 
     stages.run("unet", "denoise", denoise)
     timer.stages.pop("denoise", None)  # the per-step list carries it; "denoise" would double count in the table
+    latents = unpack_latents(latents, patch, *latent_hw)
 
     images = []
     if decode:

@@ -85,13 +85,15 @@ def decode_memory_bytes(width: int, height: int) -> int:
     return 3 * 256 * width * height * 4
 
 
-def check_size(size: tuple[int, int], vae_scale_factor: int) -> None:
+def check_size(size: tuple[int, int], vae_scale_factor: int, multiple: int | None = None) -> None:
     """A size the model can take: the UNet halves the latent twice or more, so 8 × the VAE factor keeps every
-    level whole (the one image-size rule every stage uses)."""
-    multiple = 8 * vae_scale_factor
+    level whole (the one image-size rule every stage uses); a transformer gives its own `multiple` (its patch, or
+    FLUX.1's 2×2 packing, × the VAE factor)."""
+    multiple = multiple or 8 * vae_scale_factor
     w, h = size
     if w % multiple or h % multiple:
-        raise BadInput(f"--size {w}x{h} must be a multiple of {multiple} (8 × the VAE's {vae_scale_factor}× factor) "
+        raise BadInput(f"--size {w}x{h} must be a multiple of {multiple} ({multiple // vae_scale_factor} × the VAE's "
+                       f"{vae_scale_factor}× factor) "
                        f"in both sides, e.g. {max(multiple, round(w / multiple) * multiple)}x"
                        f"{max(multiple, round(h / multiple) * multiple)}")
 

@@ -56,17 +56,22 @@ def model_facts(source: ModelSource, folder: Path | None) -> dict[str, Any]:
         if source.path is not None and source.path.is_file():
             facts["unet_bytes"] = source.path.stat().st_size  # the whole single-file checkpoint
         return facts
+    denoiser = "unet"
+    if source.kind != COREML:  # the family's denoiser: a UNet, or FLUX.1's / SD3's transformer
+        from ..artifacts.model_folder import family_of_folder
+
+        denoiser = family_of_folder(folder).denoiser
     if source.kind == COMPRESSED:
-        acc = read_compressed_model(folder).components["unet"].accounting
+        acc = read_compressed_model(folder).components[denoiser].accounting
         facts["unet_bytes"], facts["bits_per_weight"] = int(acc["total_bytes"]), acc["bits_per_param"]
     elif source.kind == COREML:
         bundle = read_bundle_manifest(folder)
         facts["unet_bytes"] = sum(int(bundle.components[n].get("weight_bytes") or 0) for n in bundle.unet_packages())
         acc = (bundle.manifest.get("compressed_source") or {}).get("accounting") or {}
         facts["bits_per_weight"] = acc.get("bits_per_param")
-    elif (folder / "unet").is_dir():
-        params, nbytes, _ = safetensors_stats(folder / "unet")
-        facts["unet_bytes"] = folder_bytes(folder / "unet")
+    elif (folder / denoiser).is_dir():
+        params, nbytes, _ = safetensors_stats(folder / denoiser)
+        facts["unet_bytes"] = folder_bytes(folder / denoiser)
         facts["bits_per_weight"] = round(8 * nbytes / params, 3) if params else None
     return facts
 
@@ -96,6 +101,8 @@ class GenerationSession:
         loras = domain_loras(opts)
         records: list[dict] = []
         t0 = time.perf_counter()
+        if source.kind != COREML:  # a family's missing inputs are refused before anything loads
+            check_family_inputs(opts, family_of_source(source))
         backend = _open_backend(opts, source, loras, opts.domain, records, device)
         folder = None if source.kind == "single_file" else (
             source.path if source.kind == COREML else backend.components.folder)
@@ -105,7 +112,7 @@ class GenerationSession:
                    startup_rss_mb=startup_rss_mb)
 
     def settings(self, opts: GenerateOptions) -> DomainSettings:
-        return resolve_settings(opts)
+        return resolve_settings(opts, self.backend.family)
 
     def generate(self, opts: GenerateOptions, seed: int | None = None, *, warn: Callable[[str], None] | None = None,
                  on_step: Callable[[int, int, float], None] | None = None,
@@ -123,7 +130,7 @@ class GenerationSession:
         if self.startup_seconds:
             timer.add("startup", self.startup_seconds)
             self.startup_seconds = 0.0
-        settings = resolve_settings(opts)
+        settings = resolve_settings(opts, self.backend.family)
         height, width = self.image_size(opts)
         request = GenerationRequest(prompt=settings.expanded_prompt, negative_prompt=settings.negative_prompt,
                                     steps=settings.steps, guidance=settings.guidance, seed=seed, height=height,
@@ -146,7 +153,7 @@ class GenerationSession:
         """(height, width): the requested size checked against the model, or the model's native size."""
         if opts.size is None:
             return self.backend.default_size
-        check_size(opts.size, self.backend.vae_scale_factor)
+        check_size(opts.size, self.backend.vae_scale_factor, getattr(self.backend, "size_multiple", None))
         return opts.size[1], opts.size[0]
 
     def prepare_inputs(self, opts: GenerateOptions, request, settings: DomainSettings, warn) -> list[str]:
@@ -234,17 +241,48 @@ class GenerationSession:
         return report
 
 
-def resolve_settings(opts: GenerateOptions) -> DomainSettings:
-    """The domain preset applied to what the user left unset, then the defaults."""
+def resolve_settings(opts: GenerateOptions, family=None) -> DomainSettings:
+    """The domain preset applied to what the user left unset, then the model family's defaults (FLUX.1 schnell: 4
+    steps), then generate's."""
     settings = apply_domain(opts.domain, opts.prompt, negative=opts.negative, steps=opts.steps,
                             guidance=opts.guidance, scheduler=opts.scheduler, loras=list(opts.loras))
     if opts.negative is None and not settings.negative_prompt:
         # a preset without a negative prompt is "no negative prompt" (zero embeddings on SDXL), not an explicit ""
         settings.negative_prompt = None
-    settings.steps = settings.steps if settings.steps is not None else DEFAULT_STEPS
-    settings.guidance = settings.guidance if settings.guidance is not None else DEFAULT_GUIDANCE
+    steps, guidance = DEFAULT_STEPS, DEFAULT_GUIDANCE
+    if family is not None:
+        steps = family.default_steps if family.default_steps is not None else steps
+        guidance = family.default_guidance if family.default_guidance is not None else guidance
+    settings.steps = settings.steps if settings.steps is not None else steps
+    settings.guidance = settings.guidance if settings.guidance is not None else guidance
     settings.scheduler = settings.scheduler or DEFAULT_SCHEDULER
     return settings
+
+
+def family_of_source(source: ModelSource):
+    """The family of a model folder-like source, read from its files (no weights); None for a single file."""
+    from ..artifacts.model_folder import family_of_folder
+    from ..models import model_folder
+
+    if source.kind == "single_file":
+        return None
+    return family_of_folder(model_folder(source))
+
+
+# What generate takes beyond text, by option: (flag, family input it needs).
+FAMILY_INPUTS = (("image", "--image", "image"), ("sketch", "--sketch", "sketch"), ("mask", "--mask", "mask"),
+                 ("depth", "--depth", "depth"), ("controlnet", "--controlnet", "controlnet"),
+                 ("loras", "--lora", "lora"), ("domain", "--domain", "lora"))
+
+
+def check_family_inputs(opts: GenerateOptions, family) -> None:
+    """An input the family's loop does not take (FLUX.1 and SD3: text only) is refused in one line."""
+    if family is None:
+        return
+    for attr, flag, needs in FAMILY_INPUTS:
+        if getattr(opts, attr, None) and needs not in family.inputs:
+            raise BadInput(f"{flag} is not supported for {family.title} models yet (they run text → image only; "
+                           "image → image, sketch, inpainting, ControlNet, LoRA and domain presets are SD/SDXL only)")
 
 
 def domain_loras(opts: GenerateOptions) -> list[tuple[Path, float]]:

@@ -12,7 +12,7 @@ import torch
 
 from ..errors import BadInput
 from ..models import ModelComponents, ModelSource, resolve_model
-from ..models.family import ModelFamily, downscale
+from ..models.family import ModelFamily, default_size, downscale, latent_side_multiple
 
 
 def _stage_parts(family: ModelFamily) -> dict[str, tuple[str, ...]]:
@@ -36,19 +36,20 @@ class TorchBackend:
             self.transforms.setdefault("unet", []).extend(unet_transforms)
         self.tokenizers = [components.get(n) for n in self.family.tokenizers]  # small; kept for the whole run
         self.scheduler_config = components.config("scheduler")
-        vae_cfg, unet_cfg = components.config("vae"), components.config("unet")
+        vae_cfg, unet_cfg = components.config("vae"), components.config(self.family.denoiser)
+        self.denoiser_config = unet_cfg  # the loop reads FLUX.1's guidance embedding and a transformer's patch size
         self.vae_scale_factor = downscale(vae_cfg)
         self.latent_channels = int(vae_cfg.get("latent_channels", 4))
         # An inpainting UNet takes 2·C + 1 channels (latents, mask, masked-image latents): generate.py feeds them.
-        self.unet_in_channels = int(unet_cfg.get("in_channels", 4))
+        # FLUX.1's transformer takes packed 2×2 patches: C·4 channels per token.
+        self.unet_in_channels = int(unet_cfg.get("in_channels", 4)) // self.family.latent_patch ** 2
         if self.unet_in_channels not in (self.latent_channels, 2 * self.latent_channels + 1):
             raise BadInput(f"{components.folder}: UNet in_channels {self.unet_in_channels} fits neither the VAE's "
                            f"{self.latent_channels} latent channels nor an inpainting UNet's {2 * self.latent_channels + 1} "
                            "(edit/depth-concat UNets are not supported)")
         self.scaling_factor, self.shift_factor = self.family.vae_normalisation(vae_cfg)
-        sample = unet_cfg.get("sample_size", 64)
-        sample = sample if isinstance(sample, (list, tuple)) else (sample, sample)
-        self.default_size = (int(sample[0]) * self.vae_scale_factor, int(sample[1]) * self.vae_scale_factor)
+        self.default_size = default_size(self.family, unet_cfg, vae_cfg)
+        self.size_multiple = self.vae_scale_factor * latent_side_multiple(self.family, unet_cfg)
         self.force_zeros_for_empty_prompt = components.force_zeros_for_empty_prompt
         self._stage_parts = _stage_parts(self.family)
 
@@ -86,18 +87,27 @@ class TorchBackend:
     # ---- networks ----
     @torch.inference_mode()
     def encode_text(self, index: int, input_ids):
-        encoder = self.components.get(self.family.text_encoders[index].component)
+        spec = self.family.text_encoders[index]
+        encoder = self.components.get(spec.component)
         out = encoder(input_ids.to(self.device), output_hidden_states=True)
-        hidden = out.hidden_states[-2] if self.family.penultimate_hidden else out[0]  # out[0]: last_hidden_state
-        # the pooling encoder is a CLIPTextModelWithProjection: its first output is text_embeds
-        pooled = out[0].float().cpu() if self.family.pooled_from(index) else None
+        penultimate = self.family.penultimate_hidden and not spec.last_hidden
+        hidden = out.hidden_states[-2] if penultimate else out[0]  # out[0]: last_hidden_state (normed)
+        pooled = None
+        if spec.pooled:  # CLIPTextModelWithProjection: text_embeds; CLIPTextModel (FLUX.1): pooler_output
+            pooled = out.text_embeds if getattr(out, "text_embeds", None) is not None else out.pooler_output
+            pooled = pooled.float().cpu()
         return hidden.float().cpu(), pooled
 
     @torch.inference_mode()
     def unet(self, latents, timestep, encoder_hidden_states, added_cond: Mapping[str, Any] | None, **extra):
-        unet = self.components.get("unet")
+        unet = self.components.get(self.family.denoiser)
         dtype = unet.dtype
         kw = {}
+        if self.family.denoiser_signature != "unet":  # a transformer takes its conditioning as keywords
+            kw = {k: v.to(self.device, dtype) for k, v in (added_cond or {}).items() if v is not None}
+            return unet(hidden_states=latents.to(self.device, dtype), timestep=timestep.to(self.device, dtype),
+                        encoder_hidden_states=encoder_hidden_states.to(self.device, dtype), return_dict=False,
+                        **kw)[0].float().cpu()
         if added_cond is not None:
             kw["added_cond_kwargs"] = {k: v.to(self.device, dtype) for k, v in added_cond.items()}
         for key, value in extra.items():
