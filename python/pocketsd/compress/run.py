@@ -320,6 +320,9 @@ def compress_model(opts: CompressOptions, on_progress: Progress | None = None,
                                                                            note, tick, timings)
         payloads, vae_gate = {}, None
         weights = {name: sum(m.weight.numel() for m in layers[name].values()) for name in block_networks}
+        # `layers` holds every float layer: dropped here, each one is freed as compress_network replaces it (else
+        # the float network and its compressed copy would both be resident until the end)
+        del layers
         for name, network in networks.items():
             if name == "vae":  # from the source's own fp32 weights, gated by image PSNR (see compress.vae)
                 t0 = time.perf_counter()

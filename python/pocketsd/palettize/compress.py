@@ -172,6 +172,7 @@ def compress_network(model: nn.Module, recipe: Recipe, calibration: Calibration 
                  for name, m in modules.items())
         for (name, m), d in zip(modules.items(), map_layers(compress_layer, tasks, workers, len(modules))):
             set_submodule(model, name, d.to_layer(name, m).to(m.weight.device))
+            modules[name] = None  # the last reference to the float layer: freed now, not when the network is done
             tick(1, name)
         return CompressionReport(kept, info)
 
@@ -199,6 +200,7 @@ def compress_network(model: nn.Module, recipe: Recipe, calibration: Calibration 
               recipe.refine_iters) for name, m in modules.items())
     for (name, m), d in zip(modules.items(), map_layers(lowrank_decompose, tasks, workers, len(modules))):
         set_submodule(model, name, d.to_layer(name, m).to(m.weight.device))
+        modules[name] = None  # as above: one float layer and its compressed form at a time, not the whole network twice
         tick(1, name)
     info["sensitivity"] = "end_to_end" if probe is not None else "layer_output"
     allocation = {"probe_calls": probe.calls if probe is not None else 0}
