@@ -84,10 +84,18 @@ bench-app-load: setup
 	$(PY) benchmarks/app_load.py
 
 # The whole chain on a full-size SDXL (random SDXL-base-shaped weights built in build/sdxl-real-size, ~7 GB of disk;
-# an hour or more on 2 cores). APPLE_SRC=DIR also runs Apple's torch2coreml on the same UNet.
+# hours on 2 cores): the default `pocketsd compress` (CALIB_SIZE=WxH: its one optional flag), convert, info --memory,
+# generate. APPLE_SRC=DIR also runs Apple's torch2coreml on the same UNet.
 .PHONY: bench-real-size
 bench-real-size: setup
-	$(PY) benchmarks/sdxl_real_size.py $(if $(APPLE_SRC),--apple-src $(APPLE_SRC),)
+	$(PY) benchmarks/sdxl_real_size.py $(if $(CALIB_SIZE),--calib-size $(CALIB_SIZE),) $(if $(APPLE_SRC),--apple-src $(APPLE_SRC),)
+
+# Peak RSS of the default `pocketsd compress` on a random SDXL-layout model many blocks large, against its largest
+# block and the whole model (run it alone: the peak is the child's own, but its time is not). Writes
+# benchmarks/results/streaming_memory.{json,md}.
+.PHONY: bench-streaming-memory
+bench-streaming-memory: setup
+	$(PY) benchmarks/streaming_memory.py
 
 clean:
 	rm -rf $(OUT)
