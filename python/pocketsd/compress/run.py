@@ -20,11 +20,12 @@ from typing import Callable
 
 from ..artifacts import COMPRESSED
 from ..artifacts.compressed import ComponentPayload, write_compressed_model
-from ..artifacts.model_folder import check_weight_files, family_of_folder, read_config
+from ..artifacts.model_folder import NETWORKS, check_weight_files, family_of_folder, read_config
 from ..artifacts.outputs import check_out
 from ..errors import BadInput
 from ..models import model_folder, resolve_model
 from ..models.device import resolve_device
+from ..models.family import ModelFamily
 from ..palettize.calibrate import CalibrationSettings, calibrate
 from ..palettize.compress import (ProbePlan, budget_floor_bits, budget_over_layers, check_budget, compress_network,
                                   compress_token_embeddings, plan_probes, progress_total)
@@ -45,6 +46,21 @@ Progress = Callable[[str, int, int, str], None]
 # if it passes its fidelity gate (`compress.vae`); the text encoders' token tables become int8 codes as well.
 COMPRESSIBLE = ("unet", "text_encoder", "text_encoder_2", "vae")
 DEFAULT_COMPONENTS = COMPRESSIBLE
+# FLUX.1 and SD3 (issue 24): their denoiser is `transformer`, SD3 has a third text encoder (T5). Their default is the
+# family's denoiser and every text encoder (`default_components`); the VAE on request.
+TRANSFORMER_COMPRESSIBLE = ("transformer", "text_encoder", "text_encoder_2", "text_encoder_3", "vae")
+
+
+def default_components(family: ModelFamily) -> tuple[str, ...]:
+    """What `pocketsd compress` compresses by default: SD/SDXL's DEFAULT_COMPONENTS, or an MMDiT family's denoiser and
+    every text encoder (T5 included)."""
+    if family.denoiser_signature == "unet":
+        return DEFAULT_COMPONENTS
+    return (family.denoiser,) + tuple(t.component for t in family.text_encoders)
+
+
+def compressible_components(family: ModelFamily) -> tuple[str, ...]:
+    return COMPRESSIBLE if family.denoiser_signature == "unet" else TRANSFORMER_COMPRESSIBLE
 
 
 @dataclass
@@ -80,19 +96,24 @@ def check_inputs(opts: CompressOptions) -> tuple[Path, str]:
     if source.kind not in ("diffusers", "hub"):
         raise BadInput(f"{opts.model} is a {source.kind.replace('_', '-')} model; compress needs a diffusers folder or hub id")
     folder = model_folder(source)
-    if not (folder / "unet" / "config.json").is_file():
-        raise BadInput(f"{folder} has no UNet (unet/config.json); compress needs a diffusers pipeline with a UNet")
+    family = family_of_folder(folder)
+    if not (folder / family.denoiser / "config.json").is_file():
+        raise BadInput(f"{folder} has no {family.denoiser} ({family.denoiser}/config.json); compress needs a diffusers "
+                       f"{family.title} pipeline with its denoiser")
     opts.calibration.check()
-    unknown = [c for c in opts.components if c not in COMPRESSIBLE]
+    explicit = opts.components != DEFAULT_COMPONENTS
+    if not explicit:
+        opts.components = default_components(family)
+    allowed = compressible_components(family)
+    unknown = [c for c in opts.components if c not in allowed]
     repeated = sorted({c for c in opts.components if opts.components.count(c) > 1})
     if repeated:
         raise BadInput(f"--components names {repeated[0]} twice; name each component once")
     if unknown or not opts.components:
-        raise BadInput(f"--components {','.join(opts.components)}: choose from {', '.join(COMPRESSIBLE)}")
+        raise BadInput(f"--components {','.join(opts.components)}: choose from {', '.join(allowed)}")
     extra = [c for c in opts.component_recipes if c not in opts.components]
     if extra:
         raise BadInput(f"a budget was given for {extra[0]}, which --components does not include")
-    explicit = opts.components != DEFAULT_COMPONENTS
     missing = [c for c in opts.components if not (folder / c / "config.json").is_file()]
     if missing and explicit:
         raise BadInput(f"{folder} has no {missing[0]} to compress; drop it from --components")
@@ -117,8 +138,7 @@ def load_precision(folder: Path, precision: str, device: str) -> str:
         return precision
     from ..artifacts.model_folder import safetensors_stats
 
-    params = sum(safetensors_stats(folder / c)[0] for c in ("unet", "text_encoder", "text_encoder_2", "vae")
-                 if (folder / c).is_dir())
+    params = sum(safetensors_stats(folder / c)[0] for c in NETWORKS if (folder / c).is_dir())
     if 4 * params <= HALF_PRECISION_ABOVE:
         return "fp32"
     return "bf16" if device == "cpu" else "fp16"
@@ -149,6 +169,17 @@ def unet_probe_plan(unet, recipe: Recipe, settings: CalibrationSettings, n_promp
     return plan_probes(len(compressible_layers(unet)[0]), calibration, BITS[recipe.quantizer],
                        settings.unet_calls * settings.unet_call_rows, tuple(sample),
                        2 ** (len(cfg.down_block_types) - 1), settings.max_unet_evaluations)
+
+
+def transformer_probe_plan(transformer, recipe: Recipe, settings: CalibrationSettings, n_prompts: int) -> ProbePlan | None:
+    """The probe plan for FLUX.1's / SD3's transformer: its image tokens cannot be average-pooled like a UNet's
+    latents, so its probes replay the recorded calls at their own size (fewer samples, then fewer bit widths)."""
+    if recipe.bits is not None:
+        return None
+    calibration = round(settings.unet_evaluations(n_prompts, settings.size[0] * settings.size[1]
+                                                  if settings.size else 1))
+    return plan_probes(len(compressible_layers(transformer)[0]), calibration, BITS[recipe.quantizer],
+                       settings.unet_calls * settings.unet_call_rows, (1, 1), 1, settings.max_unet_evaluations)
 
 
 def seconds_per_evaluation(unet) -> float:
@@ -194,14 +225,15 @@ def distillation_memory_shortfall(unet, device: str) -> str | None:
             f"(run it on a GPU with --device cuda, or pass --distill-steps 0 to silence this)")
 
 
-def inherited_budgets(opts: CompressOptions, networks: dict, note: Callable[[str], None]) -> dict[str, Recipe]:
+def inherited_budgets(opts: CompressOptions, networks: dict, note: Callable[[str], None],
+                      denoiser: str = "unet") -> dict[str, Recipe]:
     """Per-component recipes, where a component without its own budget flag inherits the UNet's budget as bits per
     compressed weight when, as bits per parameter, it is below what the component can reach (its fp16 leftovers,
     such as token embeddings, are too large a share). A budget given for the component itself is kept as given."""
     recipes = dict(opts.component_recipes)
     for name, network in networks.items():
         recipe = opts.recipe_for(name)
-        if name == "unet" or name in recipes or recipe.bits_budget is None:
+        if name == denoiser or name in recipes or recipe.bits_budget is None:
             continue
         if recipe.bits_budget >= budget_floor_bits(network, recipe):
             continue
@@ -226,7 +258,7 @@ def prompt_split(prompts: list[str], batch_size: int) -> dict[str, list[str]]:
 
 
 def _calibrate(opts: CompressOptions, pipe, networks: dict, layers: dict, prompts: list[str], block_networks: dict,
-               cache: Path | None, tick: Progress, timings: dict):
+               cache: Path | None, tick: Progress, timings: dict, denoiser: str = "unet"):
     """Calibration statistics, and (block mode) the blocks' fp16 inputs and outputs recorded in `cache` meanwhile."""
     settings = opts.calibration
     t0 = time.perf_counter()
@@ -235,12 +267,12 @@ def _calibrate(opts: CompressOptions, pipe, networks: dict, layers: dict, prompt
     recorder = None
     if block_networks:
         # the denoiser runs once per step, a text encoder once (or twice, with a negative prompt) per batch
-        per_batch = {name: settings.steps if name == "unet" else 2 for name in block_networks}
+        per_batch = {name: settings.steps if name == denoiser else 2 for name in block_networks}
         recorder = BlockRecorder(block_networks, cache, int(opts.recipe.distill_cache_gb * 1e9), per_batch,
                                  math.ceil(len(prompts) / settings.batch_size), settings.seed)
         recorder.__enter__()
     try:
-        calib = calibrate(pipe, layers.get("unet", {}), prompts, settings.steps, settings.timesteps,
+        calib = calibrate(pipe, layers.get(denoiser, {}), prompts, settings.steps, settings.timesteps,
                           settings.rows_per_layer, settings.batch_size, settings.guidance, settings.seed,
                           progress=lambda n: tick("calibrating", n, calls, ""), encoder_modules=encoders,
                           unet_calls=settings.unet_calls, unet_call_rows=settings.unet_call_rows, size=settings.size,
@@ -280,6 +312,17 @@ def compress_model(opts: CompressOptions, on_progress: Progress | None = None,
     note = on_note or (lambda message: None)
     tick = on_progress or (lambda task, n, total, detail="": None)
     folder, spec = check_inputs(opts)
+    family = family_of_folder(folder)
+    denoiser = family.denoiser  # "unet", or FLUX.1's / SD3's "transformer"
+    mode = opts.recipe.distill if opts.recipe.distills else "off"
+    if family.denoiser_signature != "unet":
+        if mode == "whole":
+            raise BadInput(f"--distill whole replays a UNet pipeline; for {family.title} use --distill block or off")
+        if opts.calibration.size is None:  # its pipeline's own default would be its native 1024 px whatever the model
+            from ..models.family import default_size
+
+            height, width = default_size(family, read_config(folder, denoiser), read_config(folder, "vae"))
+            opts = replace(opts, calibration=replace(opts.calibration, size=(width, height)))
     # unique texts: block distillation holds out the last batch's prompts, which must never be trained on
     prompts = list(dict.fromkeys(calibration_prompts(folder, opts.calibration, opts.calib_prompts)))
     timings = {}
@@ -291,23 +334,29 @@ def compress_model(opts: CompressOptions, on_progress: Progress | None = None,
     precision = load_precision(folder, opts.precision, device)
     pipe = _pipeline(folder, precision).to(device)
     networks = {name: getattr(pipe, name).eval() for name in opts.components}
-    if "unet" in networks:  # the budget as given first, then what the other components inherit from it
-        check_budget(networks["unet"], opts.recipe_for("unet"), what="the unet")
-    opts = replace(opts, component_recipes=inherited_budgets(opts, networks, note))
+    if denoiser in networks:  # the budget as given first, then what the other components inherit from it
+        check_budget(networks[denoiser], opts.recipe_for(denoiser), what=f"the {denoiser}")
+    opts = replace(opts, component_recipes=inherited_budgets(opts, networks, note, denoiser))
     for name, network in networks.items():  # before calibrating: a budget the quantizer cannot reach fails fast
         check_budget(network, opts.recipe_for(name), what=f"the {name}")
     timings["load"] = time.perf_counter() - t0
 
     settings = opts.calibration
-    plan = unet_probe_plan(networks["unet"], opts.recipe_for("unet"), settings, len(prompts)) \
-        if "unet" in networks else None
-    if plan is not None:
+    plan = None
+    if denoiser in networks and family.denoiser_signature != "unet":
+        plan = transformer_probe_plan(networks[denoiser], opts.recipe_for(denoiser), settings, len(prompts))
+        if plan is not None:  # no time estimate: seconds_per_evaluation builds UNet inputs
+            note(f"plan: {plan.describe().replace('UNet', family.denoiser_class)}")
+        plan_timed = None
+    else:
+        plan = plan_timed = unet_probe_plan(networks["unet"], opts.recipe_for("unet"), settings, len(prompts)) \
+            if "unet" in networks else None
+    if plan_timed is not None:
         per_eval = seconds_per_evaluation(networks["unet"])
         over = " — over the limit even at the cheapest probe" if plan.total > plan.limit else ""
         note(f"plan: {plan.describe()}{over}; about {plan.total * per_eval / 60:.0f} min of UNet time here "
              f"({per_eval:.2f} s per evaluation)")
 
-    mode = opts.recipe.distill if opts.recipe.distills else "off"
     layers = {name: compressible_layers(network)[0] for name, network in networks.items()}
     # block mode distils every network the pipeline runs while calibrating (the VAE does not run: latents out)
     block_networks = {name: (network, find_blocks(network, list(layers[name])))
@@ -315,7 +364,8 @@ def compress_model(opts: CompressOptions, on_progress: Progress | None = None,
                       if mode == "block" and name != "vae" and opts.recipe_for(name).distills and layers[name]}
     cache = block_cache_folder() if block_networks else None
     try:
-        calib, recorder = _calibrate(opts, pipe, networks, layers, prompts, block_networks, cache, tick, timings)
+        calib, recorder = _calibrate(opts, pipe, networks, layers, prompts, block_networks, cache, tick, timings,
+                                     denoiser)
         teacher, distill_settings, distill_skipped = _record_whole_teacher(opts, pipe, networks, prompts, mode, device,
                                                                            note, tick, timings)
         payloads, vae_gate = {}, None
@@ -334,13 +384,13 @@ def compress_model(opts: CompressOptions, on_progress: Progress | None = None,
                 else:
                     note(f"vae: kept uncompressed — {vae_gate['reason']}")
                 continue
-            component_calib = calib if name == "unet" else calib.encoders.get(name)
+            component_calib = calib if name == denoiser else calib.encoders.get(name)
             recipe = opts.recipe_for(name)
             t0 = time.perf_counter()
             total = progress_total(network, recipe)
             report = compress_network(network, recipe, component_calib,
                                       lambda n, detail="", task=f"compressing {name}": tick(task, n, total, detail),
-                                      probe=plan if name == "unet" else None)
+                                      probe=plan if name == denoiser else None)
             timings["compress"] = timings.get("compress", 0.0) + time.perf_counter() - t0
             info = {**component_calib.info, **report.allocation} if component_calib is not None else \
                 {"note": "no calibration: layer weight error, no smoothing"}

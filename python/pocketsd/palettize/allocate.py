@@ -106,12 +106,14 @@ class EndToEndProbe:
         self.model = model
         self.calls = 0  # network evaluations made, the baseline included
         self.inputs = _batch_calls(calls)
+        shared = self.inputs.pop(UNBATCHED, {})  # FLUX.1's position ids: one per call, no batch rows to pick
         if samples is not None:
             self.inputs = _pick_rows(self.inputs, samples)
         if scale != 1.0 and "sample" in self.inputs:
             factor = round(1 / scale)
             self.inputs["sample"] = torch.nn.functional.avg_pool2d(self.inputs["sample"], factor)
         self.samples = len(next(iter(v for v in self.inputs.values() if isinstance(v, torch.Tensor))))
+        self.inputs.update(shared)
         with torch.no_grad():
             self.base = self._run()
         self.norm = max(float(self.base.pow(2).sum()), 1e-30)
@@ -180,10 +182,21 @@ def _pick_rows(inputs: dict, n: int) -> dict:
     return {k: pick(v) for k, v in inputs.items()}
 
 
+# The key of a recorded transformer call that names its inputs without a batch axis (`calibrate._transformer_call`).
+UNBATCHED = "_unbatched"
+
+
 def _batch_calls(calls: list[dict]) -> dict:
-    """Concatenate recorded network calls into one batch (UNet: timesteps expanded to one per row)."""
+    """Concatenate recorded network calls into one batch (UNet: timesteps expanded to one per row). A transformer's
+    call (keyword arguments, `hidden_states` first) is concatenated input by input; its unbatched inputs are taken
+    from the first call and returned under UNBATCHED."""
     if "input_ids" in calls[0]:
         return {"input_ids": torch.cat([c["input_ids"] for c in calls])}
+    if "hidden_states" in calls[0]:
+        shared = set(calls[0].get(UNBATCHED, ()))
+        out = {k: torch.cat([c[k] for c in calls]) for k in calls[0] if k != UNBATCHED and k not in shared}
+        out[UNBATCHED] = {k: calls[0][k] for k in shared}
+        return out
     rows = [c["sample"].shape[0] for c in calls]
     out = {"sample": torch.cat([c["sample"] for c in calls]),
            "timestep": torch.cat([c["timestep"].reshape(-1).expand(n) if c["timestep"].numel() == 1

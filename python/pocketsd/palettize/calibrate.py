@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import BadInput
+from ..models.family import FAMILIES, ModelFamily, family_of_denoiser
+from .allocate import UNBATCHED
 from .recipes import VAE_GATE_IMAGES
 
 TIMESTEP_RANGES = ("all", "first25", "last25")
@@ -161,6 +163,32 @@ class _Recorder:
         return out
 
 
+def pipeline_denoiser(pipeline) -> tuple[nn.Module, ModelFamily | None]:
+    """The pipeline's denoiser (a UNet, or FLUX.1's / SD3's transformer) and the family its config belongs to (None
+    for a UNet no family describes: it is calibrated as a UNet, as before families existed)."""
+    for name in dict.fromkeys(f.denoiser for f in FAMILIES.values()):
+        module = getattr(pipeline, name, None)
+        if module is not None:
+            try:
+                return module, family_of_denoiser({**module.config, "_class_name": type(module).__name__})
+            except BadInput:
+                return module, None
+    raise BadInput(f"{type(pipeline).__name__} has no denoiser PocketSD knows (UNet or transformer)")
+
+
+def _transformer_call(kwargs, rows: int, gen: torch.Generator, family: ModelFamily) -> dict:
+    """The tensors of one transformer call (keyword arguments, as diffusers' FLUX.1 and SD3 pipelines pass them),
+    keeping `rows` random batch rows; the inputs without a batch axis (FLUX.1's position ids) whole."""
+    sample = kwargs["hidden_states"]
+    pick = torch.randperm(sample.shape[0], generator=gen)[:rows]
+    call = {"hidden_states": sample[pick].clone()}  # first: the probe counts its samples on the first tensor
+    for key, value in kwargs.items():
+        if isinstance(value, torch.Tensor) and key not in call:
+            call[key] = value.clone() if key in family.unbatched_inputs else value[pick].clone()
+    call[UNBATCHED] = tuple(k for k in family.unbatched_inputs if k in call)
+    return call
+
+
 def _unet_call(args, kwargs, rows: int, gen: torch.Generator) -> dict:
     """The tensors of one UNet call, keeping `rows` random batch rows (same rows across all inputs)."""
     sample = args[0]
@@ -211,19 +239,24 @@ def calibrate(pipeline, modules: dict[str, nn.Module], prompts: list[str], steps
 
     def gate(_module, args, kwargs):
         t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
-        rec.active = t is None or _in_range(float(torch.as_tensor(t).float().reshape(-1)[0]), num_train, timesteps)
+        if t is not None:  # FLUX.1's transformer is given t / 1000: back to the scheduler's scale
+            t = float(torch.as_tensor(t).float().reshape(-1)[0]) * (family.timestep_divisor if family else 1.0)
+        rec.active = t is None or _in_range(t, num_train, timesteps)
         # keep the recorded calls of the first batch: they span the (selected part of the) schedule
         if first_batch[0]:
             step = first_batch[1]
             first_batch[1] += 1
             if rec.active and step % every == 0 and len(calls) < unet_calls and "encoder_hidden_states" in kwargs:
-                calls.append(_unet_call(args, kwargs, unet_call_rows, call_gen))
+                transformer = family is not None and family.denoiser_signature != "unet"
+                calls.append(_transformer_call(kwargs, unet_call_rows, call_gen, family) if transformer
+                             else _unet_call(args, kwargs, unet_call_rows, call_gen))
 
     first_batch = [True, 0]  # (still in the first batch, UNet calls seen in it)
     final_latents = None
     every = max(1, math.ceil(steps / max(unet_calls, 1)))
 
-    handles = [pipeline.unet.register_forward_pre_hook(gate, with_kwargs=True)]
+    denoiser, family = pipeline_denoiser(pipeline)
+    handles = [denoiser.register_forward_pre_hook(gate, with_kwargs=True)]
     handles += [m.register_forward_pre_hook(rec.hook(n)) for n, m in modules.items()]
     encoder_recs, encoder_ids = {}, {}
     for component, layers in (encoder_modules or {}).items():
