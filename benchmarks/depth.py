@@ -152,7 +152,8 @@ def main() -> None:
                       **{k: sum(r[k] for r in sel) / len(sel) for k in ("place_right", "size_right", "both_right")},
                       "seconds_per_image": float(np.median([r["seconds"] for r in sel]))})
     passed = table[0]["both_right"] >= TARGET
-    doc = {"benchmark": "depth", "model": reference_model_record(model), "controlnet": str(cn_folder),
+    doc = {"benchmark": "depth", "model": args.model or "reference", "reference_model": reference_model_record(model),
+           "controlnet": str(cn_folder),
            "steps": args.steps, "seeds": args.seeds, "torch_threads": args.threads,
            "guidance": GenerationRequest("").guidance, "controlnet_scale": 1.0, "floor": FLOOR,
            "object_depth": OBJECT_DEPTH, "place_tolerance_px": PLACE_TOLERANCE, "size_tolerance": SIZE_TOLERANCE,
@@ -170,7 +171,7 @@ def main() -> None:
 
     load = lambda avg: ", ".join(f"{x:.1f}" for x in avg)  # noqa: E731
     lines = ["# Depth → image (reference model)", "",
-             f"Reference model version {doc['model']['version']}, depth ControlNet `{cn_folder}` at scale 1. "
+             f"Reference model version {doc['reference_model']['version']}, depth ControlNet `{cn_folder}` at scale 1. "
              f"{len(all_cases)} depth maps (6 places × 2 sizes, 16-bit PNG, near = bright) × {args.seeds} seeds × "
              f"{args.steps} steps, guidance {doc['guidance']:g}; prompts name shape, colour and background, no position. "
              f"Place right: the object's centroid within {PLACE_TOLERANCE} px of the map's; size right: its half-extent "

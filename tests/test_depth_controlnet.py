@@ -139,7 +139,7 @@ def test_depth_trainer_command_writes_a_loadable_controlnet(tmp_path, ref_model_
     assert not (model / "controlnet_depth.train-state.pt").exists()  # finished: nothing left to resume
     summary = json.loads((results / "refmodel_controlnet_depth.json").read_text())
     assert summary["condition"] == "depth" and summary["steps_done"] == 2
-    assert summary["base_model"]["version"] >= 1 and "p_pair" in summary["data_grammar"]
+    assert summary["reference_model"]["version"] >= 1 and "p_pair" in summary["data_grammar"]
     assert (results / "refmodel_controlnet_depth.png").is_file()
     assert not (results / "refmodel_controlnet.json").exists()  # the sketch one's curve is not touched
 

@@ -454,7 +454,7 @@ def main(argv: list[str] | None = None) -> None:
     summary = {
         "command": "python -m pocketsd.refmodel.train_controlnet " + " ".join(argv if argv is not None else sys.argv[1:]),
         "condition": condition.name, "model": str(args.model),
-        "base_model": reference_model_record(args.model), "data_grammar": grammar, "out": str(out), "seed": args.seed, "steps_planned": args.steps, "steps_done": done,
+        "reference_model": reference_model_record(args.model), "data_grammar": grammar, "out": str(out), "seed": args.seed, "steps_planned": args.steps, "steps_done": done,
         "batch": args.batch, "lr": args.lr, "images": args.images, "held_out_images": args.held_out,
         "conditioning_embedding_out_channels": list(COND_CHANNELS), "caption_dropout": CAPTION_DROPOUT,
         "parameters": sum(p.numel() for p in controlnet.parameters()),
