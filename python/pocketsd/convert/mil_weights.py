@@ -11,6 +11,12 @@ A const that no pass should have touched but that we cannot find makes the conve
 (see `CompressedWeights.missing`). `verify_package` then reads the saved .mlpackage back and
 decompresses every constexpr op to check it against R bit for bit.
 
+An fp32 program (a VAE whose config says `force_upcast`: SDXL's overflows in fp16 activations) keeps its weight
+consts in fp32; R's values are fp16-exact there too, so the pass matches an fp32 const whose values are exactly
+R's and builds the same op with an fp32 table (palette; iOS18's op takes either), or the fp16 int op followed by a
+cast to fp32 (an fp32 scale would skip R's rounding of each product): the package stores the same codes, the model
+computes in fp32, and the decompressed weight is bit-identical to R.
+
 coremltools' own `palettize_weights`/`linear_quantize_weights` cannot be used: they compute new
 tables/scales from the weight values instead of taking ours.
 """
@@ -34,6 +40,16 @@ def fp16_key(values) -> str:
     if hasattr(values, "detach"):  # a torch tensor
         values = values.detach().cpu().numpy()
     return hashlib.sha1(np.ascontiguousarray(values.astype(np.float16)).tobytes()).hexdigest()
+
+
+def weight_key(values: np.ndarray) -> str | None:
+    """`fp16_key` of an fp16 array, or of an fp32 array whose every value is fp16-exact (an fp32 program's copy of
+    R); None for anything else (an fp32 const rounded to fp16 would match R without being it)."""
+    if values.dtype == np.float16:
+        return fp16_key(values)
+    if values.dtype == np.float32 and np.array_equal(values.astype(np.float16).astype(np.float32), values):
+        return fp16_key(values)
+    return None
 
 
 def _register():
@@ -64,20 +80,24 @@ def _replace_in_block(block, table: "CompressedWeights") -> None:
         if op.op_type != "const":
             continue
         val = op.outputs[0].val
-        if not isinstance(val, np.ndarray) or val.dtype != np.float16 or val.size < 8:
+        if not isinstance(val, np.ndarray) or val.dtype not in (np.float16, np.float32) or val.size < 8:
             continue
-        layer = table.by_key.get(fp16_key(val))
+        key = weight_key(val)
+        layer = None if key is None else table.by_key.get(key)
         if layer is None:
             continue
         with block:
-            new_var = constexpr_for(layer, val.shape, before_op=op, name=f"{op.name}_pocketsd_{layer.quantizer}")
+            new_var = constexpr_for(layer, val.shape, before_op=op, name=f"{op.name}_pocketsd_{layer.quantizer}",
+                                    dtype=val.dtype)
         block.replace_uses_of_var_after_op(anchor_op=op, old_var=op.outputs[0], new_var=new_var, no_check_var_types=True)
         block.remove_ops([op])
         table.placed[layer.name] += 1
 
 
-def constexpr_for(layer: CompressedLayer, shape: tuple[int, ...], before_op=None, name: str | None = None):
-    """The iOS18 constexpr op for one compressed layer, shaped as the const it replaces."""
+def constexpr_for(layer: CompressedLayer, shape: tuple[int, ...], before_op=None, name: str | None = None,
+                  dtype=np.float16):
+    """The iOS18 constexpr op for one compressed layer, shaped as the const it replaces; `dtype` (the const's:
+    fp16, or fp32 in an fp32 program) is the table's or scale's, and so the decompressed weight's."""
     from coremltools.converters.mil.mil import Builder as mb
     from coremltools.converters.mil.mil import types
 
@@ -88,13 +108,19 @@ def constexpr_for(layer: CompressedLayer, shape: tuple[int, ...], before_op=None
         kwargs["name"] = name
     if layer.quantizer == "palette":
         n_groups = layer.lut.shape[0]
-        lut = layer.lut.numpy().astype(np.float16).reshape((n_groups,) + (1,) * (len(shape) - 1) + (2 ** layer.bits, 1))
+        lut = layer.lut.numpy().astype(dtype).reshape((n_groups,) + (1,) * (len(shape) - 1) + (2 ** layer.bits, 1))
         indices = codes.astype(types.nptype_from_builtin(types.string_to_builtin(f"uint{layer.bits}")))
         return mb.constexpr_lut_to_dense(indices=indices, lut=lut, **kwargs)
     scales = layer.scales.numpy().astype(np.float16)
     scales = scales.reshape(scales.shape + (1,) * (len(shape) - scales.ndim))
     data = codes.astype(types.nptype_from_builtin(types.string_to_builtin(f"int{layer.bits}")))
-    return mb.constexpr_blockwise_shift_scale(data=data, scale=scales, **kwargs)
+    if dtype == np.float16:
+        return mb.constexpr_blockwise_shift_scale(data=data, scale=scales, **kwargs)
+    # An fp32 scale would give the exact product scale·code, which R rounds to fp16 (as Core ML does with an fp16
+    # scale): decompress in fp16, then widen (exact), so the fp32 program's weight is R bit for bit.
+    kwargs.pop("name", None)
+    half = mb.constexpr_blockwise_shift_scale(data=data, scale=scales, **kwargs)
+    return mb.cast(x=half, dtype="fp32", **({"name": name} if name else {}), **kwargs)
 
 
 class CompressedWeights:
@@ -169,7 +195,8 @@ def verify_package(package: Path, layers: dict[str, CompressedLayer]) -> dict:
     dense = decompressed_weights(load_program(package))
     matched, foreign = Counter(), []
     for op_name, value in dense.items():
-        name = expected.get(fp16_key(value.astype(np.float16)) if value.dtype == np.float16 else None)
+        key = weight_key(np.asarray(value))
+        name = None if key is None else expected.get(key)
         if name is None:
             foreign.append(op_name)
         else:

@@ -111,12 +111,9 @@ def _component_jobs(plan: ConvertPlan):
         (dec_in, dec_out), (enc_in, enc_out) = vae_specs(model, plan.image_hw)
         module = VAEDecoderModule(model) if package == names.VAE_DECODER else VAEEncoderModule(model)
         ins, outs = (dec_in, dec_out) if package == names.VAE_DECODER else (enc_in, enc_out)
-        layers = compressed_layers(module)
-        if layers and vae_precision == "float32":
-            # constexpr ops decompress to fp16, which an fp32 VAE (SDXL's overflows in fp16) cannot take as is:
-            # its compressed weights go in dequantized, so the package holds dense fp32 weights
-            return module, ins, outs, {}
-        return module, ins, outs, layers
+        # an fp32 VAE (force_upcast: SDXL's overflows in fp16 activations) keeps its codes too: mil_weights places
+        # them as constexpr ops that decompress to fp32 (an fp32 table), so only the compute is fp32, not the storage
+        return module, ins, outs, compressed_layers(module)
 
     vae_precision, _ = _vae_precision(plan)
     for package in plan.text_encoders:
