@@ -32,10 +32,18 @@ docs: setup
 	$(PY) docs/render.py
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
+REF_MODEL := python/pocketsd/data/reference/model
+
 tiny-model: setup
 	$(PY) -m pocketsd.refmodel.train --max-minutes 78
 	$(PY) -m pocketsd.refmodel.train --colour-polish python/pocketsd/data/reference/model --colour-polish-steps 1300
+	# version 2: two fine-tune stages (positions, two-object scenes), each stopped by its time cap; resumable
+	$(PY) -m pocketsd.refmodel.train --finetune $(REF_MODEL) --out build/refmodel-v2/stage1 --results build/refmodel-v2/results1 --version 2 --unet-steps 2600 --unet-images 12000 --batch 64 --lr 2e-4 --p-position 0.8 --p-pair 0.2 --max-minutes 52
+	$(PY) -m pocketsd.refmodel.train --finetune build/refmodel-v2/stage1 --out build/refmodel-v2/stage2 --results build/refmodel-v2/results2 --version 2 --unet-steps 2000 --unet-images 12000 --batch 32 --lr 3e-4 --p-position 0.9 --p-pair 0.25 --high-noise-share 0.5 --seed 1 --max-minutes 25
+	for c in unet text_encoder text_encoder_2; do rm -rf $(REF_MODEL)/$$c && cp -r build/refmodel-v2/stage2/$$c $(REF_MODEL)/$$c; done
+	cp build/refmodel-v2/stage2/model_card.json $(REF_MODEL)/model_card.json
 	$(PY) -m pocketsd.refmodel.check
+	$(PY) -m pocketsd.refmodel.train_controlnet --condition depth --steps 600 --max-minutes 22
 	$(PY) -m pip install -q peft
 	$(PY) -m pocketsd.refmodel.train_lora --style poster --steps 450 --seed 1 --max-minutes 14
 	$(PY) -m pocketsd.refmodel.train_lora --style blueprint --steps 300 --seed 2 --max-minutes 14

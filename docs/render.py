@@ -57,6 +57,8 @@ WRITTEN_BY = {
     "refmodel_colour_polish": "python -m pocketsd.refmodel.train --colour-polish python/pocketsd/data/reference/model "
                               "--colour-polish-steps 1300",
     "refmodel_training": "python -m pocketsd.refmodel.train --max-minutes 78",
+    "refmodel_training_v2_stage1": "python -m pocketsd.refmodel.train --finetune python/pocketsd/data/reference/model --version 2 --unet-steps 2600 --unet-images 12000 --batch 64 --lr 2e-4 --p-position 0.8 --p-pair 0.2 --max-minutes 52",
+    "refmodel_training_v2_stage2": "python -m pocketsd.refmodel.train --finetune STAGE1 --version 2 --unet-steps 2000 --unet-images 12000 --batch 32 --lr 3e-4 --p-position 0.9 --p-pair 0.25 --high-noise-share 0.5 --seed 1 --max-minutes 25",
     "runtime_modes": "python benchmarks/runtime_modes.py",
     "sdxl_real_size": "make bench-real-size (python benchmarks/sdxl_real_size.py)",
     "sdxl_sizes": "python benchmarks/sdxl_scale.py sizes",
@@ -88,7 +90,9 @@ TITLES = {
     "memory_low_memory": "Peak memory with --low-memory",
     "generate": "pocketsd bench",
     "refmodel_adherence": "Reference model: prompt adherence",
-    "refmodel_training": "Reference model: training",
+    "refmodel_training": "Reference model: training (version 1)",
+    "refmodel_training_v2_stage1": "Reference model version 2: fine-tune, stage 1",
+    "refmodel_training_v2_stage2": "Reference model version 2: fine-tune, stage 2 (positions learned here)",
     "refmodel_colour_polish": "Reference model: colour polish",
     "refmodel_controlnet": "Reference model: sketch ControlNet training",
     "refmodel_controlnet_depth": "Reference model: depth ControlNet training",
@@ -500,6 +504,20 @@ def page_sdxl_real_size(data: dict, ctx: dict) -> tuple[str, list[str]]:
             "", f"Settings: {cell(data.get('settings'))}.", ""]
     body += table(["stage", "arguments", "wall min", "CPU min", "peak RSS (GB, 10^9 B)", "load (1 min)"], rows,
                   ["---", "---", "---:", "---:", "---:", "---:"])
+    if any("verdict" in t for t in data.get("targets", [])):  # the default command's run (issue 20's targets)
+        tg = [[t.get("target", ""), str(t.get("limit", "")), num(t.get("value")), t["verdict"]]
+              for t in data.get("targets", [])]
+        body += table(["target (issue 20)", "limit", "measured", "verdict"], tg)
+        recipes = [[n, cell(c.get("recipe")), cell(c.get("distillation"))]
+                   for n, c in (data.get("compress_recipe") or {}).items()]
+        if recipes:
+            body += table(["component", "recipe", "distillation"], recipes)
+        argv = ((data.get("stages") or {}).get("compress") or {}).get("argv") or []
+        extra = [a for a in argv[5:] if a != "--calib-size"]
+        size = argv[argv.index("--calib-size") + 1] if "--calib-size" in argv else None
+        kind = ("special run: " + " ".join(argv[5:])) if extra else \
+            ("DEFAULT" + (f" (calibrated at {size})" if size else "") if argv else NOT_RECORDED)
+        return kind, body
     tg = [[t.get("target", ""), str(t.get("limit", "")), num(t.get("value")), num(t.get("met"))]
           for t in data.get("targets", [])]
     body += table(["target", "limit", "measured", "met"], tg)
@@ -640,7 +658,9 @@ KINDS = {
     "compression_part_C": "part of compression.json (merged there)",
     "compression_part_D": "part of compression.json (merged there)",
     "compression_part_E": "part of compression.json: its distilled rows come from distill_curve.json (special runs)",
-    "refmodel_training": "training run of the shipped reference model (`make tiny-model`)",
+    "refmodel_training": "training run of version 1 of the reference model (`make tiny-model`'s first step)",
+    "refmodel_training_v2_stage1": "training run: version 2's first fine-tune stage (`make tiny-model`)",
+    "refmodel_training_v2_stage2": "training run: version 2's second fine-tune stage (`make tiny-model`)",
     "refmodel_colour_polish": "training run of the shipped reference model (`make tiny-model`)",
     "refmodel_controlnet": "training run of the shipped sketch ControlNet (`make tiny-model`)",
     "refmodel_controlnet_depth": "training run of the shipped depth ControlNet",

@@ -27,6 +27,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from ..artifacts import atomic_dir
 from ..artifacts.outputs import clear_for_replacement
 from ..data import REFERENCE_MODEL
+from ..data.model_card import MODEL_CARD_FILE
 from .architecture import IMAGE_SIZE, assemble_pipeline, build_components
 from .drawing import make_dataset
 from ..data.grammar import STYLES
@@ -351,9 +352,6 @@ def load_components(folder: Path) -> dict:
             ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "unet", "vae", "scheduler")}
 
 
-MODEL_CARD = "model_card.json"
-
-
 def _finetune(args) -> None:
     """Version 2 and later: the saved model's UNet and text encoders trained further on a new data mix.
 
@@ -383,7 +381,7 @@ def _finetune(args) -> None:
     components.update(ema)
     save_pipeline(components, args.out)
     total = time.time() - t0
-    base_card = args.finetune / MODEL_CARD
+    base_card = args.finetune / MODEL_CARD_FILE
     base = json.loads(base_card.read_text()) if base_card.exists() else {"version": 1, "unet_steps": 3500}
     card = {
         "version": args.version, "base": {"version": base["version"], "folder": str(args.finetune)},
@@ -394,7 +392,7 @@ def _finetune(args) -> None:
         "high_noise_share": args.high_noise_share,
         "torch_threads": torch.get_num_threads(), "load_average_at_end": list(os.getloadavg()),
     }
-    (args.out / MODEL_CARD).write_text(json.dumps(card, indent=1))
+    (args.out / MODEL_CARD_FILE).write_text(json.dumps(card, indent=1))
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / f"refmodel_training_v{args.version}.json").write_text(json.dumps(dict(card, curves={"unet_loss": curve}), indent=1))
     plot_curves({"unet_loss": curve}, args.results / f"refmodel_training_v{args.version}.png")
