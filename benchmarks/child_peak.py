@@ -5,8 +5,9 @@ into the child's rusage, so a driver that built a model first reports its own pe
 only polling /proc/PID/status: VmHWM is gone once the child has exited (a zombie has no memory map), so a poll
 misses a peak reached in the last interval — compress writes its files there. So the child is
 `python child_peak.py REPORT -m pocketsd ARGS`: it runs pocketsd's entry point in-process and, at exit, writes its
-own VmHWM to REPORT. The poll is kept as the fallback (a child killed for memory writes no report) and to sum the
-RSS of the child's own worker processes (k-means workers are separate processes with their own memory).
+own VmHWM to REPORT. The poll is kept as the fallback (a child killed for memory writes no report) and to add up
+the memory of the child and its worker processes (k-means workers are separate processes with their own memory) as
+PSS, not RSS: forked workers share the parent's pages, which summed RSS would count once per process.
 
     python benchmarks/child_peak.py REPORT -m pocketsd compress --model M --out O
 """
@@ -42,6 +43,14 @@ def _read_status(pid: int) -> str | None:
         return None
 
 
+def _pss(pid: int) -> int:
+    """Proportional set size (bytes): each shared page counted as a fraction of the processes sharing it."""
+    try:
+        return status_bytes(Path(f"/proc/{pid}/smaps_rollup").read_text(), "Pss") or 0
+    except OSError:
+        return 0
+
+
 def _children(pid: int) -> list[int]:
     """Direct and indirect children (Linux's /proc/PID/task/TID/children)."""
     found, todo = [], [pid]
@@ -62,7 +71,7 @@ def _children(pid: int) -> list[int]:
 
 
 class Poll:
-    """Samples the child's VmHWM and the summed VmRSS of it and its descendants until it exits."""
+    """Samples the child's VmHWM and VmRSS, and the summed PSS of it and its descendants, until it exits."""
 
     def __init__(self, pid: int):
         self.pid, self.hwm, self.tree_peak, self.timeline = pid, 0, 0, []
@@ -78,7 +87,7 @@ class Poll:
                 return
             self.hwm = max(self.hwm, hwm)
             rss = status_bytes(text, "VmRSS") or 0
-            tree = rss + sum(status_bytes(_read_status(c) or "", "VmRSS") or 0 for c in _children(self.pid))
+            tree = _pss(self.pid) + sum(_pss(c) for c in _children(self.pid))
             self.tree_peak = max(self.tree_peak, tree)
             self.timeline.append((round(time.time() - self.t0, 1), rss, tree))
             time.sleep(POLL_SECONDS)
@@ -94,8 +103,8 @@ def wrapped_argv(report: Path, argv: list[str], module: str = "pocketsd") -> lis
 
 def run_measured(argv: list[str], log: Path, module: str = "pocketsd") -> dict:
     """`python -m MODULE ARGV` (`pocketsd ARGV`) in a fresh process. peak_rss_bytes is the child's own VmHWM at exit (None if it wrote no
-    report, e.g. killed); polled_hwm_bytes the poll's (a lower bound); tree_peak_bytes the polled peak of its RSS
-    plus its descendants' (worker processes)."""
+    report, e.g. killed); polled_hwm_bytes the poll's (a lower bound); tree_peak_bytes the polled peak of its PSS
+    plus its descendants' (worker processes; shared pages counted once in all)."""
     report = log.with_suffix(".vmhwm.json")
     report.unlink(missing_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1")

@@ -157,7 +157,7 @@ def compress_argv(model: Path, out: Path, calib_size: str | None = None) -> list
 
 def run_stage(name: str, argv: list[str], writes: Path | None, log: Path) -> dict:
     """`pocketsd ARGV` in a fresh process (`child_peak`): wall and CPU time, the child's own peak RSS (its VmHWM at
-    exit; the polled one when it wrote none, e.g. killed for memory), its worker processes' summed peak, the files
+    exit; the polled one when it wrote none, e.g. killed for memory), its and its worker processes' summed PSS, the files
     it wrote."""
     from child_peak import run_measured
 
@@ -174,7 +174,7 @@ def run_stage(name: str, argv: list[str], writes: Path | None, log: Path) -> dic
     row = {"stage": name, "argv": argv, "exit_code": code, "wall_s": wall, "cpu_s": measured["cpu_s"],
            "peak_rss_gb": round((own if own is not None else measured["polled_hwm_bytes"]) / GB, 3),
            "peak_rss_source": "VmHWM at exit" if own is not None else "VmHWM polled every 0.5 s (no report at exit)",
-           "tree_peak_rss_gb": round(measured["tree_peak_bytes"] / GB, 3),
+           "tree_peak_pss_gb": round(measured["tree_peak_bytes"] / GB, 3),
            "files": files, "bytes_written": sum(files.values()), "log": str(log.relative_to(ROOT)),
            "load_average": os.getloadavg()}
     tail = measured["last_lines"]
@@ -227,8 +227,12 @@ def main() -> int:
     want = lambda s: only is None or s in only  # noqa: E731
     previous = RESULTS / "sdxl_real_size.json"
     result = json.loads(previous.read_text()) if previous.is_file() and only else {"stages": {}}
+    from default_compress import git_describe
+
     result.update({"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
-                   "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}})
+                   "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                   "code_version": git_describe(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                   "reference_model": None})  # random SDXL-shaped weights: the reference model is not used
     model, compressed, bundle = work / "model", work / "compressed", work / "bundle"
     stages = result["stages"]
 

@@ -11,8 +11,8 @@ the levels are 160/320/640 wide with 1/2/4 transformer layers (≈ 0.3 B UNet pa
 times one block, which block distillation caps at 1/16 of the network's compressed weights.
 
 The default command (`pocketsd compress --model M --out O`, nothing else; `--smoke` adds a 4-prompt, 2-step
-calibration) runs in a child process whose own VmHWM is read at its exit (`child_peak`); the RSS of the k-means
-worker processes it starts is polled beside it. Compared with: the largest block (parameters in fp32, as it is held
+calibration) runs in a child process whose own VmHWM is read at its exit (`child_peak`); its PSS plus that of the
+k-means worker processes it starts is polled beside it. Compared with: the largest block (parameters in fp32, as it is held
 while it is distilled), the UNet at the dtype compress holds it in while calibrating, the whole model, and the RSS of
 an interpreter that has only imported torch, diffusers, transformers and pocketsd (the floor no command gets under).
 """
@@ -153,20 +153,27 @@ def main() -> int:
     unet_held = held * sizes["params"]["unet"]
     model_held = held * sizes["model_params"]
     peak = run["peak_rss_bytes"] or run["polled_hwm_bytes"]
+    from default_compress import git_describe
+
+    from pocketsd.data.model_card import reference_model_record
+
     result = {
         "what": "peak RSS of the default pocketsd compress against its largest block and the whole model",
-        "smoke": args.smoke, "command": ["pocketsd", *argv],
-        "default_command": not args.smoke,
+        "smoke": args.smoke, "command": " ".join(["pocketsd", *argv]),
+        "default_command": not args.smoke, "special_run": args.smoke, **({"mode": "smoke"} if args.smoke else {}),
+        "code_version": git_describe(),
+        # the text encoders, tokenizers, VAE and scheduler are the reference model's; the UNet is random
+        "reference_model": reference_model_record(),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
                     "load_average": os.getloadavg()},
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "model": {**sizes, "unet_config": built["unet_config"], "build_s": round(build_s, 1)},
         "compress": {k: v for k, v in run.items() if k != "rss_timeline"},
-        "rss_timeline": run["rss_timeline"][:: max(1, len(run["rss_timeline"]) // 300)],
+        "rss_timeline": run["rss_timeline"][:: max(1, len(run["rss_timeline"]) // 60)],  # (s, own RSS, with workers)
         "manifest": {"precision": manifest.get("precision"), "timings_s": manifest.get("timings_s"),
                      "recipe": unet.get("recipe"),
                      "unet_bytes": (unet.get("accounting") or {}).get("total_bytes")},
-        "bytes": {"peak_rss": peak, "tree_peak_rss": run["tree_peak_bytes"], "import_floor": floor,
+        "bytes": {"peak_rss": peak, "tree_peak_pss": run["tree_peak_bytes"], "import_floor": floor,
                   "largest_block_fp32": block_fp32, "unet_at_load_precision": unet_held,
                   "model_at_load_precision": model_held},
         "ratios": {"peak_over_largest_block_fp32": round(peak / block_fp32, 2),
@@ -192,7 +199,7 @@ def markdown(r: dict) -> str:
         ("**Smoke run** (tiniest size, shortened calibration): checks the script, not a result. The full run is "
          "`make bench-streaming-memory` on a quiet machine." if r["smoke"] else
          "The default command, nothing but `--model`/`--out` (its progress bars draw nothing into a log file)."), "",
-        f"Command: `{' '.join(r['command'])}` — exit {c['exit_code']}, {c['wall_s'] / 60:.1f} min wall, "
+        f"Command: `{r['command']}` — exit {c['exit_code']}, {c['wall_s'] / 60:.1f} min wall, "
         f"{c['cpu_s'] / 60:.1f} min CPU. Machine: {r['machine']['platform']}, {r['machine']['cpus']} CPUs, load "
         + "/".join(f"{x:.1f}" for x in r["machine"]["load_average"]) + f", {r['date']}.", "",
         f"Model: random UNet of SDXL's layout, levels {'/'.join(map(str, cfg['block_out_channels']))} wide, "
@@ -203,7 +210,7 @@ def markdown(r: dict) -> str:
         f"calibrates.", "",
         "| quantity | bytes |", "| --- | ---: |",
         f"| peak RSS of compress (its own VmHWM) | {gb(b['peak_rss'])} |",
-        f"| peak RSS of compress + its worker processes (polled every 0.5 s) | {gb(b['tree_peak_rss'])} |",
+        f"| peak PSS of compress + its worker processes (polled every 0.5 s) | {gb(b['tree_peak_pss'])} |",
         f"| interpreter with the imports only (floor) | {gb(b['import_floor'])} |",
         f"| largest block in fp32 | {gb(b['largest_block_fp32'])} |",
         f"| UNet at {m['load_precision']} | {gb(b['unet_at_load_precision'])} |",

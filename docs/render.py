@@ -513,8 +513,8 @@ def page_sdxl_real_size(data: dict, ctx: dict) -> tuple[str, list[str]]:
         if recipes:
             body += table(["component", "recipe", "distillation"], recipes)
         argv = ((data.get("stages") or {}).get("compress") or {}).get("argv") or []
-        extra = [a for a in argv[5:] if a != "--calib-size"]
         size = argv[argv.index("--calib-size") + 1] if "--calib-size" in argv else None
+        extra = [a for i, a in enumerate(argv) if i >= 5 and a != "--calib-size" and argv[i - 1] != "--calib-size"]
         kind = ("special run: " + " ".join(argv[5:])) if extra else \
             ("DEFAULT" + (f" (calibrated at {size})" if size else "") if argv else NOT_RECORDED)
         return kind, body

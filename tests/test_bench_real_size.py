@@ -70,3 +70,25 @@ def test_targets_are_marked_met_missed_or_not_measured():
     nothing = {t["target"]: t["verdict"] for t in sdxl_real_size.mark_targets({}, {})}
     assert set(nothing.values()) == {"not measured (did not run)"}
 
+
+
+def test_the_results_page_says_default_only_for_the_default_command():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pocketsd_docs_render_real_size",
+                                                  Path(__file__).resolve().parents[1] / "docs" / "render.py")
+    render = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(render)
+
+    def page(argv):
+        stages = {"compress": {"argv": argv, "exit_code": 0, "wall_s": 4000.0, "cpu_s": 7000.0, "peak_rss_gb": 7.0}}
+        data = {"stages": stages, "targets": sdxl_real_size.mark_targets(stages, {})}
+        return render.page_sdxl_real_size(data, {})
+
+    kind, body = page(sdxl_real_size.compress_argv(Path("M"), Path("O"), "512x512"))
+    assert kind == "DEFAULT (calibrated at 512x512)"
+    text = "\n".join(body)
+    assert "| default compress: wall | 60 min | 66.67 | missed |" in text
+    assert "not measured (did not run)" in text
+    kind, _ = page(sdxl_real_size.compress_argv(Path("M"), Path("O")) + ["--recipe", "w4r32"])
+    assert kind == "special run: --recipe w4r32"
