@@ -1,7 +1,7 @@
 """Peak memory of the default `pocketsd compress` against one block and the whole model (issue 20, "Streaming").
 
     python benchmarks/streaming_memory.py            # → benchmarks/results/streaming_memory.{json,md} (make bench-streaming-memory)
-    python benchmarks/streaming_memory.py --smoke    # the tiniest size, 4 prompts × 2 steps: checks the script, not a result
+    python benchmarks/streaming_memory.py --smoke    # the tiniest size and least work (SMOKE): checks the script, not a result
 
 The model is built, not downloaded: the reference model's text encoders, tokenizers, VAE and scheduler (small) around
 a random UNet of SDXL's layout (`sdxl_scale.SDXL_BASE`: three levels, 2 resnets per level, transformer blocks in the
@@ -39,16 +39,21 @@ RESULTS = ROOT / "benchmarks" / "results"
 WORK = ROOT / "build" / "streaming-memory"
 GB = 1e9
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
-SMOKE = {"width": 32, "transformer_layers": "0,1,2", "calib": ["--calib-count", "4", "--calib-steps", "2"]}
+# --smoke: the tiniest model and the least work that still runs every step (calibration, budget probes, block
+# distillation, write): this machine's load made the plain 4-prompt calibration's probes alone take hours
+SMOKE = {"width": 32, "transformer_layers": "0,1,1", "layers_per_block": 1,
+         "calib": ["--calib-count", "4", "--calib-steps", "2", "--max-unet-evals", "100", "--distill-minutes", "1"]}
 
 
-def unet_config(width: int, transformer_layers: tuple[int, ...], reference_unet: dict, sample_size: int) -> dict:
+def unet_config(width: int, transformer_layers: tuple[int, ...], reference_unet: dict, sample_size: int,
+                layers_per_block: int = 2) -> dict:
     """SDXL's UNet layout at `width` (SDXL: 320) and `transformer_layers` per level (SDXL: 1, 2, 10), conditioned
     like the reference model (its text encoders' width and pooled size) so the reference pipeline runs it."""
     from sdxl_scale import SDXL_BASE
 
     widths = (width, 2 * width, 4 * width)
     return dict(SDXL_BASE, block_out_channels=widths, transformer_layers_per_block=transformer_layers,
+                layers_per_block=layers_per_block,
                 # diffusers' `attention_head_dim` is SDXL's head count; SDXL's heads are 64 wide
                 attention_head_dim=tuple(max(1, w // 64) for w in widths),
                 cross_attention_dim=reference_unet["cross_attention_dim"],
@@ -57,7 +62,8 @@ def unet_config(width: int, transformer_layers: tuple[int, ...], reference_unet:
                 sample_size=sample_size)
 
 
-def build_model(folder: Path, width: int, transformer_layers: tuple[int, ...], sample_size: int, seed: int) -> dict:
+def build_model(folder: Path, width: int, transformer_layers: tuple[int, ...], sample_size: int, seed: int,
+                layers_per_block: int = 2) -> dict:
     """The reference pipeline with a random SDXL-layout UNet in its place (fp16 on disk); skipped when built."""
     import torch
     from diffusers import UNet2DConditionModel
@@ -66,7 +72,7 @@ def build_model(folder: Path, width: int, transformer_layers: tuple[int, ...], s
     from pocketsd.data import REFERENCE_MODEL
 
     config = unet_config(width, transformer_layers, json.loads((REFERENCE_MODEL / "unet" / "config.json").read_text()),
-                         sample_size)
+                         sample_size, layers_per_block)
     done = folder / "BUILT.json"
     if done.is_file() and json.loads(done.read_text())["unet_config"] == json.loads(json.dumps(config)):
         return json.loads(done.read_text())
@@ -121,21 +127,24 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--width", type=int, default=160, help="channels of the first level (SDXL: 320; ×2, ×4 below)")
     ap.add_argument("--transformer-layers", default="1,2,4", help="transformer layers per level (SDXL: 1,2,10)")
+    ap.add_argument("--layers-per-block", type=int, default=2, help="resnets per level (SDXL: 2)")
     ap.add_argument("--sample-size", type=int, default=16, help="latent side (SDXL: 128; small keeps activations small)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=WORK)
     ap.add_argument("--smoke", action="store_true", help=f"the tiniest model ({SMOKE['width']} wide, layers "
-                    f"{SMOKE['transformer_layers']}) and {' '.join(SMOKE['calib'])}: checks this script runs")
+                    f"{SMOKE['transformer_layers']}, {SMOKE['layers_per_block']} resnet per level) and {' '.join(SMOKE['calib'])}: "
+                    "checks this script runs")
     args = ap.parse_args()
     if args.smoke:
         args.width, args.transformer_layers = SMOKE["width"], SMOKE["transformer_layers"]
+        args.layers_per_block = SMOKE["layers_per_block"]
     layers = tuple(int(x) for x in args.transformer_layers.split(","))
     work = args.work
     model, out, logs = work / "model", work / "compressed", work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
 
     t0 = time.time()
-    built = build_model(model, args.width, layers, args.sample_size, args.seed)
+    built = build_model(model, args.width, layers, args.sample_size, args.seed, args.layers_per_block)
     build_s = time.time() - t0
     sizes = model_sizes(model)
     floor = import_floor()
