@@ -93,6 +93,9 @@ def test_sdxl_and_sd_as_diffusers_describes_them():
     assert F.SDXL.time_ids_for(1024, 768) == [1024, 768, 0, 0, 1024, 768]
     assert F.SD.tokenizers == ("tokenizer",) and not F.SD.penultimate_hidden and not F.SD.pooled_embeddings
     assert F.SDXL.vae_normalisation({}) == (0.13025, None)
+    # what a LoRA may adapt (lora merge visits them in this order)
+    assert F.SDXL.adapted_components == ("unet", "text_encoder", "text_encoder_2")
+    assert F.SD.adapted_components == ("unet", "text_encoder")
     assert F.SD.vae_normalisation({"scaling_factor": 0.5, "shift_factor": 0.0}) == (0.5, None)
 
 

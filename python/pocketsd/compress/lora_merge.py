@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..artifacts import COMPRESSED
 from ..artifacts.compressed import ComponentPayload, read_compressed_model, write_compressed_model
+from ..artifacts.model_folder import family_of_folder
 from ..errors import BadInput
 from ..models import resolve_model
 from ..models.components import load_compressed_component
@@ -35,7 +36,13 @@ def merge_loras(model: str | Path, specs: list[tuple[Path, float]], out: Path, *
               command="pocketsd lora merge")
     compressed = read_compressed_model(source.path)
     loaded = load_loras(specs, compressed.config("unet") if "unet" in compressed.components else None)
-    touched = [c for c in ("unet", "text_encoder", "text_encoder_2") if any(c in lora.components for lora, _ in loaded)]
+    family = family_of_folder(compressed.folder)
+    foreign = [c for lora, _ in loaded for c in lora.components if c not in family.adapted_components]
+    if foreign:
+        lora = next(lora for lora, _ in loaded if foreign[0] in lora.components)
+        raise BadInput(f"LoRA {lora.path.name} has {foreign[0]} layers, but {model} is a {family.title} model, which "
+                       f"has no {foreign[0]} (a LoRA for another model family?)")
+    touched = [c for c in family.adapted_components if any(c in lora.components for lora, _ in loaded)]
     dense = [c for c in touched if c not in compressed.components]
     if dense:
         lora = next(lora for lora, _ in loaded if dense[0] in lora.components)

@@ -114,6 +114,11 @@ class ModelFamily:
                 + (self.denoiser, "vae", "scheduler"))
 
     @property
+    def adapted_components(self) -> tuple[str, ...]:
+        """The components a LoRA may adapt, in the order a merge visits them: the denoiser, then each text encoder."""
+        return (self.denoiser,) + tuple(t.component for t in self.text_encoders)
+
+    @property
     def pooled_embeddings(self) -> bool:
         return any(t.pooled for t in self.text_encoders)
 

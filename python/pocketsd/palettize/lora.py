@@ -29,6 +29,7 @@ from typing import Iterable, Mapping, Sequence
 import torch
 
 from ..errors import BadInput
+from ..models.family import FAMILIES
 from .layer import CompressedLayer
 
 _SHOW = 3  # how many mismatches a BadInput lists
@@ -56,9 +57,11 @@ class LoraLayer:
         return (b @ a).reshape(tuple(weight_shape))
 
 
-COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
-# kohya/old diffusers prefixes of the text encoders' keys → the pipeline component they belong to
-_TE_PREFIXES = (("text_encoder_2.", "text_encoder_2"), ("text_encoder.", "text_encoder"))
+# diffusers' prefixes of the text encoders' keys (kohya's lora_te1_/lora_te2_ already turned into them) → the
+# pipeline component they belong to, from every family's encoders; the longest first, so `text_encoder_2.` is never
+# read as `text_encoder.`
+_TE_PREFIXES = tuple((f"{c}.", c) for c in sorted({t.component for f in FAMILIES.values() for t in f.text_encoders},
+                                                  key=len, reverse=True))
 # CLIP's attention projections, which older LoRA formats name like the UNet's (to_q, to_out, …)
 _CLIP_ATTENTION = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj", "to_out.0": "out_proj"}
 
