@@ -54,6 +54,8 @@ WRITTEN_BY = {
     "lora_train_memory": "make bench-lora-train (python benchmarks/lora_train_memory.py)",
     "memory_low_memory": "python benchmarks/low_memory.py",
     "refmodel_adherence": "python -m pocketsd.refmodel.check",
+    "refmodel_adherence_v2_stage1_quick": "python -m pocketsd.refmodel.check --model STAGE1 --seeds 0 --positions 24 --pairs 12",
+    "refmodel_adherence_v2_stage2_quick": "python -m pocketsd.refmodel.check --model STAGE2 --seeds 0 --positions 24 --pairs 12",
     "refmodel_colour_polish": "python -m pocketsd.refmodel.train --colour-polish python/pocketsd/data/reference/model "
                               "--colour-polish-steps 1300",
     "refmodel_training": "python -m pocketsd.refmodel.train --max-minutes 78",
@@ -90,6 +92,8 @@ TITLES = {
     "memory_low_memory": "Peak memory with --low-memory",
     "generate": "pocketsd bench",
     "refmodel_adherence": "Reference model: prompt adherence",
+    "refmodel_adherence_v2_stage1_quick": "Reference model version 2, stage 1: quick check (special run)",
+    "refmodel_adherence_v2_stage2_quick": "Reference model version 2, stage 2: quick check (special run)",
     "refmodel_training": "Reference model: training (version 1)",
     "refmodel_training_v2_stage1": "Reference model version 2: fine-tune, stage 1",
     "refmodel_training_v2_stage2": "Reference model version 2: fine-tune, stage 2 (positions learned here)",
@@ -780,6 +784,45 @@ def render_page(json_path: Path, data, ctx: dict) -> tuple[str, str, str]:
     return name, title, "\n".join(lines).rstrip() + "\n", kind
 
 
+def reference_model_knows(ctx: dict) -> list[str]:
+    """What the reference model follows, with its scores and targets: refmodel_adherence.json, inpaint.json and
+    depth.json (each says which model version it measured)."""
+    files = ctx["files"]
+    adh, inp, dep = files.get("refmodel_adherence"), files.get("inpaint"), files.get("depth")
+    if not adh:
+        return []
+    targets = adh.get("targets", {})
+    rows = []
+    for key, what in (("color", "colour"), ("shape", "shape"), ("background", "background")):
+        if key in adh:
+            rows.append([what, pct(adh[key]), pct(targets.get(key)) if key in targets else "—",
+                         f"{adh.get('n_images', NOT_RECORDED)} prompts × seeds", "refmodel_adherence.json"])
+    pos, pairs = adh.get("positions") or {}, adh.get("pairs") or {}
+    if pos:
+        rows.append(["position word (object on the asked side)", pct(pos.get("side_right")),
+                     pct(targets.get("position")) if "position" in targets else "—", f"{pos.get('n_images')} images",
+                     "refmodel_adherence.json"])
+    if pairs:
+        rows.append(["two objects (both right)", pct(pairs.get("both_right")), "—", f"{pairs.get('n_images')} images",
+                     "refmodel_adherence.json"])
+    if inp and "paste-back" in inp.get("summary", {}):
+        sm = inp["summary"]["paste-back"]
+        rows.append(["inpainting: add an object beside a kept one", f"{sm['both_right']}/{sm['seeds']}", "8/9",
+                     f"{sm['seeds']} seeds", "inpaint.json"])
+        rows.append(["inpainting: seam within 8/255", f"{sm['seam_ok']}/{sm['seeds']}", f"{sm['seeds']}/{sm['seeds']}",
+                     f"{sm['seeds']} seeds", "inpaint.json"])
+    if dep:
+        cn = next((r for r in dep.get("table", []) if r.get("method") == "ControlNet"), None)
+        if cn:
+            shipped = "" if dep.get("shipped", True) else " — not shipped"
+            rows.append([f"depth map → place and size (depth ControlNet{shipped})", pct(cn.get("both_right")),
+                         pct(dep.get("target")), f"{cn.get('n')} images", "depth.json"])
+    lines = [f"**What the reference model follows** (reference model {reference_model_text(adh)}; 20-step generations read "
+             "back from pixels by `pocketsd.eval.classify`):", ""]
+    lines += table(["what", "score (%)", "target (%)", "measured on", "file"], rows, ["---", "---:", "---:", "---", "---"])
+    return lines
+
+
 def headline(ctx: dict) -> list[str]:
     """The README's and the results index's headline table: compression.json's rows at the default budget, Apple's
     rows and fp16, plus the distillation point nearest the default command; every row says what run it is."""
@@ -805,7 +848,7 @@ def headline(ctx: dict) -> list[str]:
                      curve_point_kind(near, curve, d, True),
                      f"{near['bits_per_param']:.3f}", "—", f"{near['image_psnr_db']:.2f}" + ci(near.get("image_psnr_ci95")),
                      num(near.get("adherence_pct"), 3), "distill_curve.json"])
-    lines = []
+    lines = reference_model_knows(ctx)
     dc = ctx["files"].get("default_compress")
     if dc and not dc.get("special_run"):
         drows = []
