@@ -12,6 +12,8 @@ HELP = "web demo: fp16 against 4-bit side by side, with time and memory"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..models.device import DEVICES
+
     p.add_argument("--model", help="fp16 model: diffusers folder or hub id (default: the embedded reference model)")
     p.add_argument("--compressed", help="its compressed folder (default: made on first start, cached under "
                    "BUILD/app/)")
@@ -19,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only; "
                    "0.0.0.0 opens it to your network, with a warning)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"],
+    p.add_argument("--device", default="cpu", choices=DEVICES,
                    help="torch device (default cpu; auto: CUDA, then Apple MPS, then CPU)")
     p.add_argument("--build-dir", default="build", help="where the compressed model is cached (default build)")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest image upload accepted (default 20)")

@@ -19,6 +19,8 @@ def harness():
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..models.device import DEVICES
+
     p.add_argument("--model", help="diffusers model folder (default: the embedded reference model)")
     p.add_argument("--compressed", help="its compressed folder; default: made now with `pocketsd compress`")
     p.add_argument("--keep-compressed", metavar="DIR", help="compress into DIR and keep it (reused if it exists)")
@@ -30,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated subset of fp16, compressed-dense, compressed-packed")
     p.add_argument("--out-dir", help="where generate.json/.md/.png go (default: benchmarks/results in a source "
                    "checkout, else ./pocketsd-bench)")
-    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"],
+    p.add_argument("--device", default="cpu", choices=DEVICES,
                    help="torch device (default cpu; auto: CUDA, then MPS, then CPU)")
 
 

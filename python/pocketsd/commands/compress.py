@@ -12,7 +12,10 @@ HELP = "4-bit + low-rank compression of a model's UNet and text encoders"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..palettize.calibrate import CalibrationSettings as C
+    from ..compress.run import PRECISIONS
+    from ..models.device import DEVICES
+    from ..palettize.blockwise import DISTILL_MODES
+    from ..palettize.calibrate import TIMESTEP_RANGES, CalibrationSettings as C
     from ..palettize.recipes import DEFAULT_BUDGET, FIXED, MAX_BUDGET, Recipe as R
 
     p.add_argument("--model", default=None, help="diffusers folder or cached hub id (default: the reference model)")
@@ -39,9 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"default calibration prompts to draw (default {C.count})")
     p.add_argument("--calib-steps", type=int, default=C.steps,
                    help=f"sampling steps per calibration prompt (default {C.steps})")
-    p.add_argument("--calib-timesteps", default=C.timesteps, choices=["all", "first25", "last25"],
+    p.add_argument("--calib-timesteps", default=C.timesteps, choices=TIMESTEP_RANGES,
                    help="record layer inputs over all timesteps or only the first/last quarter of sampling")
-    p.add_argument("--distill", default=R.distill, choices=["block", "whole", "off"],
+    p.add_argument("--distill", default=R.distill, choices=DISTILL_MODES,
                    help=f"after quantizing, train the low-rank factors, tables and biases against the fp16 model, codes "
                         f"frozen: block by block for the UNet and text encoders (one block in fp32 at a time), or the "
                         f"whole UNet at once (an fp32 copy of it) (default {R.distill})")
@@ -65,9 +68,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--distill-batch", type=int, default=R.distill_batch,
                    help=f"(unconditional, conditional) pairs per step (default {R.distill_batch})")
     p.add_argument("--distill-seed", type=int, default=R.distill_seed, help="distillation seed (default 0)")
-    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"],
+    p.add_argument("--device", default="cpu", choices=DEVICES,
                    help="where calibration and the budget's probes run (default cpu; auto: CUDA, then MPS, then CPU)")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="dtype the model is held in while it calibrates (auto: fp32 up to 4 GB of fp32 weights, else "
                         "bf16 on the CPU, fp16 on a GPU); every decomposition is computed in fp32")
     p.add_argument("--calib-size", metavar="WxH", help="image size calibration samples at (default: native)")

@@ -11,49 +11,57 @@ HELP = "text/image/sketch → image with any model kind"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..pipeline.options import MASK_BLUR
+    from ..models.device import DEVICES
+    from ..pipeline.coreml_backend import COMPUTE_UNITS
+    from ..pipeline.options import (BACKENDS, DEFAULT_GUIDANCE, DEFAULT_SCHEDULER, DEFAULT_STEPS, DEFAULT_STRENGTH,
+                                    SCHEDULERS, UNET_MODES)
+    from ..pipeline.options import GenerateOptions as G
 
     p.add_argument("prompt", help="what to draw, e.g. \"a red circle on a white background\"")
     p.add_argument("--model", help="diffusers folder, compressed folder, Core ML bundle, .safetensors file or hub id "
                    "(default: the embedded reference model)")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "coreml"],
+    p.add_argument("--backend", default=G.backend, choices=BACKENDS,
                    help="auto: coreml for a Core ML bundle, torch otherwise")
-    p.add_argument("--compute-units", choices=["all", "cpu_only", "cpu_and_gpu", "cpu_and_ne"],
+    p.add_argument("--compute-units", choices=list(COMPUTE_UNITS),
                    help="Core ML compute units (coreml backend only; default all)")
-    p.add_argument("--steps", type=int, help="denoising steps (default 20, or the domain's)")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 5.0; ≤ 1 turns it off)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--steps", type=int, help=f"denoising steps (default {DEFAULT_STEPS}, or the domain's)")
+    p.add_argument("--guidance", type=float,
+                   help=f"classifier-free guidance scale (default {DEFAULT_GUIDANCE}; ≤ 1 turns it off)")
+    p.add_argument("--seed", type=int, default=G.seed, help=f"random seed (default {G.seed})")
     p.add_argument("--size", metavar="WxH", help="image size (default: the model's native size)")
     p.add_argument("--negative", help="negative prompt (default: none — zero embeddings for SDXL, as diffusers)")
-    p.add_argument("--scheduler", choices=["euler", "dpmpp2m", "ddim"], help="default euler (or the domain's)")
+    p.add_argument("--scheduler", choices=SCHEDULERS, help=f"default {DEFAULT_SCHEDULER} (or the domain's)")
     p.add_argument("--domain", help="domain preset (see `pocketsd domains`)")
     p.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]", help="LoRA file; repeatable")
     p.add_argument("--image", help="starting image (image → image)")
-    p.add_argument("--strength", type=float, help="with --image/--sketch: how much to repaint, (0, 1] (default 0.8)")
+    p.add_argument("--strength", type=float,
+                   help=f"with --image/--sketch: how much to repaint, (0, 1] (default {DEFAULT_STRENGTH})")
     p.add_argument("--sketch", help="line drawing to follow (sketch → image)")
     p.add_argument("--controlnet", help="ControlNet conditioning on --sketch/--depth (or --image): a diffusers "
                    "ControlNetModel folder (torch), or the name of one converted into a Core ML bundle")
-    p.add_argument("--controlnet-scale", type=float, default=1.0, help="ControlNet residual scale (default 1.0)")
-    p.add_argument("--control-guidance-start", type=float, default=0.0,
-                   help="share of the steps before the ControlNet starts (default 0.0)")
-    p.add_argument("--control-guidance-end", type=float, default=1.0,
-                   help="share of the steps after which the ControlNet stops (default 1.0)")
+    p.add_argument("--controlnet-scale", type=float, default=G.controlnet_scale,
+                   help=f"ControlNet residual scale (default {G.controlnet_scale})")
+    p.add_argument("--control-guidance-start", type=float, default=G.control_guidance_start,
+                   help=f"share of the steps before the ControlNet starts (default {G.control_guidance_start})")
+    p.add_argument("--control-guidance-end", type=float, default=G.control_guidance_end,
+                   help=f"share of the steps after which the ControlNet stops (default {G.control_guidance_end})")
     p.add_argument("--mask", help="with --image: inpainting mask, white where the image is repainted")
-    p.add_argument("--mask-blur", type=int, default=MASK_BLUR,
-                   help=f"px the paste-back feathers outside the mask (default {MASK_BLUR})")
+    p.add_argument("--mask-blur", type=int, default=G.mask_blur,
+                   help=f"px the paste-back feathers outside the mask (default {G.mask_blur})")
     p.add_argument("--no-paste-back", action="store_true",
                    help="keep the decoded pixels outside the mask instead of the original's")
     p.add_argument("--depth", help="depth map (near = bright, any bit depth) for a depth ControlNet (--controlnet)")
     p.add_argument("--depth-invert", action="store_true", help="the depth map is near = dark")
-    p.add_argument("--count", type=int, default=1, help="images to make with seeds SEED, SEED+1, … (models load once)")
+    p.add_argument("--count", type=int, default=G.count,
+                   help="images to make with seeds SEED, SEED+1, … (models load once)")
     p.add_argument("--out", help="output PNG (default pocketsd-<seed>.png)")
     p.add_argument("--report", help="JSON report path (default: the PNG path with .json)")
     p.add_argument("--low-memory", action="store_true", help="load each component only while it is needed")
     p.add_argument("--allow-pickle", action="store_true", help="allow .ckpt/.bin/.pt checkpoints (can run code)")
-    p.add_argument("--unet-mode", default="dense", choices=["dense", "packed"],
+    p.add_argument("--unet-mode", default=G.unet_mode, choices=UNET_MODES,
                    help="compressed models: dense (dequantize once, fast) or packed (4-bit in memory)")
-    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"],
-                   help="torch device (default cpu; auto: CUDA, then Apple MPS, then CPU)")
+    p.add_argument("--device", default=G.device, choices=DEVICES,
+                   help=f"torch device (default {G.device}; auto: CUDA, then Apple MPS, then CPU)")
     p.add_argument("--no-verify", action="store_true", help="skip checking the model's recorded sha256 digests")
     p.add_argument("--force", action="store_true",
                    help="overwrite an --out/--report file that exists but is not a PocketSD image/report")

@@ -12,7 +12,8 @@ HELP = "train a LoRA from a folder of captioned images (fp16 or compressed model
 
 
 def add_arguments(t: argparse.ArgumentParser) -> None:
-    from ..train.options import TrainOptions as T
+    from ..models.device import DEVICES
+    from ..train.options import UNET_MODES, TrainOptions as T
 
     t.add_argument("--images", required=True, help="folder of training images (.png/.jpg/.jpeg/.webp/.bmp)")
     t.add_argument("--captions", help="captions file: JSON {file: caption}, JSONL/CSV with file_name,text, or "
@@ -27,9 +28,9 @@ def add_arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument("--batch", type=int, default=T.batch, help=f"images per step (default {T.batch})")
     t.add_argument("--resolution", type=int, default=None, help="training size in pixels (default: the model's native)")
     t.add_argument("--text-encoders", action="store_true", help="also train LoRAs on the text encoders' attention")
-    t.add_argument("--unet-mode", default=T.unet_mode, choices=["packed", "dense"],
+    t.add_argument("--unet-mode", default=T.unet_mode, choices=UNET_MODES,
                    help="compressed models: packed keeps the 4-bit codes in memory (QLoRA), dense dequantizes once")
-    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+    t.add_argument("--device", default="auto", choices=DEVICES,
                    help="torch device (default auto: CUDA, then Apple MPS, then CPU)")
     t.add_argument("--seed", type=int, default=T.seed, help="seed of the LoRA's initial values and every random draw")
     t.add_argument("--checkpoint-every", type=int, default=T.checkpoint_every,
