@@ -351,7 +351,8 @@ def compress_model(opts: CompressOptions, on_progress: Progress | None = None,
     if denoiser in networks and family.denoiser_signature != "unet":
         plan = transformer_probe_plan(networks[denoiser], opts.recipe_for(denoiser), settings, len(prompts))
         if plan is not None:  # no time estimate: seconds_per_evaluation builds UNet inputs
-            note(f"plan: {plan.describe().replace('UNet', family.denoiser_class)}")
+            over = " — over the limit even at the cheapest probe" if plan.total > plan.limit else ""
+            note(f"plan: {plan.describe().replace('UNet', family.denoiser_class)}{over}")
         plan_timed = None
     else:
         plan = plan_timed = unet_probe_plan(networks["unet"], opts.recipe_for("unet"), settings, len(prompts)) \
