@@ -25,7 +25,7 @@ from ..artifacts.outputs import check_out
 from ..errors import BadInput
 from ..models import model_folder, resolve_model
 from ..models.device import resolve_device
-from ..models.family import ModelFamily
+from ..models.family import ModelFamily, family_of_denoiser
 from ..palettize.calibrate import CalibrationSettings, calibrate
 from ..palettize.compress import (ProbePlan, budget_floor_bits, budget_over_layers, check_budget, compress_network,
                                   compress_token_embeddings, plan_probes, progress_total)
@@ -169,8 +169,8 @@ def unet_probe_plan(unet, recipe: Recipe, settings: CalibrationSettings, n_promp
         return None
     cfg = unet.config
     sample = cfg.sample_size if isinstance(cfg.sample_size, (list, tuple)) else (cfg.sample_size, cfg.sample_size)
-    vae_factor = 8  # SD/SDXL: native pixels = latent pixels × 64
-    calibration = round(settings.unet_evaluations(n_prompts, sample[0] * sample[1] * vae_factor ** 2))
+    latent_factor = family_of_denoiser(cfg).latent_factor  # native pixels = latent pixels × latent_factor²
+    calibration = round(settings.unet_evaluations(n_prompts, sample[0] * sample[1] * latent_factor ** 2))
     return plan_probes(len(compressible_layers(unet)[0]), calibration, BITS[recipe.quantizer],
                        settings.unet_calls * settings.unet_call_rows, tuple(sample),
                        2 ** (len(cfg.down_block_types) - 1), settings.max_unet_evaluations)
@@ -198,9 +198,11 @@ def seconds_per_evaluation(unet) -> float:
     x = torch.randn(1, cfg.in_channels, side, side, **like)
     ehs = torch.randn(1, 77, cfg.cross_attention_dim, **like)
     kwargs = {}
-    if cfg.addition_embed_type == "text_time":
-        pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
-        kwargs["added_cond_kwargs"] = {"text_embeds": torch.randn(1, pooled, **like), "time_ids": torch.zeros(1, 6, **like)}
+    time_ids = family_of_denoiser(cfg).time_ids  # pooled text plus micro-conditioning, or neither
+    if time_ids:
+        pooled = cfg.projection_class_embeddings_input_dim - time_ids * cfg.addition_time_embed_dim
+        kwargs["added_cond_kwargs"] = {"text_embeds": torch.randn(1, pooled, **like),
+                                       "time_ids": torch.zeros(1, time_ids, **like)}
     timed = []
     with torch.inference_mode():
         # twice, the second timed: the first call pays one-off costs (kernel selection, thread pools, lazy
