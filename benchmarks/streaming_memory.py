@@ -153,7 +153,9 @@ def main() -> int:
             *(SMOKE["calib"] if args.smoke else [])]
     print(f"[{time.strftime('%H:%M:%S')}] pocketsd {' '.join(argv)}", flush=True)
     run = run_measured(argv, logs / "compress.log")
-    manifest_path = out / "manifest.json"
+    from pocketsd.artifacts.manifest import MANIFEST
+
+    manifest_path = out / MANIFEST
     manifest = json.loads(manifest_path.read_text()) if run["exit_code"] == 0 and manifest_path.is_file() else {}
     unet = manifest.get("components", {}).get("unet", {})
 
