@@ -232,7 +232,7 @@ def test_folder_without_unet(tiny_model, tmp_path, capsys):
     broken = tmp_path / "nounet"
     shutil.copytree(tiny_model, broken, ignore=shutil.ignore_patterns("unet"))
     assert main(["convert", "--model", str(broken), "--out", str(tmp_path / "b")]) == 2
-    assert "no UNet" in capsys.readouterr().err
+    assert "missing unet/" in capsys.readouterr().err
     with pytest.raises(BadInput):
         convert_bundle(ConvertOptions(model=str(broken), out=tmp_path / "b2"))
 

@@ -184,8 +184,16 @@ def test_pixels_outside_the_mask_are_kept(tmp_path, backend):
     assert torch.equal(raw.latents * (1 - lm), init_latents * (1 - lm))
     decoded = np.asarray(raw.images[0], dtype=np.int16)
     far = np.zeros((SIZE, SIZE), bool)
-    far[:, :48] = True  # 16 px (two latent cells) from the hole: beyond the VAE decoder's reach into it
-    assert np.abs(decoded - original)[far].mean() < 6  # the VAE round trip on these images: a few levels of 255
+    far[:, :48] = True  # 16 px (two latent cells) from the hole
+    # The original's own VAE round trip (its latents decoded alone) bounds what the decoder may change there; the
+    # repainted hole reaches in only through the decoder's image-wide GroupNorm statistics: a few levels of 255.
+    from pocketsd.pipeline.generate import _unscale
+
+    alone = backend.vae_decode(_unscale(backend, init_latents))[0]
+    alone = ((alone.clamp(-1, 1) + 1) * 127.5).round().permute(1, 2, 0).numpy().astype(np.int16)
+    round_trip = np.abs(alone - original)[far].mean()
+    assert round_trip < 8  # the VAE alone keeps this picture within a few levels
+    assert np.abs(decoded - original)[far].mean() < round_trip + 3
 
 
 @pytest.fixture(scope="module")

@@ -49,11 +49,11 @@ def test_reference_loads_as_fp32_sdxl_pipeline(model_dir):
 
 
 def test_unsupported_family_lists_supported(tmp_path, model_dir):
-    folder = _copy_configs(model_dir, tmp_path / "flux")
+    folder = _copy_configs(model_dir, tmp_path / "kandinsky")
     index = json.loads((folder / "model_index.json").read_text())
-    index["_class_name"] = "FluxPipeline"
+    index["_class_name"] = "KandinskyV22Pipeline"
     (folder / "model_index.json").write_text(json.dumps(index))
-    with pytest.raises(BadInput, match="FluxPipeline is not supported.*Stable Diffusion XL.*1.x/2.x"):
+    with pytest.raises(BadInput, match="KandinskyV22Pipeline is not supported.*Stable Diffusion XL.*1.x/2.x"):
         ModelComponents(resolve_model(str(folder)))
 
 

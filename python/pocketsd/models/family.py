@@ -332,7 +332,9 @@ def latent_side_multiple(family: ModelFamily, denoiser_config: Mapping) -> int:
     """Latent pixels a side must be a multiple of for the denoiser: a UNet's levels (2 per level after the first),
     a transformer's patch (SD3: 2) or FLUX.1's 2×2 packing."""
     if family.denoiser_signature == "unet":
-        return downscale(denoiser_config)
+        # At least 8 latent pixels (64 px at 8×), the one size rule every UNet stage uses (calibration, Core ML
+        # conversion, generation), even where fewer levels would stay whole (the reference model's 3 levels: 4).
+        return max(8, downscale(denoiser_config))
     return max(int(denoiser_config.get("patch_size") or 1), family.latent_patch)
 
 
