@@ -134,12 +134,6 @@ class ComponentRecord:
 
 
 # ---- size accounting -----------------------------------------------------------------------------
-def header_bytes_estimate(n_tensors: int) -> int:
-    """A rough safetensors header when the tensors' names are unknown: ~90 bytes of JSON per tensor, plus 8 for its
-    length. The planner uses `header_bytes` (names known); the written file's real header is measured instead."""
-    return 8 + 90 * n_tensors
-
-
 def file_metadata(component: str) -> dict[str, str]:
     """The `__metadata__` of a compressed component's safetensors file."""
     return {"format": f"pocketsd-compressed-{component}", "format_version": str(FORMAT_VERSIONS[COMPRESSED])}
@@ -211,7 +205,9 @@ def accounting(state_dict: dict, layers: list[LayerRecord], container_bytes: int
             cat["lowrank" if owner[1].startswith("lowrank") else owner[1]] += nbytes
     payload = sum(cat.values())
     if container_bytes is None:
-        container_bytes = header_bytes_estimate(len(state_dict))
+        # before writing: the header priced from the real keys, shapes and dtypes, as the budget planner prices it
+        entries = [(k, tuple(t.shape), "F16" if t.is_floating_point() else "U8") for k, t in state_dict.items()]
+        container_bytes = header_bytes(entries, digits=offset_digits(payload))
     total = payload + container_bytes
     params = max(params, 1)
     return {"params": params, "bytes_by_category": cat, "payload_bytes": payload, "container_bytes": container_bytes,
